@@ -1,0 +1,19 @@
+"""fehkit: iron abundances of extremely metal-poor stars from APOGEE H-band spectra.
+
+The science core is a batch-first numpy library; notebooks, the ``fehkit`` command, Dask and the HTTP
+service all call it the same way. See ``README.md`` and the notebooks for a tour.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from fehkit.errors import FehkitError
+from fehkit.io import read_apogee, write_apstar
+from fehkit.lines import load_linelist
+from fehkit.spectra import SpectrumBatch
+
+try:
+    __version__ = version("fehkit")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = ["FehkitError", "SpectrumBatch", "load_linelist", "read_apogee", "write_apstar", "__version__"]

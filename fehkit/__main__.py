@@ -1,0 +1,7 @@
+"""``python -m fehkit`` runs the ``fehkit`` command."""
+
+import sys
+
+from fehkit.cli import main
+
+sys.exit(main())

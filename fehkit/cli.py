@@ -1,0 +1,99 @@
+"""The ``fehkit`` command.
+
+``fehkit inspect`` reads APOGEE spectrum files (or the packaged real examples), prints one line per spectrum
+(id, S/N, visits, wavelength range, masked fraction, chip gaps) and writes ``summary.csv`` and an HTML page with
+a plot of each spectrum. Errors a user can cause are printed as one line naming the file and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from fehkit import __version__
+from fehkit.errors import FehkitError, FehkitWarning
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``fehkit`` command line; return the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except FehkitError as err:
+        print(f"fehkit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fehkit", description="[Fe/H] of extremely metal-poor stars from APOGEE H-band spectra."
+    )
+    parser.add_argument("--version", action="version", version=f"fehkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "inspect",
+        help="summarize and plot APOGEE spectrum files",
+        description="Print id, S/N, visits, wavelength range, masked fraction and chip gaps of each spectrum, and "
+        "write OUT/summary.csv and OUT/inspect.html (a Bokeh plot per spectrum, masked pixels and Fe I fit "
+        "windows marked).",
+    )
+    p.add_argument("files", nargs="*", type=Path, help="apStar/asStar, aspcapStar or apVisit FITS files (.gz ok)")
+    p.add_argument("--examples", action="store_true", help="add the packaged real DR17 example spectra")
+    p.add_argument("--rows", default="combined", choices=["combined", "visits", "all"], help="apStar rows to read")
+    p.add_argument("--kind", default="auto", choices=["auto", "apStar", "aspcapStar", "apVisit"])
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"], help="stop at, or skip, a bad file")
+    p.add_argument("--out", type=Path, default=Path("fehkit-inspect"), help="output folder (default %(default)s)")
+    p.add_argument("--no-html", action="store_true", help="do not write the HTML page")
+    p.set_defaults(func=_inspect)
+    return parser
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from fehkit.examples import example_paths
+    from fehkit.io import atomic_output, read_apogee
+    from fehkit.lines import load_linelist
+
+    paths = list(args.files) + (example_paths() if args.examples else [])
+    if not paths:
+        raise FehkitError("no input: expected FILE arguments or --examples")
+    with warnings.catch_warnings():  # skipped files are listed below, once
+        warnings.simplefilter("ignore", FehkitWarning)
+        batch = read_apogee(paths, kind=args.kind, rows=args.rows, on_error=args.on_error)
+    summary = batch.summary()
+    print(_format_summary(summary))
+    for path, reason in batch.skipped:
+        print(f"skipped: {reason}", file=sys.stderr)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    with atomic_output(args.out / "summary.csv") as tmp:
+        summary.to_csv(tmp, index=False)
+    written = [args.out / "summary.csv"]
+    if not args.no_html:
+        from fehkit.report import inspect_page
+
+        written.append(inspect_page(batch, args.out / "inspect.html", lines=load_linelist()))
+    print("wrote " + ", ".join(str(w) for w in written))
+    return 0
+
+
+def _format_summary(summary) -> str:  # noqa: ANN001 - a pandas DataFrame from SpectrumBatch.summary
+    header = f"{'star_id':<20} {'row':>3} {'S/N':>6} {'visits':>6} {'wavelength range (A)':>21} {'masked':>7}  chip gaps"
+    rows = [header, "-" * len(header)]
+    for r in summary.itertuples():
+        rows.append(
+            f"{str(r.star_id):<20} {r.row:>3} {r.snr:>6.1f} {r.nvisits:>6} "
+            f"{r.wave_min:>10.2f}-{r.wave_max:<10.2f} {100 * r.masked_fraction:>6.1f}%  {r.chip_gaps}"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,702 @@
+"""Read APOGEE spectrum files into a :class:`~fehkit.spectra.SpectrumBatch`, and write apStar-format files.
+
+APOGEE DR17 ships a star's spectrum as an apStar (APO) or asStar (LCO) file: rows of flux, error and pixel
+bitmask on one log-linear vacuum, rest-frame grid of 8,575 pixels (row 0: the pixel-weighted combination of all
+visits; row 1: the global-weighted one; then one row per visit). aspcapStar files hold ASPCAP's continuum-
+normalized version of row 0 on the same grid. apVisit files hold one visit's three detector chips on their own
+wavelength solution in the observed frame; they are shifted to the rest frame and resampled onto the apStar grid
+here, with inverse variance propagated. Pixels are masked where the flux is not finite, the error is zero, NaN
+or huge (apStar gives unusable pixels errors of 1e10 or more), or the APOGEE_PIXMASK has a bad bit set
+(:data:`DEFAULT_BAD_BITS`).
+
+Every malformed file raises a subclass of :class:`~fehkit.errors.SpectrumFileError` naming the file, what was
+found and what was expected; ``read_apogee(..., on_error="skip")`` reads every good file and reports the others.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import re
+import tempfile
+import warnings
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+
+from fehkit.errors import (
+    BadValuesError,
+    CorruptFileError,
+    FehkitError,
+    FehkitWarning,
+    GridError,
+    HeaderError,
+    MissingHDUError,
+    NotFITSError,
+    RowSelectionError,
+    ShapeMismatchError,
+    SpectrumFileError,
+    SpectrumFileNotFoundError,
+    SpectrumShapeError,
+    UnsupportedFileError,
+)
+from fehkit.spectra import (
+    APOGEE_FLUX_UNIT,
+    APSTAR_CDELT1,
+    APSTAR_CRVAL1,
+    APSTAR_NPIX,
+    SpectrumBatch,
+    apstar_wavelength,
+)
+
+#: Bits of APOGEE_PIXMASK (DR17 datamodel).
+PIXMASK_BITS: dict[str, int] = {
+    "BADPIX": 0,
+    "CRPIX": 1,
+    "SATPIX": 2,
+    "UNFIXABLE": 3,
+    "BADDARK": 4,
+    "BADFLAT": 5,
+    "BADERR": 6,
+    "NOSKY": 7,
+    "LITTROW_GHOST": 8,
+    "PERSIST_HIGH": 9,
+    "PERSIST_MED": 10,
+    "PERSIST_LOW": 11,
+    "SIG_SKYLINE": 12,
+    "SIG_TELLURIC": 13,
+    "NOT_ENOUGH_PSF": 14,
+}
+
+#: Pixels with any of these bits are masked by default: the bits APOGEE itself rates "bad" (level 1 of its
+#: PixelBitMask: bad, cosmic-ray, saturated, unfixable, bad dark/flat, bad error, no sky, <50% of the PSF) plus
+#: SIG_SKYLINE, whose airglow residuals would otherwise enter equivalent widths (ASPCAP de-weights them too).
+#: Persistence, Littrow-ghost and SIG_TELLURIC pixels are kept: they are warnings, and masking them would cost
+#: ~8% of the pixels.
+DEFAULT_BAD_BITS: tuple[str, ...] = (
+    "BADPIX",
+    "CRPIX",
+    "SATPIX",
+    "UNFIXABLE",
+    "BADDARK",
+    "BADFLAT",
+    "BADERR",
+    "NOSKY",
+    "NOT_ENOUGH_PSF",
+    "SIG_SKYLINE",
+)
+
+#: Errors at or above this value (in the file's flux unit) mark unusable pixels; apStar writes 1e10-1e14 there.
+HUGE_ERROR = 1e9
+
+SPEED_OF_LIGHT_KMS = 299792.458
+
+Kind = Literal["auto", "apStar", "aspcapStar", "apVisit"]
+Rows = Literal["combined", "visits", "all"] | Sequence[int]
+
+_HEADER_META = {  # meta column -> apStar primary-header keyword
+    "star_id": "OBJID",
+    "telescope": "TELESCOP",
+    "field": "FIELD",
+    "ra": "RA",
+    "dec": "DEC",
+    "snr": "SNR",
+    "nvisits": "NVISITS",
+    "vhelio": "VHELIO",
+    "vscatter": "VSCATTER",
+}
+
+
+def bad_bits_value(names: Iterable[str] = DEFAULT_BAD_BITS) -> int:
+    """Turn APOGEE_PIXMASK bit names into the integer to AND a bitmask with.
+
+    Examples
+    --------
+    >>> bad_bits_value(["BADPIX", "CRPIX"])
+    3
+    """
+    value = 0
+    for name in names:
+        if name not in PIXMASK_BITS:
+            raise FehkitError(f"bad_bits: unknown APOGEE_PIXMASK bit {name!r}; expected one of {sorted(PIXMASK_BITS)}")
+        value |= 1 << PIXMASK_BITS[name]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# public readers
+# ---------------------------------------------------------------------------------------------------------------
+def read_apogee(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    kind: Kind = "auto",
+    rows: Rows = "combined",
+    on_error: Literal["raise", "skip"] = "raise",
+    bad_bits: Iterable[str] = DEFAULT_BAD_BITS,
+    rv: float | None = None,
+    progress: bool = False,
+) -> SpectrumBatch:
+    """Read APOGEE spectrum files (apStar/asStar, aspcapStar, apVisit) into one batch on the apStar grid.
+
+    Parameters
+    ----------
+    paths : path or iterable of paths
+        FITS files, optionally gzipped (``.fits.gz``).
+    kind : {"auto", "apStar", "aspcapStar", "apVisit"}
+        File type; ``"auto"`` decides from the file name (apStar/asStar/aspcapStar/apVisit/asVisit prefix), or
+        else from the HDU layout.
+    rows : {"combined", "visits", "all"} or sequence of int
+        apStar rows to read: the pixel-weighted combination (row 0, default), the individual visits, every row
+        that holds data, or explicit 0-based row numbers. Ignored for other kinds.
+    on_error : {"raise", "skip"}
+        With ``"skip"``, a bad file is reported by a :class:`~fehkit.errors.FehkitWarning` and listed in the
+        returned batch's ``skipped`` as (path, reason); the good files are read.
+    bad_bits : iterable of str
+        APOGEE_PIXMASK bits that mask a pixel; see :data:`DEFAULT_BAD_BITS`.
+    rv : float, optional
+        apVisit only: radial velocity (km/s) to shift by; default the file's ``VREL``/``VRAD`` header value.
+    progress : bool
+        Show a progress bar (tqdm, notebook-aware).
+
+    Returns
+    -------
+    SpectrumBatch
+        Spectra on the apStar grid; ``meta`` has ``file``, ``kind``, ``row``, ``visit``, ``star_id``, ``snr``,
+        ``nvisits``, ``vhelio`` and the other header values the format holds.
+
+    Raises
+    ------
+    SpectrumFileError
+        With ``on_error="raise"``, for the first bad file; the message names it.
+
+    Examples
+    --------
+    >>> from fehkit.examples import example_paths
+    >>> batch = read_apogee(example_paths())
+    >>> batch.n_spectra, batch.n_pixels
+    (2, 8575)
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [os.fspath(p) for p in paths]
+    if on_error not in ("raise", "skip"):
+        raise FehkitError(f"on_error: expected 'raise' or 'skip', found {on_error!r}")
+    bad = bad_bits_value(bad_bits)
+    batches: list[SpectrumBatch] = []
+    skipped: list[tuple[str, str]] = []
+    iterator: Iterable[str] = paths
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(paths, desc="reading spectra", unit="file")
+    for path in iterator:
+        try:
+            batches.append(_read_one(path, kind=kind, rows=rows, bad=bad, rv=rv))
+        except SpectrumFileError as err:
+            if on_error == "raise":
+                raise
+            skipped.append((path, str(err)))
+            warnings.warn(f"skipped {err}", FehkitWarning, stacklevel=2)
+    if not batches:
+        if skipped:
+            raise FehkitError(f"none of the {len(paths)} files could be read; first error: {skipped[0][1]}")
+        raise FehkitError("read_apogee: expected at least one file path, found none")
+    batch = SpectrumBatch.concat(batches)
+    batch.skipped = skipped
+    return batch
+
+
+def read_apstar(
+    path: str | os.PathLike[str], rows: Rows = "combined", bad_bits: Iterable[str] = DEFAULT_BAD_BITS
+) -> SpectrumBatch:
+    """Read rows of one apStar/asStar file. See :func:`read_apogee` for the parameters."""
+    return _read_one(os.fspath(path), kind="apStar", rows=rows, bad=bad_bits_value(bad_bits), rv=None)
+
+
+def read_aspcapstar(path: str | os.PathLike[str]) -> SpectrumBatch:
+    """Read the continuum-normalized spectrum of one aspcapStar file (``flux_unit`` is ``""``)."""
+    return _read_one(os.fspath(path), kind="aspcapStar", rows="combined", bad=0, rv=None)
+
+
+def read_apvisit(
+    path: str | os.PathLike[str], rv: float | None = None, bad_bits: Iterable[str] = DEFAULT_BAD_BITS
+) -> SpectrumBatch:
+    """Read one apVisit file, shifted to the rest frame and resampled onto the apStar grid.
+
+    See :func:`read_apogee` for the parameters and :func:`resample_to_apstar` for the method.
+    """
+    return _read_one(os.fspath(path), kind="apVisit", rows="combined", bad=bad_bits_value(bad_bits), rv=rv)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# writer
+# ---------------------------------------------------------------------------------------------------------------
+def write_apstar(
+    batch: SpectrumBatch,
+    directory: str | os.PathLike[str],
+    names: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write each spectrum of a batch as an apStar-format FITS file.
+
+    The files follow the DR17 apStar layout closely enough for :func:`read_apogee` and for specutils'
+    ``Spectrum.read(path, format="APOGEE apStar")``: HDU0 header (grid keywords, OBJID, SNR, NVISITS=1,
+    VHELIO, ...), HDU1 flux, HDU2 error, HDU3 APOGEE_PIXMASK, HDU4-7 sky, sky error, telluric, telluric error,
+    each shaped (2, 8575) like a one-visit DR17 file (row 1 all zero). Masked pixels whose bitmask has no
+    default bad bit get BADPIX, so the mask survives a round trip. Each file is written to a temporary
+    name and renamed, so no half-written file is left behind.
+
+    Parameters
+    ----------
+    batch : SpectrumBatch
+        Spectra on the apStar grid.
+    directory : path
+        Output folder, created if needed.
+    names : sequence of str, optional
+        File names; default ``apStar-{star_id}.fits`` (``star_id`` from ``batch.meta``, else a running number).
+    overwrite : bool
+        Replace existing files instead of raising ``FileExistsError``.
+
+    Returns
+    -------
+    list of Path
+        The files written, in batch order.
+    """
+    if batch.n_pixels != APSTAR_NPIX or not np.allclose(batch.wave, apstar_wavelength(), rtol=1e-9, atol=0):
+        raise SpectrumShapeError(
+            f"write_apstar: batch is on a {batch.n_pixels}-pixel grid {batch.wave[0]:.2f}-{batch.wave[-1]:.2f} A; "
+            f"expected the apStar grid ({APSTAR_NPIX} px, 10**({APSTAR_CRVAL1} + {APSTAR_CDELT1}*i))"
+        )
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = batch.meta
+    if names is None:
+        ids = meta["star_id"].astype(str) if "star_id" in meta else pd.Series([f"{i:06d}" for i in range(len(batch))])
+        names = [f"apStar-{_safe_name(s)}.fits" for s in ids]
+    if len(names) != batch.n_spectra:
+        raise SpectrumShapeError(f"write_apstar: names has {len(names)} entries; expected {batch.n_spectra}")
+    written = []
+    for i, name in enumerate(names):
+        path = out / name
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it")
+        with atomic_output(path) as tmp:
+            _apstar_hdulist(batch, i).writeto(tmp, overwrite=True, checksum=True)
+        written.append(path)
+    return written
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block finishes.
+
+    Whatever fails inside the block, no half-written ``path`` is left behind (the temporary file is removed).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "table.csv"
+    >>> with atomic_output(target) as tmp:
+    ...     _ = tmp.write_text("star_id,snr")
+    >>> target.read_text()
+    'star_id,snr'
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the final file the usual permissions
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# resampling
+# ---------------------------------------------------------------------------------------------------------------
+def resample_to_apstar(
+    wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, bad: np.ndarray, bitmask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Linearly interpolate one chip's spectrum onto the apStar grid, propagating the inverse variance.
+
+    A target pixel between source pixels j and j+1 at fraction t gets ``f = (1-t) f_j + t f_{j+1}`` and
+    ``var = (1-t)^2 var_j + t^2 var_{j+1}`` (noise correlations between neighbouring output pixels are ignored,
+    as is usual); it is masked when either neighbour is bad, and its bitmask is the OR of both. Target pixels
+    outside the chip get NaN flux, zero inverse variance and the mask.
+
+    Parameters
+    ----------
+    wave : (n_src,) float64
+        Increasing rest-frame vacuum wavelengths of the chip, Angstrom.
+    flux, ivar : (n_src,) float
+        Flux and inverse variance.
+    bad : (n_src,) bool
+        Source pixels not to use.
+    bitmask : (n_src,) int, optional
+        APOGEE_PIXMASK of the source pixels.
+
+    Returns
+    -------
+    flux, ivar, mask, bitmask : (8575,) arrays
+    """
+    target = apstar_wavelength()
+    out_flux = np.full(target.size, np.nan)
+    out_ivar = np.zeros(target.size)
+    out_mask = np.ones(target.size, bool)
+    out_bits = np.zeros(target.size, np.int64)
+    inside = (target >= wave[0]) & (target <= wave[-1])
+    x = target[inside]
+    j = np.clip(np.searchsorted(wave, x, side="right") - 1, 0, wave.size - 2)
+    t = (x - wave[j]) / (wave[j + 1] - wave[j])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = np.where(ivar > 0, 1.0 / ivar, np.inf)
+    f = (1 - t) * flux[j] + t * flux[j + 1]
+    v = (1 - t) ** 2 * var[j] + t**2 * var[j + 1]
+    b = bad[j] | bad[j + 1] | ~np.isfinite(v)
+    out_flux[inside] = f
+    with np.errstate(divide="ignore"):
+        out_ivar[inside] = np.where(b, 0.0, 1.0 / v)
+    out_mask[inside] = b
+    if bitmask is not None:
+        out_bits[inside] = bitmask[j] | bitmask[j + 1]
+    return out_flux, out_ivar, out_mask, out_bits
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# private: one file
+# ---------------------------------------------------------------------------------------------------------------
+def _read_one(path: str, kind: Kind, rows: Rows, bad: int, rv: float | None) -> SpectrumBatch:
+    with _open_fits(path) as hdul:
+        kind = _detect_kind(path, hdul) if kind == "auto" else kind
+        if kind == "apStar":
+            return _read_apstar(path, hdul, rows, bad)
+        if kind == "aspcapStar":
+            return _read_aspcapstar(path, hdul)
+        if kind == "apVisit":
+            return _read_apvisit(path, hdul, bad, rv)
+        raise FehkitError(f"kind: expected 'auto', 'apStar', 'aspcapStar' or 'apVisit', found {kind!r}")
+
+
+def _open_fits(path: str) -> fits.HDUList:
+    """Open a (gzipped) FITS file fully in memory, turning every failure into a named SpectrumFileError."""
+    p = Path(path)
+    if not p.exists():
+        raise SpectrumFileNotFoundError(path, "no such file")
+    if p.is_dir():
+        raise NotFITSError(path, "is a directory; expected a FITS file")
+    raw = p.read_bytes()
+    if not raw:
+        raise NotFITSError(path, "empty file (0 bytes); expected a FITS file")
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise CorruptFileError(path, f"corrupt or truncated gzip stream ({err}); expected gzipped FITS") from None
+    if not raw.startswith(b"SIMPLE  ="):
+        head = raw[:20].decode("ascii", "replace").strip()
+        raise NotFITSError(path, f"does not start with a FITS header (found {head!r}); expected 'SIMPLE  ='")
+    if len(raw) % 2880:
+        raise CorruptFileError(
+            path, f"{len(raw)} bytes, not a whole number of 2880-byte FITS blocks as expected: the file looks truncated"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", category=fits.verify.VerifyWarning)
+            warnings.filterwarnings("error", message=".*truncated.*")
+            hdul = fits.open(io.BytesIO(raw), memmap=False, lazy_load_hdus=False)
+            for hdu in hdul:  # touch every data unit now, so a truncation shows here, not later
+                _ = hdu.data
+    except SpectrumFileError:
+        raise
+    except Exception as err:  # astropy raises OSError, ValueError, TypeError or warnings-as-errors here
+        raise CorruptFileError(path, f"damaged FITS structure ({type(err).__name__}: {err})") from None
+    return hdul
+
+
+def _detect_kind(path: str, hdul: fits.HDUList) -> Kind:
+    name = Path(path).name
+    if re.match(r"a[ps]Star", name):
+        return "apStar"
+    if name.startswith("aspcapStar"):
+        return "aspcapStar"
+    if re.match(r"a[ps]Visit", name):
+        return "apVisit"
+    # Unknown name: decide from the layout.
+    shapes = [getattr(h.data, "shape", None) if isinstance(h, fits.ImageHDU | fits.PrimaryHDU) else "table"
+              for h in hdul]
+    if len(hdul) > 4 and shapes[1] == (3, 4096) and shapes[4] == (3, 4096):
+        return "apVisit"
+    if len(hdul) > 3 and isinstance(hdul[3], fits.ImageHDU) and "CRVAL1" in (hdul[0].header | hdul[1].header):
+        return "apStar"
+    if len(hdul) > 4 and isinstance(hdul[4], fits.BinTableHDU) and "CRVAL1" in hdul[1].header:
+        return "aspcapStar"
+    raise UnsupportedFileError(
+        path,
+        f"FITS file with HDUs {shapes}; expected an APOGEE apStar/asStar (images (NROW, 8575) in HDU1-3), "
+        "aspcapStar or apVisit (images (3, 4096) in HDU1-4) spectrum",
+    )
+
+
+def _require_hdus(path: str, hdul: fits.HDUList, n: int, what: str) -> None:
+    if len(hdul) < n:
+        raise MissingHDUError(path, f"has {len(hdul)} HDUs; expected at least {n} ({what})")
+    for k in range(1, n):
+        if hdul[k].data is None:
+            raise MissingHDUError(path, f"HDU{k} holds no data; expected {what.split(', ')[k]}")
+        if not isinstance(hdul[k], fits.ImageHDU) or not np.issubdtype(hdul[k].data.dtype, np.number):
+            raise UnsupportedFileError(path, f"HDU{k} is a {type(hdul[k]).__name__}; expected a numeric image")
+
+
+def _check_apstar_grid(path: str, hdul: fits.HDUList, n_pix: int) -> None:
+    header = hdul[1].header
+    for key in ("CRVAL1", "CDELT1"):
+        if key not in header and key not in hdul[0].header:
+            raise HeaderError(
+                path,
+                f"missing wavelength keyword {key} (in HDU0 and HDU1); expected the apStar log-linear grid "
+                f"CRVAL1={APSTAR_CRVAL1}, CDELT1={APSTAR_CDELT1}",
+            )
+    crval = float(header.get("CRVAL1", hdul[0].header.get("CRVAL1")))
+    cdelt = float(header.get("CDELT1", hdul[0].header.get("CDELT1")))
+    crpix = float(header.get("CRPIX1", hdul[0].header.get("CRPIX1", 1)))
+    ctype = str(header.get("CTYPE1", hdul[0].header.get("CTYPE1", "LOG-LINEAR"))).strip()
+    if ctype != "LOG-LINEAR":
+        raise GridError(path, f"CTYPE1 is {ctype!r}; expected 'LOG-LINEAR' (log10 wavelength)")
+    if n_pix != APSTAR_NPIX:
+        raise GridError(path, f"NAXIS1 is {n_pix}; expected {APSTAR_NPIX} pixels of the apStar grid")
+    start = crval - (crpix - 1) * cdelt
+    if abs(start - APSTAR_CRVAL1) > 1e-9 or abs(cdelt - APSTAR_CDELT1) > 1e-12:
+        raise GridError(
+            path,
+            f"grid starts at log10(lambda)={start} with step {cdelt}; expected {APSTAR_CRVAL1} and {APSTAR_CDELT1}",
+        )
+
+
+def _error_to_ivar(path: str, flux: np.ndarray, err: np.ndarray, where: str) -> np.ndarray:
+    negative = np.isfinite(flux) & (err < 0)
+    if negative.any():
+        raise BadValuesError(
+            path, f"{where}: {int(negative.sum())} pixels have negative errors; expected errors >= 0 (0 = no data)"
+        )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        usable = np.isfinite(err) & (err > 0) & (err < HUGE_ERROR)
+        return np.where(usable, 1.0 / err**2, 0.0)
+
+
+def _check_usable(path: str, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, labels: list[str]) -> None:
+    good = np.isfinite(flux) & (ivar > 0) & ~mask
+    for k, label in enumerate(labels):
+        if not good[k].any():
+            n_nan = int((~np.isfinite(flux[k])).sum())
+            raise BadValuesError(
+                path,
+                f"{label} has no usable pixel ({n_nan} of {flux.shape[1]} flux values NaN, "
+                f"{int((ivar[k] > 0).sum())} with a positive finite error); expected a spectrum with data",
+            )
+
+
+def _header_meta(header: fits.Header) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for column, key in _HEADER_META.items():
+        value = header.get(key)
+        if isinstance(value, str):
+            value = value.strip()
+        meta[column] = value if value is not None else (np.nan if column not in ("star_id", "telescope", "field")
+                                                        else "")
+    return meta
+
+
+def _read_apstar(path: str, hdul: fits.HDUList, rows: Rows, bad: int) -> SpectrumBatch:
+    _require_hdus(path, hdul, 4, "header, flux, error, bitmask")
+    flux, err, bits = (np.atleast_2d(hdul[k].data) for k in (1, 2, 3))
+    if not (flux.shape == err.shape == bits.shape):
+        raise ShapeMismatchError(
+            path, f"flux {flux.shape}, error {err.shape} and bitmask {bits.shape} differ; expected one shape"
+        )
+    _check_apstar_grid(path, hdul, flux.shape[1])
+    header = hdul[0].header
+    nvisits = int(header.get("NVISITS", max(flux.shape[0] - 2, 1)))
+    row_ids = _select_rows(path, rows, flux, nvisits)
+    flux = flux[row_ids].astype(np.float64)
+    err = err[row_ids].astype(np.float64)
+    bits = bits[row_ids].astype(np.int64)
+    ivar = _error_to_ivar(path, flux, err, "HDU2")
+    mask = (bits & bad) != 0
+    labels = [f"row {r}" for r in row_ids]
+    _check_usable(path, flux, ivar, mask, labels)
+    base = _header_meta(header)
+    if not base["star_id"]:
+        base["star_id"] = _id_from_name(path)
+    records = []
+    for r in row_ids:
+        rec = dict(base, file=path, kind="apStar", row=r, visit=0)
+        if r >= 2 or (nvisits == 1 and rows == "visits"):
+            v = r - 1 if r >= 2 else 1
+            rec.update(visit=v, snr=header.get(f"SNRVIS{v}", np.nan), vhelio=header.get(f"VHELIO{v}", np.nan),
+                       visit_file=str(header.get(f"SFILE{v}", "")).strip())
+        records.append(rec)
+    return SpectrumBatch(apstar_wavelength(), flux, ivar, mask, pd.DataFrame.from_records(records), bitmask=bits)
+
+
+def _select_rows(path: str, rows: Rows, flux: np.ndarray, nvisits: int) -> list[int]:
+    n_rows = flux.shape[0]
+    if isinstance(rows, str):
+        if rows == "combined":
+            return [0]
+        if rows == "visits":
+            # DR17: rows 0-1 are combinations and visits follow, except for one-visit stars, whose file has the
+            # combined row and an all-zero row only: there the combined row *is* the visit.
+            return list(range(2, n_rows)) if nvisits > 1 else [0]
+        if rows == "all":  # every row that holds data (one-visit files carry an all-zero second row)
+            return [r for r in range(n_rows) if np.any(np.nan_to_num(flux[r]) != 0)] or [0]
+        raise RowSelectionError(path, f"rows={rows!r}; expected 'combined', 'visits', 'all' or row numbers")
+    ids = [int(r) for r in rows]
+    outside = [r for r in ids if not 0 <= r < n_rows]
+    if outside or not ids:
+        raise RowSelectionError(path, f"rows {outside or ids} requested; the file has rows 0-{n_rows - 1}")
+    return ids
+
+
+def _read_aspcapstar(path: str, hdul: fits.HDUList) -> SpectrumBatch:
+    _require_hdus(path, hdul, 3, "header, normalized flux, error")
+    flux, err = np.atleast_2d(hdul[1].data), np.atleast_2d(hdul[2].data)
+    if flux.shape != err.shape:
+        raise ShapeMismatchError(path, f"flux {flux.shape} and error {err.shape} differ; expected one shape")
+    if flux.shape[0] != 1:
+        raise ShapeMismatchError(path, f"flux has {flux.shape[0]} rows; expected 1 (aspcapStar holds one spectrum)")
+    _check_apstar_grid(path, hdul, flux.shape[1])
+    flux, err = flux.astype(np.float64), err.astype(np.float64)
+    ivar = _error_to_ivar(path, flux, err, "HDU2")
+    mask = np.zeros(flux.shape, bool)
+    _check_usable(path, flux, ivar, mask, ["HDU1"])
+    meta = _header_meta(hdul[0].header)
+    table = hdul[4].data if len(hdul) > 4 and isinstance(hdul[4], fits.BinTableHDU) else None
+    names = [] if table is None else [n.upper() for n in table.columns.names]
+    if not meta["star_id"]:
+        meta["star_id"] = str(table["APOGEE_ID"][0]).strip() if "APOGEE_ID" in names else _id_from_name(path)
+    # ASPCAP's own parameters, when the file carries its allStar row (useful as stellar parameters later).
+    for column, key in (("aspcap_teff", "TEFF"), ("aspcap_logg", "LOGG"), ("aspcap_m_h", "M_H"),
+                        ("aspcap_vmicro", "VMICRO"), ("snr", "SNR")):
+        if key in names:
+            meta[column] = float(np.ravel(table[key])[0])
+    meta.update(file=path, kind="aspcapStar", row=0, visit=0)
+    return SpectrumBatch(apstar_wavelength(), flux, ivar, mask, pd.DataFrame([meta]), flux_unit="")
+
+
+def _read_apvisit(path: str, hdul: fits.HDUList, bad: int, rv: float | None) -> SpectrumBatch:
+    _require_hdus(path, hdul, 5, "header, flux, error, bitmask, wavelength")
+    flux, err, bits, wave = (np.atleast_2d(hdul[k].data) for k in (1, 2, 3, 4))
+    if not (flux.shape == err.shape == bits.shape == wave.shape):
+        raise ShapeMismatchError(
+            path,
+            f"flux {flux.shape}, error {err.shape}, bitmask {bits.shape} and wavelength {wave.shape} differ; "
+            "expected (3, 4096) each",
+        )
+    header = hdul[0].header
+    if rv is None:
+        for key in ("VREL", "VRAD"):
+            if isinstance(header.get(key), (int, float)):
+                rv = float(header[key])
+                break
+        else:
+            raise HeaderError(
+                path, "no VREL or VRAD keyword; expected the visit's radial velocity there, or pass rv= (km/s)"
+            )
+    flux, err, wave = flux.astype(np.float64), err.astype(np.float64), wave.astype(np.float64)
+    ivar = _error_to_ivar(path, flux, err, "HDU2")
+    src_bad = ((bits.astype(np.int64) & bad) != 0) | ~np.isfinite(flux) | ~(ivar > 0)
+    rest = wave / (1.0 + rv / SPEED_OF_LIGHT_KMS)
+    out = [np.full(APSTAR_NPIX, np.nan), np.zeros(APSTAR_NPIX), np.ones(APSTAR_NPIX, bool),
+           np.zeros(APSTAR_NPIX, np.int64)]
+    for chip in range(flux.shape[0]):
+        order = np.argsort(rest[chip])  # apVisit chips run red to blue, each in descending wavelength
+        f, iv, m, b = resample_to_apstar(rest[chip][order], flux[chip][order], ivar[chip][order],
+                                         src_bad[chip][order], bits[chip][order].astype(np.int64))
+        covered = np.isfinite(f)
+        out[0][covered], out[1][covered], out[2][covered], out[3][covered] = (
+            f[covered], iv[covered], m[covered], b[covered])
+    _check_usable(path, out[0][None], out[1][None], out[2][None], ["resampled visit"])
+    meta = _header_meta(header)
+    if not meta["star_id"]:
+        meta["star_id"] = _id_from_name(path)
+    meta.update(file=path, kind="apVisit", row=0, visit=1, nvisits=1, rv_applied=rv)
+    return SpectrumBatch(apstar_wavelength(), out[0][None], out[1][None], out[2][None], pd.DataFrame([meta]),
+                         bitmask=out[3][None])
+
+
+def _id_from_name(path: str) -> str:
+    stem = Path(path).name.split(".fits")[0]
+    return re.sub(r"^(a[ps]Star|aspcapStar|a[ps]Visit)-(dr\d+-|r\d+-)?", "", stem)
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9+_.-]", "_", text) or "star"
+
+
+def _apstar_hdulist(batch: SpectrumBatch, i: int) -> fits.HDUList:
+    meta = batch.meta.iloc[i]
+    primary = fits.PrimaryHDU()
+    h = primary.header
+    grid = [("CRVAL1", APSTAR_CRVAL1, "Start log10(wavelength) in subsequent HDUs"),
+            ("CDELT1", APSTAR_CDELT1, "Dispersion in log10(wave) in subsequent HDUs"),
+            ("CRPIX1", 1, "Pixel of starting wavelength in subsequent HDUs"),
+            ("CTYPE1", "LOG-LINEAR", "Logarithmic wavelength scale in subsequent HDUs"),
+            ("DC-FLAG", 1, "Logarithmic wavelength scale in subsequent HDUs")]
+    for key, value, comment in grid:
+        h[key] = (value, comment)
+    h["NWAVE"] = (APSTAR_NPIX, "Number of wavelengths in subsequent HDUs")
+    for column, key in _HEADER_META.items():
+        value = meta.get(column)
+        if value is None or (isinstance(value, float) and not np.isfinite(value)) or value == "":
+            continue
+        h[key] = value.item() if isinstance(value, np.generic) else value
+    h["NVISITS"] = 1
+    if "synthetic" in meta and bool(meta["synthetic"]):
+        h["SYNTHETI"] = (True, "SYNTHETIC spectrum made by fehkit, not an observation")
+    h["ORIGIN"] = ("fehkit", "apStar-format file written by fehkit")
+    h.add_history("APOGEE apStar format (DR17 layout) written by fehkit")
+    for k, text in enumerate(["flux", "flux uncertainty", "pixel bitmask", "sky", "sky uncertainty", "telluric",
+                              "telluric uncertainty"], start=1):
+        h.add_history(f"HDU{k} : {text}")
+
+    flux = batch.flux[i].astype(np.float32)
+    with np.errstate(divide="ignore"):
+        err = np.where(batch.ivar[i] > 0, 1.0 / np.sqrt(batch.ivar[i]), np.nan).astype(np.float32)
+    bits = np.zeros(APSTAR_NPIX, np.int64) if batch.bitmask is None else batch.bitmask[i].copy()
+    # A pixel masked for a reason the bitmask does not already give (a user's mask, say) gets BADPIX, so the
+    # mask survives a round trip with the default bad bits while flux and error stay as they are.
+    unexplained = batch.mask[i] & np.isfinite(flux) & (batch.ivar[i] > 0) & ((bits & bad_bits_value()) == 0)
+    bits[unexplained] |= 1 << PIXMASK_BITS["BADPIX"]
+    unit = batch.flux_unit or "normalized flux"
+
+    def image(row: np.ndarray, bunit: str | None = None) -> fits.ImageHDU:
+        data = np.zeros((2, APSTAR_NPIX), row.dtype)
+        data[0] = row
+        hdu = fits.ImageHDU(data)
+        for key, value, _ in grid[:4]:
+            hdu.header[key] = value
+        if bunit:
+            hdu.header["BUNIT"] = bunit
+        return hdu
+
+    zeros = np.zeros(APSTAR_NPIX, np.float32)
+    return fits.HDUList([
+        primary,
+        image(flux, f"Flux ({unit})" if batch.flux_unit == APOGEE_FLUX_UNIT else unit),
+        image(err),
+        image(bits),
+        image(zeros),
+        image(zeros),
+        image(np.ones(APSTAR_NPIX, np.float32)),
+        image(zeros),
+    ])
