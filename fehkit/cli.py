@@ -13,6 +13,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from fehkit import __version__
 from fehkit.errors import FehkitError, FehkitWarning
 
@@ -69,7 +71,7 @@ def _inspect(args: argparse.Namespace) -> int:
         batch = read_apogee(paths, kind=args.kind, rows=args.rows, on_error=args.on_error)
     summary = batch.summary()
     print(_format_summary(summary))
-    for path, reason in batch.skipped:
+    for _, reason in batch.skipped:
         print(f"skipped: {reason}", file=sys.stderr)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -84,8 +86,9 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_summary(summary) -> str:  # noqa: ANN001 - a pandas DataFrame from SpectrumBatch.summary
-    header = f"{'star_id':<20} {'row':>3} {'S/N':>6} {'visits':>6} {'wavelength range (A)':>21} {'masked':>7}  chip gaps"
+def _format_summary(summary: pd.DataFrame) -> str:
+    header = (f"{'star_id':<20} {'row':>3} {'S/N':>6} {'visits':>6} {'wavelength range (A)':>21} {'masked':>7}"
+              "  chip gaps")
     rows = [header, "-" * len(header)]
     for r in summary.itertuples():
         rows.append(

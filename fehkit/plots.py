@@ -39,7 +39,7 @@ def spectrum_sources(batch: SpectrumBatch, index: int) -> dict[str, dict[str, np
 
 
 def flux_range(batch: SpectrumBatch, index: int) -> tuple[float, float]:
-    """A y range that shows the unmasked flux of one spectrum without letting outliers squash it."""
+    """Return a y range that shows the unmasked flux of one spectrum without letting outliers squash it."""
     good = batch.flux[index][~batch.mask[index]]
     if good.size == 0:
         return 0.0, 1.0
