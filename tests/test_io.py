@@ -65,6 +65,8 @@ def test_masked_fraction_of_the_real_files(examples):
     batch = read_apogee(examples)
     nan_fraction = (~np.isfinite(batch.flux)).mean(axis=1)
     assert np.all((nan_fraction > 0.085) & (nan_fraction < 0.095))  # the ~9% NaN of REFERENCE.md
+    flagged = (batch.bitmask != 0).mean(axis=1)
+    assert np.all((flagged > 0.12) & (flagged < 0.18))  # and its 12-18% non-zero bitmask
     frac = batch.masked_fraction()
     assert np.all((frac > nan_fraction) & (frac < 0.2))
     # NaN and zero-error pixels are always masked
