@@ -10,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 DEMO_OUT ?= fehkit-inspect
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean browser-deps
 
 venv: $(VENV)/.installed
 
@@ -30,6 +30,11 @@ lint: venv
 
 test: lint
 	$(BIN)/python -m pytest --nbval-lax -p no:cacheprovider
+
+# Debian's Chromium for tests/test_notebook_browser.py (a real browser over JupyterLab); needs root. Without it that
+# one test is skipped. Never `playwright install`: it downloads its own browser.
+browser-deps:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
