@@ -68,7 +68,7 @@ def _inspect(args: argparse.Namespace) -> int:
         raise FehkitError("no input: expected FILE arguments or --examples")
     with warnings.catch_warnings():  # skipped files are listed below, once
         warnings.simplefilter("ignore", FehkitWarning)
-        batch = read_apogee(paths, kind=args.kind, rows=args.rows, on_error=args.on_error)
+        batch = read_apogee(paths, kind=args.kind, rows=args.rows, on_error=args.on_error, progress=len(paths) >= 50)
     summary = batch.summary()
     print(_format_summary(summary))
     for _, reason in batch.skipped:

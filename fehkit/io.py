@@ -436,10 +436,10 @@ def _detect_kind(path: str, hdul: fits.HDUList) -> Kind:
               for h in hdul]
     if len(hdul) > 4 and shapes[1] == (3, 4096) and shapes[4] == (3, 4096):
         return "apVisit"
-    if len(hdul) > 3 and isinstance(hdul[3], fits.ImageHDU) and "CRVAL1" in (hdul[0].header | hdul[1].header):
-        return "apStar"
     if len(hdul) > 4 and isinstance(hdul[4], fits.BinTableHDU) and "CRVAL1" in hdul[1].header:
-        return "aspcapStar"
+        return "aspcapStar"  # its HDU3 (best fit) is an image too, so this test comes before apStar's
+    if len(hdul) > 3 and isinstance(hdul[3], fits.ImageHDU) and any("CRVAL1" in h.header for h in hdul[:2]):
+        return "apStar"
     raise UnsupportedFileError(
         path,
         f"FITS file with HDUs {shapes}; expected an APOGEE apStar/asStar (images (NROW, 8575) in HDU1-3), "

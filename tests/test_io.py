@@ -242,3 +242,36 @@ def test_summary_table(examples):
         "star_id", "file", "row", "snr", "nvisits", "wave_min", "wave_max", "masked_fraction", "chip_gaps"
     ]
     assert summary["chip_gaps"][0].count(";") == 1
+
+
+def test_our_reader_agrees_with_specutils_on_a_real_file(tmp_path, giant_bytes):
+    """Cross-check: specutils' own APOGEE apStar loader gives the same grid, flux and errors for row 0."""
+    from specutils import Spectrum
+
+    path = tmp_path / "apStar-dr17-2M17335483-2753043.fits"
+    path.write_bytes(giant_bytes)
+    ours = read_apogee(path)
+    theirs = SpectrumBatch.from_specutils(Spectrum.read(path, format="APOGEE apStar"))
+    np.testing.assert_allclose(theirs.wave, ours.wave, rtol=1e-10)
+    np.testing.assert_array_equal(theirs.flux, ours.flux)
+    usable = ~ours.mask  # specutils keeps no bitmask, so it masks only NaN / zero-error pixels
+    np.testing.assert_allclose(theirs.ivar[usable], ours.ivar[usable], rtol=1e-6)
+    assert theirs.mask.sum() < ours.mask.sum()
+
+
+def test_asstar_files_from_lco_are_read_like_apstar(tmp_path, giant_bytes):
+    path = tmp_path / "asStar-dr17-2M17335483-2753043.fits"
+    path.write_bytes(giant_bytes)
+    batch = read_apogee(path)
+    assert batch.meta["kind"][0] == "apStar" and batch.meta["star_id"][0] == "2M17335483-2753043"
+
+
+def test_kind_is_recognized_from_the_layout_when_the_name_says_nothing(tmp_path, giant_bytes, apvisit_path):
+    import gzip
+
+    (tmp_path / "star.fits").write_bytes(giant_bytes)
+    (tmp_path / "visit.fits").write_bytes(gzip.decompress(apvisit_path.read_bytes()))
+    assert read_apogee(tmp_path / "star.fits").meta["kind"][0] == "apStar"
+    assert read_apogee(tmp_path / "visit.fits").meta["kind"][0] == "apVisit"
+    make_aspcapstar(tmp_path / "normalized.fits", np.ones(8575), np.full(8575, 0.01))
+    assert read_apogee(tmp_path / "normalized.fits").meta["kind"][0] == "aspcapStar"
