@@ -416,8 +416,6 @@ def _open_fits(path: str) -> fits.HDUList:
             hdul = fits.open(io.BytesIO(raw), memmap=False, lazy_load_hdus=False)
             for hdu in hdul:  # touch every data unit now, so a truncation shows here, not later
                 _ = hdu.data
-    except SpectrumFileError:
-        raise
     except Exception as err:  # astropy raises OSError, ValueError, TypeError or warnings-as-errors here
         raise CorruptFileError(path, f"damaged FITS structure ({type(err).__name__}: {err})") from None
     return hdul
@@ -506,13 +504,14 @@ def _check_usable(path: str, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarra
 
 
 def _header_meta(header: fits.Header) -> dict[str, Any]:
+    """Pick the meta columns of :data:`_HEADER_META` from a primary header ("" or NaN when absent)."""
     meta: dict[str, Any] = {}
     for column, key in _HEADER_META.items():
         value = header.get(key)
-        if isinstance(value, str):
-            value = value.strip()
-        meta[column] = value if value is not None else (np.nan if column not in ("star_id", "telescope", "field")
-                                                        else "")
+        text_column = column in ("star_id", "telescope", "field")
+        if value is None:
+            value = "" if text_column else np.nan
+        meta[column] = value.strip() if isinstance(value, str) else value
     return meta
 
 
