@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"], help="stop at, or skip, a bad file")
     p.add_argument("--out", type=Path, default=Path("fehkit-inspect"), help="output folder (default %(default)s)")
     p.add_argument("--no-html", action="store_true", help="do not write the HTML page")
+    p.add_argument("--max-plots", type=int, default=50, help="plot at most this many spectra (default %(default)s)")
     p.set_defaults(func=_inspect)
     return parser
 
@@ -81,7 +82,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if not args.no_html:
         from fehkit.report import inspect_page
 
-        written.append(inspect_page(batch, args.out / "inspect.html", lines=load_linelist()))
+        written.append(inspect_page(batch, args.out / "inspect.html", lines=load_linelist(), max_plots=args.max_plots))
     print("wrote " + ", ".join(str(w) for w in written))
     return 0
 

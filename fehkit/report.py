@@ -37,6 +37,7 @@ def inspect_page(
     out: str | os.PathLike[str],
     lines: pd.DataFrame | None = None,
     title: str = "fehkit inspect",
+    max_plots: int = 50,
 ) -> Path:
     """Write an HTML page with the summary table and one plot per spectrum (masked pixels, line windows).
 
@@ -50,6 +51,9 @@ def inspect_page(
         Line list whose fit windows are marked.
     title : str
         Page title.
+    max_plots : int
+        Plot at most this many spectra (the first ones), so a page for a whole field stays light; the table
+        lists them all.
 
     Returns
     -------
@@ -68,7 +72,10 @@ def inspect_page(
         skipped = f"<p><b>{len(batch.skipped)} files skipped:</b></p><ul>{items}</ul>"
     style = "<style>table.summary td, table.summary th {padding: 2px 10px; text-align: left;}</style>"
     parts = [Div(text=style + intro + summary_html(batch.summary()) + skipped, width=1000)]
-    parts += [spectrum_figure(batch, i, lines=lines) for i in range(batch.n_spectra)]
+    n_plots = min(batch.n_spectra, max_plots)
+    if n_plots < batch.n_spectra:
+        parts.append(Div(text=f"<p>Plots of the first {n_plots} of {batch.n_spectra} spectra.</p>"))
+    parts += [spectrum_figure(batch, i, lines=lines) for i in range(n_plots)]
     page = file_html(column(*parts), resources=INLINE, title=title)
     path = Path(out)
     with atomic_output(path) as tmp:

@@ -56,3 +56,10 @@ def test_inspect_without_input_is_an_error(capsys):
 def test_console_entry_point_runs():
     done = subprocess.run([sys.executable, "-m", "fehkit", "--version"], capture_output=True, text=True, check=True)
     assert done.stdout.startswith("fehkit ")
+
+
+def test_inspect_page_plots_at_most_max_plots(tmp_path, capsys, examples):
+    assert main(["inspect", str(examples[0]), "--rows", "all", "--max-plots", "2", "--out", str(tmp_path)]) == 0
+    page = (tmp_path / "inspect.html").read_text()
+    assert "Plots of the first 2 of 5 spectra." in page
+    assert len(pd.read_csv(tmp_path / "summary.csv")) == 5
