@@ -555,7 +555,12 @@ def _select_rows(path: str, rows: Rows, flux: np.ndarray, nvisits: int) -> list[
         if rows == "visits":
             # DR17: rows 0-1 are combinations and visits follow, except for one-visit stars, whose file has the
             # combined row and an all-zero row only: there the combined row *is* the visit.
-            return list(range(2, n_rows)) if nvisits > 1 else [0]
+            if nvisits == 1:
+                return [0]
+            if n_rows < 3:
+                raise RowSelectionError(path, f"NVISITS is {nvisits} but the file has {n_rows} rows; expected "
+                                        "visit rows after the two combined rows")
+            return list(range(2, n_rows))
         if rows == "all":  # every row that holds data (one-visit files carry an all-zero second row)
             return [r for r in range(n_rows) if np.any(np.nan_to_num(flux[r]) != 0)] or [0]
         raise RowSelectionError(path, f"rows={rows!r}; expected 'combined', 'visits', 'all' or row numbers")

@@ -182,6 +182,14 @@ def test_row_out_of_range(examples):
         read_apogee(examples[0], rows=[7])
 
 
+def test_visits_requested_from_a_file_without_visit_rows(tmp_path, apstar_hdul):
+    for k in (1, 2, 3):
+        apstar_hdul[k].data = apstar_hdul[k].data[:2]
+    path = _write(apstar_hdul, tmp_path / "apStar-novisits.fits")
+    with pytest.raises(errors.RowSelectionError, match="NVISITS is 3 but the file has 2 rows"):
+        read_apogee(path, rows="visits")
+
+
 def test_skip_reads_the_good_files_and_reports_each_bad_one(tmp_path, apstar_hdul, giant_bytes, examples):
     bad = [build(tmp_path, apstar_hdul.copy(), giant_bytes) for build, _, _ in
            [CASES[c] for c in ("truncated FITS", "not FITS", "empty file", "all-NaN flux", "missing file")]]
