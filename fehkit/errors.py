@@ -80,3 +80,11 @@ class RowSelectionError(SpectrumFileError):
 
 class LineListError(FehkitError, ValueError):
     """A line list lacks a column or holds values outside the range fehkit can use."""
+
+
+class PhysicsGridError(FehkitError, ValueError):
+    """A physics grid file (curve of growth, blend background) is missing, unreadable or inconsistent."""
+
+
+class GridRangeError(FehkitError, ValueError):
+    """Stellar parameters or equivalent widths do not fit the physics grid they are used with."""

@@ -666,7 +666,7 @@ def _apstar_hdulist(batch: SpectrumBatch, i: int) -> fits.HDUList:
         h[key] = value.item() if isinstance(value, np.generic) else value
     h["NVISITS"] = 1
     if "synthetic" in meta and bool(meta["synthetic"]):
-        h["SYNTHETI"] = (True, "SYNTHETIC spectrum made by fehkit, not an observation")
+        h["SYNTHETI"] = (True, "SYNTHETIC spectrum (fehkit), not observed")
     h["ORIGIN"] = ("fehkit", "apStar-format file written by fehkit")
     h.add_history("APOGEE apStar format (DR17 layout) written by fehkit")
     for k, text in enumerate(["flux", "flux uncertainty", "pixel bitmask", "sky", "sky uncertainty", "telluric",

@@ -126,3 +126,55 @@ def spectrum_figure(
     legend.label_text_font_size = "9pt"
     fig.add_layout(legend, "above")  # outside the data, so it hides no pixel
     return fig
+
+
+def display_continuum(wave: np.ndarray, flux: np.ndarray, width: int = 301, q: float = 90.0) -> np.ndarray:
+    """Return a running upper percentile of the flux per detector: a quick pseudo-continuum **for display only**.
+
+    It lets spectra of different flux levels share one axis; fehkit's continuum normalization is a separate,
+    tested stage. NaN stays NaN.
+    """
+    from scipy.ndimage import percentile_filter
+
+    from fehkit.spectra import CHIPS
+
+    out = np.full(flux.shape, np.nan)
+    for lo, hi in CHIPS.values():
+        sel = (wave >= lo) & (wave <= hi)
+        seg = flux[sel].astype(float)
+        good = np.isfinite(seg)
+        if good.sum() < 10:
+            continue
+        filled = np.interp(np.arange(seg.size), np.flatnonzero(good), seg[good])
+        out[sel] = percentile_filter(filled, q, size=width, mode="nearest")
+    return out
+
+
+def comparison_figure(
+    wave: np.ndarray,
+    spectra: list[tuple[str, np.ndarray, str]],
+    title: str = "",
+    offset: float = 0.7,
+    width: int = 1100,
+    height: int = 520,
+) -> figure:
+    """Plot normalized spectra on the same axes, each shifted up by ``offset`` from the one below.
+
+    Parameters
+    ----------
+    wave : numpy.ndarray
+        Shared wavelength grid.
+    spectra : list of (label, normalized flux, color)
+        Bottom to top; NaN breaks the line.
+    """
+    fig = figure(width=width, height=height, title=title, x_axis_label="vacuum wavelength (Å)",
+                 y_axis_label="normalized flux + offset", tools="xpan,xwheel_zoom,box_zoom,reset,save",
+                 active_scroll="xwheel_zoom")
+    for k, (label, flux, color) in enumerate(spectra):
+        fig.line(wave, np.asarray(flux, float) + k * offset, color=color, line_width=1, legend_label=label)
+    fig.y_range = Range1d(0.2, 1.25 + offset * (len(spectra) - 1))
+    fig.x_range = Range1d(15150.0, 15800.0, bounds=(float(wave[0]), float(wave[-1])))
+    legend = fig.legend[0]
+    legend.click_policy = "hide"
+    fig.add_layout(legend, "below")  # outside the plot, so it hides no spectrum
+    return fig

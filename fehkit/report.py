@@ -81,3 +81,41 @@ def inspect_page(
     with atomic_output(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return path
+
+
+def realism_page(sim: object, out: str | os.PathLike[str], n_show: int = 2) -> Path:
+    """Write an HTML page setting simulated spectra beside the real DR17 example spectra on the same axes.
+
+    ``sim`` is a :class:`fehkit.synth.Simulation`; the page shows its first ``n_show`` stars (normalized by
+    their true continuum) and the packaged real spectra (normalized for display by a running percentile).
+    """
+    import numpy as np
+
+    from fehkit.examples import example_paths
+    from fehkit.io import read_apogee
+    from fehkit.plots import comparison_figure, display_continuum
+
+    real = read_apogee(example_paths())
+    shown = []
+    for i in range(min(n_show, sim.batch.n_spectra)):
+        t = sim.truth.iloc[i]
+        f = np.where(sim.batch.mask[i], np.nan, sim.batch.flux[i] / sim.continuum[i])
+        shown.append((f"SYNTHETIC {t.star_id}: Teff {t.teff:.0f}, logg {t.logg:.2f}, [Fe/H] {t.feh:.2f}, "
+                      f"S/N {t.snr:.0f}", f, "#d62728"))
+    for i in range(real.n_spectra):
+        f = np.where(real.mask[i], np.nan, real.flux[i])
+        shown.append((f"real DR17 {real.meta.star_id[i]} (S/N {real.meta.snr[i]:.0f}; not metal-poor)",
+                       f / display_continuum(real.wave, f), "#1f3b73"))
+    intro = (
+        "<h2>fehkit simulate: SYNTHETIC spectra beside real APOGEE spectra</h2><p>Red: simulated (synthetic) "
+        "spectra from the MOOG curve-of-growth grid and blend background, divided by their true continuum. Blue: "
+        "the two real DR17 apStar example spectra (a solar-metallicity M giant and a dwarf, not metal-poor), "
+        "divided by a running 90th percentile for display. Masked pixels are left out. Zoom with the mouse "
+        "wheel.</p>"
+    )
+    fig = comparison_figure(real.wave, shown, title="synthetic (red) vs real DR17 (blue)")
+    page = file_html(column(Div(text=intro, width=1100), fig), resources=INLINE, title="fehkit simulate")
+    path = Path(out)
+    with atomic_output(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return path

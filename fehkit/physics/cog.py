@@ -1,0 +1,318 @@
+"""The curve of growth: equivalent width of each Fe I line as a function of the star and its iron abundance.
+
+A line's equivalent width grows linearly with the number of absorbers while the line is weak, then
+flattens as its core saturates. Where a line sits on that curve depends on the atmosphere (Teff, log g),
+on the microturbulence (vmic, which widens the saturated core) and slightly on [alpha/Fe] (Mg and Si give
+electrons, and electrons set the H- continuum). fehkit ships this curve for every line of the packaged list,
+computed once with MOOG (``ewfind``) on atmosnet model atmospheres by ``scripts/physics/build_physics_grid.py``
+(``fehkit/physics/README.md`` says how, and what was done at the grid's edges).
+
+:class:`CurveOfGrowth` interpolates it (multilinear in Teff, log g, vmic and [alpha/Fe]; a monotone cubic,
+PCHIP, in [Fe/H], on log EW) and inverts it: EW -> [Fe/H] line by line, the classical curve-of-growth method.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.interpolate import PchipInterpolator, RegularGridInterpolator
+
+from fehkit.errors import FehkitWarning, GridRangeError, PhysicsGridError
+
+#: File name of the packaged grid inside ``fehkit/physics/data``.
+DEFAULT_GRID = "cog_fe1.npz"
+
+#: [alpha/Fe] range the grid may be linearly extended to (atmosnet's grid stops at [alpha/M] = +0.6; the
+#: shipped nodes are 0.0 and +0.4, and the off-node test shows the extension to +0.6 holds to ~1%).
+ALPHA_RANGE = (-0.2, 0.6)
+
+
+class CurveOfGrowth:
+    """EW (mA) of each Fe I line on a grid of Teff, log g, [Fe/H], vmic and [alpha/Fe], with interpolation.
+
+    Parameters
+    ----------
+    teff, logg, feh, vmic, alpha_fe : numpy.ndarray
+        Grid axes (K, dex cgs, dex, km/s, dex), each increasing.
+    log10_ew : numpy.ndarray
+        log10 EW (mA), shaped (teff, logg, feh, vmic, alpha_fe, line).
+    wave_vac : numpy.ndarray
+        Vacuum wavelength (A) of each line, in the order of the last axis.
+    filled : numpy.ndarray, optional
+        True for nodes whose atmosphere MOOG could not use, filled along log g (shape of the first five axes).
+    meta : dict, optional
+        Provenance written by the build tool.
+    """
+
+    def __init__(
+        self,
+        teff: np.ndarray,
+        logg: np.ndarray,
+        feh: np.ndarray,
+        vmic: np.ndarray,
+        alpha_fe: np.ndarray,
+        log10_ew: np.ndarray,
+        wave_vac: np.ndarray,
+        filled: np.ndarray | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.teff, self.logg, self.feh = (np.asarray(a, float) for a in (teff, logg, feh))
+        self.vmic, self.alpha_fe = np.asarray(vmic, float), np.asarray(alpha_fe, float)
+        self.wave_vac = np.asarray(wave_vac, float)
+        self.log10_ew = np.asarray(log10_ew, np.float64)
+        shape = tuple(len(a) for a in (self.teff, self.logg, self.feh, self.vmic, self.alpha_fe))
+        if self.log10_ew.shape != (*shape, len(self.wave_vac)):
+            raise PhysicsGridError(
+                f"log10_ew has shape {self.log10_ew.shape}; expected {(*shape, len(self.wave_vac))} "
+                "(teff, logg, feh, vmic, alpha_fe, line)"
+            )
+        if np.any(np.diff(self.log10_ew, axis=2) <= 0):
+            raise PhysicsGridError("log10_ew must grow with [Fe/H] at every node; the grid is not a curve of growth")
+        self.filled = np.zeros(shape, bool) if filled is None else np.asarray(filled, bool)
+        self.meta = meta or {}
+        #: Off-node points the build tool computed directly with MOOG: params (n, 5: teff, logg, feh, vmic,
+        #: alpha_fe) and EW (n, n_lines), for testing the interpolation.
+        self.validation_params = np.empty((0, 5))
+        self.validation_ew = np.empty((0, len(self.wave_vac)))
+        # (teff, logg, vmic, alpha, feh, line): the four "atmosphere" axes first, for RegularGridInterpolator
+        values = np.moveaxis(self.log10_ew, 2, 4)
+        self._rgi = RegularGridInterpolator(
+            (self.teff, self.logg, self.vmic, self.alpha_fe), values, bounds_error=False, fill_value=None
+        )
+        self._filled_rgi = RegularGridInterpolator(
+            (self.teff, self.logg, self.vmic, self.alpha_fe),
+            np.moveaxis(self.filled, 2, 4).astype(float),
+            bounds_error=False,
+            fill_value=None,
+        )
+
+    # ---- construction -------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None) -> CurveOfGrowth:
+        """Load a grid file written by the build tool (default: the packaged grid).
+
+        Examples
+        --------
+        >>> cog = CurveOfGrowth.load()
+        >>> cog.log10_ew.shape[-1], cog.feh.min(), cog.feh.max()
+        (30, -5.0, -0.5)
+        """
+        if path is None:
+            return _packaged()
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                d = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise PhysicsGridError(f"{path}: cannot read a curve-of-growth grid ({exc}); expected an .npz file "
+                                 "written by scripts/physics/build_physics_grid.py") from exc
+        missing = {"teff", "logg", "feh", "vmic", "alpha_fe", "log10_ew", "wave_vac"} - set(d)
+        if missing:
+            raise PhysicsGridError(f"{path}: lacks {sorted(missing)}; expected a curve-of-growth grid file")
+        meta = json.loads(str(d["meta"])) if "meta" in d else {}
+        cog = cls(d["teff"], d["logg"], d["feh"], d["vmic"], d["alpha_fe"], d["log10_ew"], d["wave_vac"],
+                  d.get("filled"), meta)
+        cog.validation_params = d.get("validation_params", np.empty((0, 5)))
+        cog.validation_ew = d.get("validation_ew", np.empty((0, cog.n_lines)))
+        return cog
+
+    @property
+    def n_lines(self) -> int:
+        """Number of lines in the grid."""
+        return len(self.wave_vac)
+
+    def line_index(self, wave_vac: np.ndarray) -> np.ndarray:
+        """Return the indices of the grid lines nearest to the given vacuum wavelengths (within 0.05 A), else raise."""
+        wave_vac = np.atleast_1d(np.asarray(wave_vac, float))
+        idx = np.abs(self.wave_vac[None, :] - wave_vac[:, None]).argmin(axis=1)
+        off = np.abs(self.wave_vac[idx] - wave_vac)
+        if np.any(off > 0.05):
+            bad = wave_vac[off > 0.05]
+            raise GridRangeError(f"lines {np.round(bad, 3).tolist()} A are not in the curve-of-growth grid; "
+                                 f"expected wavelengths of {self.meta.get('linelist', 'the packaged line list')}")
+        return idx
+
+    # ---- interpolation ------------------------------------------------------------------------------
+    def _points(self, teff: Any, logg: Any, vmic: Any, alpha_fe: Any) -> np.ndarray:
+        cols = np.broadcast_arrays(*(np.atleast_1d(np.asarray(a, float)) for a in (teff, logg, vmic, alpha_fe)))
+        pts = np.stack([c.ravel() for c in cols], axis=-1)
+        if not np.all(np.isfinite(pts)):
+            raise GridRangeError("teff, logg, vmic and alpha_fe must be finite; found NaN or inf")
+        outside = []
+        for j, (name, axis) in enumerate(zip(("teff", "logg", "vmic"), (self.teff, self.logg, self.vmic), strict=True)):
+            lo, hi = axis[0], axis[-1]
+            n_out = int(np.sum((pts[:, j] < lo - 1e-9) | (pts[:, j] > hi + 1e-9)))
+            if n_out:
+                outside.append(f"{name}: {n_out} value(s) outside {lo:g}..{hi:g}")
+            pts[:, j] = np.clip(pts[:, j], lo, hi)
+        n_out = int(np.sum((pts[:, 3] < ALPHA_RANGE[0]) | (pts[:, 3] > ALPHA_RANGE[1])))
+        if n_out:
+            outside.append(f"alpha_fe: {n_out} value(s) outside {ALPHA_RANGE[0]:g}..{ALPHA_RANGE[1]:g}")
+        pts[:, 3] = np.clip(pts[:, 3], *ALPHA_RANGE)
+        if outside:
+            warnings.warn("curve of growth: clipped to the grid edge: " + "; ".join(outside), FehkitWarning,
+                          stacklevel=3)
+        return pts
+
+    def curves(
+        self, teff: Any, logg: Any, vmic: Any, alpha_fe: Any = 0.4, lines: np.ndarray | None = None
+    ) -> np.ndarray:
+        """log10 EW (mA) at every [Fe/H] node of the grid, for each star: shape (n_stars, n_feh, n_lines).
+
+        Parameters are arrays of one value per star (or scalars). ``lines`` selects grid lines by index.
+        Teff, log g and vmic outside the grid are clipped to its edge with a :class:`FehkitWarning`.
+        """
+        out = self._rgi(self._points(teff, logg, vmic, alpha_fe))
+        return out if lines is None else out[..., lines]
+
+    def in_filled_region(self, teff: Any, logg: Any, vmic: Any, alpha_fe: Any = 0.4) -> np.ndarray:
+        """Tell where interpolation draws on nodes filled along log g (no usable atmosphere there).
+
+        Shape (n_stars, n_feh): a value per star and [Fe/H] node.
+        """
+        return self._filled_rgi(self._points(teff, logg, vmic, alpha_fe)) > 0
+
+    def touches_filled(self, teff: Any, logg: Any, feh: Any, vmic: Any, alpha_fe: Any = 0.4) -> np.ndarray:
+        """Tell, per star, whether its interpolated EWs draw on filled nodes (no usable MOOG atmosphere there).
+
+        Such values are extrapolations from neighbouring nodes (``fehkit/physics/README.md``): less accurate.
+        """
+        feh = np.atleast_1d(np.asarray(feh, float)).ravel()
+        near = self.in_filled_region(teff, logg, vmic, alpha_fe)
+        if near.shape[0] == 1 and feh.size > 1:
+            near = np.repeat(near, feh.size, axis=0)
+        k = np.clip(np.searchsorted(self.feh, np.clip(feh, self.feh[0], self.feh[-1]), side="right") - 1, 0,
+                    len(self.feh) - 2)
+        rows = np.arange(feh.size)
+        return near[rows, k] | near[rows, k + 1]
+
+    def ew(
+        self, teff: Any, logg: Any, feh: Any, vmic: Any, alpha_fe: Any = 0.4, lines: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Equivalent width (mA) of each line for each star: shape (n_stars, n_lines).
+
+        Below the grid's lowest [Fe/H] (-5) the lines are on the linear part of the curve of growth and are
+        extended with EW proportional to the iron abundance; above its top (-0.5) the result is NaN.
+
+        Examples
+        --------
+        >>> cog = CurveOfGrowth.load()
+        >>> i = cog.line_index([15298.7])  # Fe I 15294.56 air, the strongest line of the list
+        >>> ew = cog.ew(4800, 1.5, [-1.0, -2.0, -3.0], 2.0, 0.4, lines=i)
+        >>> np.round(ew[:, 0], 1).tolist()
+        [224.7, 104.8, 19.2]
+        """
+        feh = np.atleast_1d(np.asarray(feh, float)).ravel()
+        curves = self.curves(teff, logg, vmic, alpha_fe, lines)
+        if curves.shape[0] == 1 and feh.size > 1:
+            curves = np.repeat(curves, feh.size, axis=0)
+        if feh.size != curves.shape[0]:
+            raise GridRangeError(f"feh has {feh.size} values; expected one per star ({curves.shape[0]})")
+        return 10.0 ** self._eval_feh(curves, feh)
+
+    def _eval_feh(self, curves: np.ndarray, feh: np.ndarray) -> np.ndarray:
+        """Monotone cubic (PCHIP) in [Fe/H] of log EW, each star at its own [Fe/H]."""
+        pp = PchipInterpolator(self.feh, curves, axis=1)  # coefficients c: (4, n_feh - 1, n_stars, n_lines)
+        x = np.clip(feh, self.feh[0], self.feh[-1])
+        k = np.clip(np.searchsorted(self.feh, x, side="right") - 1, 0, len(self.feh) - 2)
+        dx = (x - self.feh[k])[:, None]
+        c = pp.c[:, k, np.arange(len(feh)), :]
+        val = ((c[0] * dx + c[1]) * dx + c[2]) * dx + c[3]
+        below = feh < self.feh[0]
+        val[below] = curves[below, 0, :] + (feh[below] - self.feh[0])[:, None]  # EW proportional to N(Fe)
+        val[feh > self.feh[-1] + 1e-9] = np.nan
+        return val
+
+    # ---- inversion: the classical curve-of-growth method ---------------------------------------------
+    def abundance(
+        self,
+        ew: np.ndarray,
+        teff: Any,
+        logg: Any,
+        vmic: Any,
+        alpha_fe: Any = 0.4,
+        lines: np.ndarray | None = None,
+        ew_err: np.ndarray | None = None,
+    ) -> pd.DataFrame | np.ndarray:
+        """Invert the curve of growth line by line: the [Fe/H] at which each line has the measured EW.
+
+        Parameters
+        ----------
+        ew : numpy.ndarray
+            EW (mA) shaped (n_stars, n_lines) (lines of the grid, or those chosen by ``lines``).
+        teff, logg, vmic, alpha_fe : array_like
+            One value per star.
+        lines : numpy.ndarray, optional
+            Grid line indices the columns of ``ew`` refer to.
+        ew_err : numpy.ndarray, optional
+            EW errors (mA); if given, the [Fe/H] errors from the local slope of the curve of growth are
+            returned too.
+
+        Returns
+        -------
+        numpy.ndarray or tuple of numpy.ndarray
+            [Fe/H] per star and line, NaN where EW <= 0 or not finite (no abundance: the line is not
+            detected) or where the EW is stronger than the curve reaches at [Fe/H] = -0.5. Below [Fe/H] = -5
+            the linear part of the curve is extended. With ``ew_err``: ``(feh, feh_err)``.
+
+        Examples
+        --------
+        >>> cog = CurveOfGrowth.load()
+        >>> ew = cog.ew(4800, 1.5, -2.3, 1.8, 0.4)
+        >>> feh = cog.abundance(ew, 4800, 1.5, 1.8, 0.4)
+        >>> bool(np.allclose(feh, -2.3, atol=1e-6))
+        True
+        """
+        curves = self.curves(teff, logg, vmic, alpha_fe, lines)
+        ew = np.atleast_2d(np.asarray(ew, float))
+        if ew.shape[0] != curves.shape[0] and curves.shape[0] == 1:
+            curves = np.repeat(curves, ew.shape[0], axis=0)
+        if ew.shape != (curves.shape[0], curves.shape[2]):
+            raise GridRangeError(f"ew has shape {ew.shape}; expected (n_stars, n_lines) = "
+                                 f"{(curves.shape[0], curves.shape[2])}")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.where(np.isfinite(ew) & (ew > 0), np.log10(ew), np.nan)
+        pp = PchipInterpolator(self.feh, curves, axis=1)
+        nf = len(self.feh)
+        # the interval of each (star, line): curves are increasing in [Fe/H]
+        k = np.clip((curves <= y[:, None, :]).sum(axis=1) - 1, 0, nf - 2)
+        s, li = np.meshgrid(np.arange(ew.shape[0]), np.arange(ew.shape[1]), indexing="ij")
+        c = pp.c[:, k, s, li]  # (4, n_stars, n_lines)
+        lo = np.zeros_like(y)
+        hi = np.broadcast_to(np.diff(self.feh)[k], y.shape).copy()
+        for _ in range(40):  # bisection on a monotone cubic: 2**-40 of 0.25 dex
+            mid = 0.5 * (lo + hi)
+            f = ((c[0] * mid + c[1]) * mid + c[2]) * mid + c[3]
+            up = f < y
+            lo = np.where(up, mid, lo)
+            hi = np.where(up, hi, mid)
+        feh = self.feh[k] + 0.5 * (lo + hi)
+        first, last = curves[:, 0, :], curves[:, -1, :]
+        feh = np.where(y < first, self.feh[0] + (y - first), feh)
+        feh = np.where(y > last, np.nan, feh)
+        feh = np.where(np.isnan(y), np.nan, feh)
+        if ew_err is None:
+            return feh
+        d = 0.5 * (lo + hi)
+        slope = (3 * c[0] * d + 2 * c[1]) * d + c[2]  # d log EW / d [Fe/H]
+        slope = np.where(y < first, 1.0, slope)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            feh_err = np.asarray(ew_err, float) / (ew * np.log(10) * slope)
+        return feh, np.where(np.isnan(feh), np.nan, feh_err)
+
+
+@lru_cache(maxsize=1)
+def _packaged() -> CurveOfGrowth:
+    path = resources.files("fehkit.physics") / "data" / DEFAULT_GRID
+    with resources.as_file(path) as p:
+        if not Path(p).exists():
+            raise PhysicsGridError(f"{p}: the packaged curve-of-growth grid is missing; expected it in the "
+                                 "installed package (rebuild with scripts/physics/build_physics_grid.py)")
+        return CurveOfGrowth.load(p)
