@@ -102,7 +102,7 @@ class CurveOfGrowth:
         Examples
         --------
         >>> cog = CurveOfGrowth.load()
-        >>> cog.log10_ew.shape[-1], cog.feh.min(), cog.feh.max()
+        >>> cog.n_lines, float(cog.feh.min()), float(cog.feh.max())
         (30, -5.0, -0.5)
         """
         if path is None:
