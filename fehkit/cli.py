@@ -2,6 +2,9 @@
 
 ``fehkit simulate`` writes a synthetic benchmark (apStar-format files, truth.csv) made by :mod:`fehkit.synth`.
 
+``fehkit fetch list|product|spectra`` lists and fetches the remote products of ``data_manifest.yaml`` into the
+cache (:mod:`fehkit.data`).
+
 ``fehkit inspect`` reads APOGEE spectrum files (or the packaged real examples), prints one line per spectrum
 (id, S/N, visits, wavelength range, masked fraction, chip gaps) and writes ``summary.csv`` and an HTML page with
 a plot of each spectrum. Errors a user can cause are printed as one line naming the file and exit with status 2.
@@ -10,6 +13,7 @@ a plot of each spectrum. Errors a user can cause are printed as one line naming 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -75,35 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace files already in OUT")
     p.add_argument("--no-html", action="store_true", help="do not write simulate.html")
     p.set_defaults(func=_simulate)
+
+    _add_fetch_parser(sub)
     return parser
-
-
-def _inspect(args: argparse.Namespace) -> int:
-    from fehkit.examples import example_paths
-    from fehkit.io import atomic_output, read_apogee
-    from fehkit.lines import load_linelist
-
-    paths = list(args.files) + (example_paths() if args.examples else [])
-    if not paths:
-        raise FehkitError("no input: expected FILE arguments or --examples")
-    with warnings.catch_warnings():  # skipped files are listed below, once
-        warnings.simplefilter("ignore", FehkitWarning)
-        batch = read_apogee(paths, kind=args.kind, rows=args.rows, on_error=args.on_error, progress=len(paths) >= 50)
-    summary = batch.summary()
-    print(_format_summary(summary))
-    for _, reason in batch.skipped:
-        print(f"skipped: {reason}", file=sys.stderr)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    with atomic_output(args.out / "summary.csv") as tmp:
-        summary.to_csv(tmp, index=False)
-    written = [args.out / "summary.csv"]
-    if not args.no_html:
-        from fehkit.report import inspect_page
-
-        written.append(inspect_page(batch, args.out / "inspect.html", lines=load_linelist(), max_plots=args.max_plots))
-    print("wrote " + ", ".join(str(w) for w in written))
-    return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -167,6 +145,82 @@ def _format_summary(summary: pd.DataFrame) -> str:
             f"{r.wave_min:>10.2f}-{r.wave_max:<10.2f} {100 * r.masked_fraction:>6.1f}%  {r.chip_gaps}"
         )
     return "\n".join(rows)
+
+
+def _add_fetch_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fetch",
+        help="list and fetch remote data products into the cache (data_manifest.yaml)",
+        description="Fetch the remote products listed in data_manifest.yaml into the cache with pooch (sha256 "
+        "checked where fixed, retried with backoff on HTTP 5xx and truncated downloads). Files already cached are "
+        "not downloaded again, so an interrupted fetch is resumed by running it again. --cache and --mirror "
+        "override FEHKIT_CACHE and FEHKIT_DATA_URL.",
+    )
+    what = p.add_subparsers(dest="fetch_command", metavar="WHAT", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cache", type=Path, help="cache folder (default $FEHKIT_CACHE, else the OS cache folder)")
+    common.add_argument("--mirror", help="mirror base url that replaces every file's host (default $FEHKIT_DATA_URL)")
+    common.add_argument("--manifest", type=Path, help="another data manifest (default data_manifest.yaml)")
+    common.add_argument("--retries", type=int, default=3, help="retries on temporary failures (default %(default)s)")
+    common.add_argument("--backoff", type=float, default=1.0,
+                        help="seconds before the first retry, doubled each time (default %(default)s)")
+    what.add_parser("list", parents=[common], help="list the products: kind, size, sha256, licence, citation")
+    q = what.add_parser("product", parents=[common], help="fetch one file product by name")
+    q.add_argument("name", help="product name, e.g. galah_dr4_allstar (see 'fehkit fetch list')")
+    q.add_argument("--field", action="append", default=[], metavar="KEY=VALUE",
+                   help="template value of a per-star product, e.g. --field telescope=apo25m (repeatable)")
+    q = what.add_parser("spectra", parents=[common],
+                        help="fetch the spectrum files of an allStar-like table (TELESCOPE, FIELD, FILE columns)")
+    q.add_argument("table", type=Path, help="CSV or FITS table, e.g. rows saved from fehkit.data.query_apogee")
+    q.add_argument("--kind", default="apStar", choices=["apStar", "aspcapStar"], help="which file of each star")
+    q.add_argument("--workers", type=int, default=4, help="parallel downloads (default %(default)s)")
+    q.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+                   help="fail, or report the failed files and keep the others (default %(default)s)")
+    q.add_argument("--out", type=Path, help="write the table with url, path and fetch_status columns (CSV)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_fetch)
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from fehkit.data import cache_dir, fetch_product, fetch_spectra, load_manifest
+
+    manifest = load_manifest(args.manifest)
+    retry = {"retries": args.retries, "backoff": args.backoff}
+    if args.fetch_command == "list":
+        table = manifest.table()[["name", "kind", "size", "sha256", "licence", "citation"]]
+        table["size"] = [f"{s / 1e6:.1f} MB" if s else "-" for s in table["size"]]
+        table["licence"] = [t if len(t) <= 44 else t[:43] + "…" for t in table["licence"]]
+        print(table.to_string(index=False))
+        mirror = args.mirror if args.mirror is not None else os.environ.get("FEHKIT_DATA_URL")
+        print(f"cache: {cache_dir(args.cache)}; mirror: {mirror or 'none (original hosts)'}")
+        return 0
+    if args.fetch_command == "product":
+        fields = {}
+        for item in args.field:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise FehkitError(f"--field {item!r}: expected KEY=VALUE, e.g. telescope=apo25m")
+            fields[key] = value
+        path = fetch_product(args.name, manifest=manifest, cache=args.cache, mirror=args.mirror, progress=True,
+                             **retry, **fields)
+        print(path)
+        return 0
+    from fehkit.io import atomic_output
+
+    with warnings.catch_warnings():  # failures are counted below, once
+        warnings.simplefilter("ignore", FehkitWarning)
+        rows = fetch_spectra(args.table, kind=args.kind, cache=args.cache, mirror=args.mirror, manifest=manifest,
+                             workers=args.workers, progress=not args.no_progress, on_error=args.on_error, **retry)
+    status = rows["fetch_status"].str.split(":").str[0].value_counts()
+    print(f"{len(rows)} rows: {status.get('downloaded', 0)} downloaded, {status.get('cached', 0)} already cached, "
+          f"{status.get('failed', 0)} failed; cache {cache_dir(args.cache)}")
+    for reason in rows.loc[rows["path"].isna(), "fetch_status"]:
+        print(reason, file=sys.stderr)
+    if args.out:
+        with atomic_output(args.out) as tmp:
+            rows.to_csv(tmp, index=False)
+        print(f"wrote {args.out}")
+    return 0 if rows["path"].notna().all() else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

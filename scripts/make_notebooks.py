@@ -180,14 +180,113 @@ SYNTHETIC = [
 ]
 
 
+GET_DATA = [
+    new_markdown_cell(
+        "# Getting real data: APOGEE spectra, reference [Fe/H], a training table\n\n"
+        "`fehkit.data` fetches what a recalibration on real stars needs, in a few calls: APOGEE DR17 allStar rows "
+        "(astroquery: VizieR III/286 or the SDSS SkyServer SQL tables), their apStar/asStar files from the SAS "
+        "(pooch: cached, checked, retried, resumable), high-resolution [Fe/H] of metal-poor stars (JINAbase, "
+        "Montelius et al. 2026, GALAH), and the cross-match of the two on the sky: a training table with the "
+        "columns `fehkit train --data` reads (file, feh_ref, feh_ref_err, teff, logg, vmic).\n\n"
+        "**With internet** this notebook fetches a small real sample. **Offline** it says so and falls back to the "
+        "embedded **synthetic** benchmark and the two real example spectra packaged with fehkit."
+    ),
+    new_code_cell(
+        "import astropy.units as u\n"
+        "from astropy.coordinates import SkyCoord\n"
+        "from bokeh.io import output_notebook, show\n"
+        "from bokeh.resources import INLINE\n\n"
+        "from fehkit.data import (TRAINING_COLUMNS, DataAccessError, cache_dir, crossmatch, fetch_spectra,\n"
+        "                         load_manifest, load_reference, online, query_apogee)\n"
+        "from fehkit.examples import example_paths\n"
+        "from fehkit.io import read_apogee\n"
+        "from fehkit.plots import spectrum_figure\n\n"
+        "output_notebook(INLINE, hide_banner=True)\n"
+        "ONLINE = online(timeout=3)  # can we reach VizieR? (a 3 s TCP check)\n"
+        "print('internet: yes, fetching a small REAL sample' if ONLINE else\n"
+        "      'internet: no, using the SYNTHETIC benchmark and the packaged real example spectra')\n"
+        "print('cache:', cache_dir())"
+    ),
+    new_markdown_cell(
+        "## What fehkit can fetch\n\n"
+        "Every remote product is listed in `data_manifest.yaml` with its url, sha256 where the file is fixed, "
+        "size, licence and citation (`fehkit fetch list` prints the same). SAGA is a link only: its licence "
+        "(CC BY-NC-SA) does not allow fehkit to download or redistribute it; export what you need yourself and "
+        "read it with `load_reference('saga', path=...)`."
+    ),
+    new_code_cell(
+        "# NBVAL_CHECK_OUTPUT\n"
+        "print(load_manifest().table()[['name', 'kind', 'citation']].to_string(index=False))"
+    ),
+    new_markdown_cell(
+        "## A small sample\n\n"
+        "Online: the reference [Fe/H] of very metal-poor giants below ASPCAP's grid (Montelius et al. 2026), "
+        "the APOGEE rows within 3 arcsec of the first 20 of them (one VizieR request for all positions), the "
+        "spectra of up to five into the cache, and the cross-match. Every call is cached: run it again and "
+        "nothing is downloaded.\n\n"
+        "Offline: the **synthetic** benchmark (100 stars, `fehkit.synth.make_benchmark`) stands in for the "
+        "training table, with its noisy reference labels in the same columns, and the spectra shown are the two "
+        "packaged **real** DR17 files (neither is metal-poor)."
+    ),
+    new_code_cell(
+        "train = None\n"
+        "if ONLINE:\n"
+        "    try:\n"
+        "        refs = load_reference('montelius2026')\n"
+        "        near = SkyCoord(refs['ra'][:20], refs['dec'][:20], unit='deg')\n"
+        "        rows = fetch_spectra(query_apogee(center=near, radius=3 * u.arcsec).head(5))\n"
+        "        train = crossmatch(rows, refs, radius=2 * u.arcsec)\n"
+        "        spectra = read_apogee(list(rows['path'].dropna()))\n"
+        "        print(f'REAL data: {len(refs)} reference stars, {len(rows)} APOGEE spectra fetched, '\n"
+        "              f'{len(train)} in the training table')\n"
+        "    except DataAccessError as err:  # a service is down: say so and go on offline\n"
+        "        print(f'the services failed ({err}); falling back to the offline sample')\n"
+        "        train = None\n"
+        "if train is None:\n"
+        "    from fehkit.synth import REF_ERRORS, make_benchmark\n"
+        "\n"
+        "    bench = make_benchmark(100, seed=0)\n"
+        "    t = bench.truth[bench.truth.split == 'train']\n"
+        "    train = t[['file']].assign(feh_ref=t.feh_ref, feh_ref_err=REF_ERRORS['feh'], teff=t.teff_ref,\n"
+        "                               logg=t.logg_ref, vmic=t.vmic_ref, synthetic=True)\n"
+        "    spectra = read_apogee(example_paths())\n"
+        "    print(f'OFFLINE sample: the SYNTHETIC benchmark ({len(train)} training stars, '\n"
+        "          'not observations) and the 2 real example spectra packaged with fehkit')\n"
+        "train.head()"
+    ),
+    new_code_cell(
+        "# NBVAL_CHECK_OUTPUT\n"
+        "print('training table columns start with', list(train.columns[:6]) == list(TRAINING_COLUMNS))"
+    ),
+    new_markdown_cell("## One of the spectra\n\nReal DR17 data in both cases (fetched online, packaged offline)."),
+    new_code_cell("show(spectrum_figure(spectra, 0))"),
+    new_markdown_cell(
+        "## Save it for training\n\n"
+        "```python\n"
+        "train.to_csv('train.csv', index=False)   # then: fehkit train --data train.csv --out model/\n"
+        "```\n\n"
+        "The same from a shell: save allStar-like rows (TELESCOPE, FIELD, FILE) to a CSV and run "
+        "`fehkit fetch spectra rows.csv --out fetched.csv`. An interrupted fetch resumes where it stopped; "
+        "`FEHKIT_CACHE` moves the cache and `FEHKIT_DATA_URL` points at a mirror of the SAS."
+    ),
+]
+
+
+NOTEBOOK_CELLS = {
+    "00_quickstart": QUICKSTART,
+    "01_get_data": GET_DATA,
+    "02_synthetic_benchmark": SYNTHETIC,
+}
+
+
 def main() -> None:
     NOTEBOOKS.mkdir(exist_ok=True)
-    nb = new_notebook(cells=QUICKSTART)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, NOTEBOOKS / "00_quickstart.ipynb")
-    nb = new_notebook(cells=SYNTHETIC)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, NOTEBOOKS / "02_synthetic_benchmark.ipynb")
+    for name, cells in NOTEBOOK_CELLS.items():
+        nb = new_notebook(cells=cells)
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        for i, cell in enumerate(nb.cells):
+            cell["id"] = f"{name[:2]}-{i:02d}"  # stable ids: regenerating changes nothing that did not change
+        nbformat.write(nb, NOTEBOOKS / f"{name}.ipynb")
 
 
 if __name__ == "__main__":
