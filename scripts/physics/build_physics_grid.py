@@ -5,7 +5,7 @@ Writes, from the packaged Fe I line list:
 * ``fehkit/physics/data/cog_fe1.npz`` -- curve-of-growth grid: log10 EW (mA) of every line on
   Teff x logg x [Fe/H] x vmic x [alpha/Fe], plus off-node validation points computed directly;
 * ``fehkit/physics/data/background.npz`` -- blend background: MOOG syntheses of every line in the
-  H band except the packaged Fe I lines (atoms + molecules, no H2O), LSF-convolved, on the apStar grid;
+  H band except the packaged Fe I lines (atoms + molecules, no H2O or H2), LSF-convolved, on the apStar grid;
 * ``tests/data/moog_fullsynth_t4800_g1.5_m-1.0.npz`` -- one full synthesis (all lines, Fe included)
   of a [Fe/H] = -1 giant, the reference for the realism test of ``fehkit.synth``.
 
@@ -67,8 +67,27 @@ BG_STEP = 0.02                                    # A, MOOG synth step
 BG_DELTA = 1.0                                    # A, MOOG opacity window per line
 FULL_DELTA = 2.0
 SYN_LO, SYN_HI = 15090.0, 17000.0                 # air A, covers the apStar grid after air->vacuum
-MOLECULES = ["moogc2", "moogcn", "moogco", "moogfeh", "moogh2", "mooghcl", "mooghf", "mooghyd",
-             "moogsih", "moogsio", "moogtio"]    # all shipped molecular lists except moogh2o
+# All shipped molecular lists except two:
+# - moogh2o (H2O, 10108): a triatomic species. MOOG's synth (Nearly.f) splits a molecule into its first atom and
+#   "the rest" and looks both up among the atoms of the molecular equilibrium; "108" is no atom, so the line
+#   inherits the second atom of whatever molecular line came before it in the list (recipes/MOOG.md point 8).
+# - moogh2 (H2, 101): its 166 H-band lines are quadrupole lines of log gf -16.8..-11.9 (invisible) except one,
+#   16582.134 A (air) with log gf -6.290, 6 dex above its neighbours: a list error that alone made a line of
+#   depth 0.32 at Teff 6000, log g 4.5, [M/H] -3 and 0.55 at 4800/1.5/-3 (MOOG depths before the LSF; deeper
+#   at lower [M/H], where the continuum opacity drops). H2 lines were also the worst "previous line" for the
+#   stale-atom problem below (n(H)^2).
+MOLECULES = ["moogc2", "moogcn", "moogco", "moogfeh", "mooghcl", "mooghf", "mooghyd",
+             "moogsih", "moogsio", "moogtio"]
+# MOOG solves the molecular equilibrium only for its default molecules (Bmolec.f, molset 0) plus the model's NMOL
+# list: atoms H C N O F Mg Ti. A diatomic line whose atoms are not all among them (FeH 126 in moogfeh, HCl 117 in
+# mooghcl and mooghyd) gets the number density of the atom of the PREVIOUS molecular line in the list (Nearly.f
+# leaves the index unset). With the H2 lines before them, the FeH and HCl lines took n(H) x n(H): depths 0.4-0.6
+# before the LSF in every star tested (Teff 6000/log g 4.5/[M/H] -3 included), 0 when synthesized without H2.
+# Adding FeH and HCl to the model's NMOL list puts Fe and Cl into the equilibrium and fixes it (FeH then peaks
+# at depth ~0.12 in a 4000 K, log g 4.5, [M/H] -0.5 dwarf and vanishes in metal-poor stars); the 30 Fe I EWs
+# change by < 2e-6 (relative) with it. Only the synthesis models get them (ewfind has no molecular lines).
+SYNTH_EQ_MOLECULES = ("126.0", "117.0")          # FeH, HCl
+EQ_ATOMS = {1, 6, 7, 8, 9, 12, 22, 26, 17}        # atoms in MOOG's equilibrium with SYNTH_EQ_MOLECULES
 
 R_LSF = 22500.0
 APSTAR_CRVAL1, APSTAR_CDELT1, APSTAR_NPIX = 4.179, 6e-6, 8575
@@ -110,16 +129,21 @@ def atmosphere(teff: float, logg: float, mh: float, alpha: float) -> np.ndarray 
     return d
 
 
-def write_model(path: Path, d: np.ndarray, teff: float, logg: float, feh: float, alpha: float, vmic: float) -> None:
-    """MOOG KURUCZ model: structure d, metallicity feh (Fe = 7.50 + feh), alpha elements + alpha."""
+def write_model(path: Path, d: np.ndarray, teff: float, logg: float, feh: float, alpha: float, vmic: float,
+                extra_molecules: tuple[str, ...] = ()) -> None:
+    """MOOG KURUCZ model: structure d, metallicity feh (Fe = 7.50 + feh), alpha elements + alpha.
+
+    ``extra_molecules`` are appended to the NMOL list (molecular equilibrium), e.g. SYNTH_EQ_MOLECULES.
+    """
     out = ["KURUCZ\n", f"atmosnet T={teff:.0f} g={logg:.2f} [Fe/H]={feh:.2f} [a/Fe]={alpha:.2f}\n",
            f"ntau=      {d.shape[0]}\n"]
     out += [" %.8E %8.1f %.3E %.3E %.3E\n" % tuple(r) for r in d]
     out.append(f"    {vmic:.2f}E+05\n")
     out.append(f"NATOMS     {len(SOLAR_ALPHA)}   {feh:.2f}\n")
     out += [f"  {z}.0  {ab + feh + alpha:.2f}\n" for z, ab in SOLAR_ALPHA.items()]
-    out.append("NMOL      19\n  606.0 106.0 607.0 608.0 107.0 108.0 112.0 707.0\n"
-               "  708.0 808.0 12.1  60808.0 10108.0 101.0 6.1 7.1\n  8.1 822.0 22.1\n")
+    out.append(f"NMOL      {19 + len(extra_molecules)}\n  606.0 106.0 607.0 608.0 107.0 108.0 112.0 707.0\n"
+               "  708.0 808.0 12.1  60808.0 10108.0 101.0 6.1 7.1\n  8.1 822.0 22.1"
+               + "".join(" " + m for m in extra_molecules) + "\n")
     path.write_text("".join(out))
 
 
@@ -332,8 +356,18 @@ def read_synth(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return w0 + dw * np.arange(depth.size), 1.0 - depth
 
 
+def molecule_atoms(species: float) -> list[int]:
+    """Atomic numbers of a MOOG molecular species code (126.0 -> [1, 26], 10108.0 -> [1, 1, 8])."""
+    code, atoms = int(species), []
+    while code:
+        code, z = divmod(code, 100)
+        atoms.insert(0, z)
+    return atoms
+
+
 def synth_linelist(sdist_data: Path, ll: pd.DataFrame, include_fe_list: bool) -> str:
     key = {(round(w, 3), 26.0) for w in ll["wave_air"]}
+    unsupported: set[int] = set()
     rows = []
     for name in ["moogatom"] + MOLECULES:
         with gzip.open(sdist_data / f"{name}.gz", "rt") as f:
@@ -346,7 +380,15 @@ def synth_linelist(sdist_data: Path, ll: pd.DataFrame, include_fe_list: bool) ->
                     continue
                 if not include_fe_list and (round(w, 3), sp) in key:
                     continue
+                if sp >= 100:
+                    atoms = molecule_atoms(sp)
+                    if len(atoms) != 2 or not set(atoms) <= EQ_ATOMS:
+                        unsupported.add(int(sp))
                 rows.append((w, s.rstrip("\n")))
+    if unsupported:
+        # MOOG would give these lines the number density of another molecule's atoms (see MOLECULES)
+        raise RuntimeError(f"molecular species {sorted(unsupported)} are not diatomics of atoms in MOOG's "
+                           "molecular equilibrium: add them to SYNTH_EQ_MOLECULES or drop their list")
     rows.sort(key=lambda r: r[0])
     return "fehkit synthesis\n" + "".join(r[1] + "\n" for r in rows)
 
@@ -358,7 +400,7 @@ def synth_task(task: tuple) -> np.ndarray | None:
     d = atmosphere(teff, logg, mh, alpha)
     if d is None:
         return None
-    write_model(wd / "model.in", d, teff, logg, mh, alpha, vmic)
+    write_model(wd / "model.in", d, teff, logg, mh, alpha, vmic, SYNTH_EQ_MOLECULES)
     if not run_moog(wd, par("synth", f"synlimits\n  {SYN_LO} {SYN_HI} {BG_STEP} {delta}\n")):
         return None
     try:
@@ -461,14 +503,20 @@ def main() -> None:
             bg = build_background(pool, sdist_data, ll)
             save(DATA / "background.npz", bg, {
                 **meta, "quantity": "tau = -ln(F/Fc) after a Gaussian LSF (R=22500), apStar grid (vacuum)",
-                "lines": "moogatom without the packaged Fe I lines + molecules except H2O (" + ",".join(MOLECULES)
-                         + ")", "alpha_fe": BG_ALPHA, "vmic": BG_VMIC, "step_A": BG_STEP, "delta_A": BG_DELTA,
+                "lines": "moogatom without the packaged Fe I lines + molecular lists " + ",".join(MOLECULES)
+                         + " (not moogh2o: triatomic, MOOG synth gives it another molecule's number density; not "
+                         "moogh2: invisible quadrupole lines plus one list error, 16582.134 A air with log gf -6.29)",
+                "molecular_equilibrium": "MOOG molset 0 plus the model's NMOL list, with FeH (126.0) and HCl "
+                                         "(117.0) added so that Fe and Cl are solved for: without them MOOG gave "
+                                         "FeH/HCl lines the atom densities of the preceding molecular line",
+                "alpha_fe": BG_ALPHA, "vmic": BG_VMIC, "step_A": BG_STEP, "delta_A": BG_DELTA,
                 "build_seconds": round(time.time() - t0)})
         if "fullsynth" in parts:
             fs = build_fullsynth(pool, sdist_data, ll)
             save(TESTDATA / "moog_fullsynth_t4800_g1.5_m-1.0.npz", fs, {
-                **meta, "quantity": "normalized flux, full MOOG synthesis (all atoms incl. Fe + molecules "
-                                    "except H2O), Gaussian LSF R=22500, apStar grid", "delta_A": FULL_DELTA})
+                **meta, "quantity": "normalized flux, full MOOG synthesis (all atoms incl. Fe + molecular lists "
+                                    + ",".join(MOLECULES) + "; FeH and HCl in the molecular equilibrium), "
+                                    "Gaussian LSF R=22500, apStar grid", "delta_A": FULL_DELTA})
 
 
 if __name__ == "__main__":
