@@ -43,10 +43,8 @@ from fehkit.errors import FehkitError
 from fehkit.io import DEFAULT_BAD_BITS, SPEED_OF_LIGHT_KMS, atomic_output, bad_bits_value, write_apstar
 from fehkit.lines import load_linelist
 from fehkit.physics import BackgroundLibrary, CurveOfGrowth
+from fehkit.physics.broadening import R_LSF, gaussian_sigma, lorentz_hwhm  # noqa: F401 -- R_LSF, lorentz_hwhm re-exported
 from fehkit.spectra import APOGEE_FLUX_UNIT, APSTAR_CDELT1, APSTAR_NPIX, CHIPS, SpectrumBatch, apstar_wavelength
-
-#: APOGEE's resolving power; the line-spread function is taken as a Gaussian of FWHM lambda / R.
-R_LSF = 22500.0
 
 #: Columns of ``truth.csv`` (DESIGN.md), in order; the benchmark adds ``feh_ext``, ``split``, ``population``.
 TRUTH_COLUMNS = ("file", "star_id", "teff", "logg", "vmic", "feh", "alpha_fe", "snr", "rv_shift",
@@ -61,9 +59,6 @@ EXTERNAL_SURVEY = {"offset": 0.015, "scatter": 0.04}
 
 _HALF_WIDTH_PIX = 32          # each Fe line is drawn over +-32 pixels (~+-7 A)
 _CHUNK = 256                  # spectra per vectorized block
-_K_BOLTZMANN = 1.380649e-16   # erg/K
-_M_FE = 55.845 * 1.66053907e-24  # g
-_C_CMS = 2.99792458e10
 _KMS_PER_PIX = SPEED_OF_LIGHT_KMS * np.log(10) * APSTAR_CDELT1  # 4.14 km/s
 
 
@@ -308,8 +303,7 @@ def _fe_lines(wave: np.ndarray, centres: np.ndarray, ew_ma: np.ndarray, t: pd.Da
     offsets = np.arange(-_HALF_WIDTH_PIX, _HALF_WIDTH_PIX + 1)
     for k, lam0 in enumerate(centres):
         lam = lam0 * z                                                  # (n,)
-        sigma = lam / _C_CMS * np.sqrt(_K_BOLTZMANN * teff / _M_FE + 0.5 * (vmic * 1e5) ** 2)
-        sigma = np.hypot(sigma, lam / (R_LSF * 2 * np.sqrt(2 * np.log(2))))
+        sigma = gaussian_sigma(lam, teff, vmic)
         gamma = lorentz_hwhm(lam, teff, logg, feh)
         centre_pix = int(np.round(np.log10(lam0 / wave[0]) / APSTAR_CDELT1))
         idx = np.clip(centre_pix + offsets, 0, wave.size - 1)
@@ -317,21 +311,6 @@ def _fe_lines(wave: np.ndarray, centres: np.ndarray, ew_ma: np.ndarray, t: pd.Da
         depth = ew_ma[:, k, None] * 1e-3 * voigt_profile(x, sigma[:, None], gamma[:, None])
         out[:, idx] += np.log1p(-np.minimum(depth, 0.999))
     return np.exp(out).astype(np.float32)
-
-
-def lorentz_hwhm(wave: np.ndarray, teff: np.ndarray, logg: np.ndarray, feh: np.ndarray) -> np.ndarray:
-    """Lorentz half width (A) of an H-band Fe I line: radiative plus van der Waals damping.
-
-    gamma = gamma_rad + gamma_6 with gamma_rad = 1e8 /s and gamma_6 = 10**8.3 /s at Teff 4800, log g 1.5,
-    [Fe/H] -2, scaled by the photospheric gas pressure (~ g**0.6 Z**-0.3 in cool metal-poor atmospheres) and
-    T**0.3 (~3e9 /s for the Sun, ~1e10 /s for a metal-poor dwarf); half width
-    lambda**2 gamma / (4 pi c). A rough approximation: at R = 22,500 the line-spread function dominates the
-    profile, and the EW itself comes from the MOOG grid, so only the far wings depend on it.
-    """
-    g_rel = 10.0 ** (0.6 * (np.asarray(logg) - 1.5) - 0.3 * (np.asarray(feh) + 2.0))
-    gamma = 1e8 + 10.0**8.3 * g_rel * (np.asarray(teff) / 4800.0) ** 0.3
-    lam_cm = np.asarray(wave) * 1e-8
-    return lam_cm**2 * gamma / (4 * np.pi * _C_CMS) * 1e8
 
 
 def _shift(model: np.ndarray, rv: np.ndarray) -> np.ndarray:
