@@ -6,7 +6,9 @@ service all call it the same way. See ``README.md`` and the notebooks for a tour
 
 from importlib.metadata import PackageNotFoundError, version
 
+from fehkit.continuum import normalize
 from fehkit.errors import FehkitError
+from fehkit.ew import EWTable, measure_ew
 from fehkit.io import read_apogee, write_apstar
 from fehkit.lines import load_linelist
 from fehkit.physics import CurveOfGrowth
@@ -20,10 +22,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "CurveOfGrowth",
+    "EWTable",
     "FehkitError",
     "SpectrumBatch",
     "load_linelist",
     "make_benchmark",
+    "measure_ew",
+    "normalize",
     "read_apogee",
     "simulate",
     "write_apstar",

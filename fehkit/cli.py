@@ -5,6 +5,9 @@
 ``fehkit fetch list|product|spectra`` lists and fetches the remote products of ``data_manifest.yaml`` into the
 cache (:mod:`fehkit.data`).
 
+``fehkit ew`` normalizes the continuum of APOGEE spectrum files and measures the EW of every packaged Fe I line
+(:mod:`fehkit.continuum`, :mod:`fehkit.ew`), writing one row per (star, line) to a CSV file.
+
 ``fehkit inspect`` reads APOGEE spectrum files (or the packaged real examples), prints one line per spectrum
 (id, S/N, visits, wavelength range, masked fraction, chip gaps) and writes ``summary.csv`` and an HTML page with
 a plot of each spectrum. Errors a user can cause are printed as one line naming the file and exit with status 2.
@@ -80,8 +83,82 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-html", action="store_true", help="do not write simulate.html")
     p.set_defaults(func=_simulate)
 
+    p = sub.add_parser(
+        "ew",
+        help="measure the EWs of the Fe I lines in APOGEE spectrum files",
+        description="Normalize the continuum and fit every packaged Fe I line of every spectrum (batched Voigt fits) "
+        "and write one row per (star, line): star_id, line_wave (vacuum A), ew_mA (also below detection), "
+        "ew_err_mA, ew_upper_mA (3-sigma upper limit), flag (ok, upper_limit, masked, fit_failed, blend_suspect), "
+        "then fit details.",
+    )
+    p.add_argument("files", nargs="*", type=Path, help="apStar/asStar, aspcapStar or apVisit FITS files (.gz ok)")
+    p.add_argument("--examples", action="store_true", help="add the packaged real DR17 example spectra")
+    p.add_argument("--out", type=Path, default=Path("ew.csv"), help="output CSV (default %(default)s)")
+    p.add_argument("--params", type=Path, help="CSV of stellar parameters (star_id or file; teff, logg, vmic, feh) "
+                   "for the expected line widths and damping; default a metal-poor giant")
+    p.add_argument("--linelist", type=Path, help="a line list CSV (default: the packaged Fe I list)")
+    p.add_argument("--backend", default="numpy", choices=["numpy", "torch"])
+    p.add_argument("--device", help="torch device (default cuda when available, else cpu)")
+    p.add_argument("--mc-draws", type=int, default=100, help="Monte Carlo draws for the resampled errors "
+                   "(0 to skip; default %(default)s)")
+    p.add_argument("--rv-tolerance", type=float, default=10.0, help="largest line-centre offset in km/s "
+                   "(default %(default)s)")
+    p.add_argument("--rows", default="combined", choices=["combined", "visits", "all"], help="apStar rows to read")
+    p.add_argument("--kind", default="auto", choices=["auto", "apStar", "aspcapStar", "apVisit"])
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"], help="stop at, or skip, a bad file")
+    p.set_defaults(func=_ew)
+
     _add_fetch_parser(sub)
     return parser
+
+
+def _ew(args: argparse.Namespace) -> int:
+    from fehkit.ew import measure_ew
+    from fehkit.examples import example_paths
+    from fehkit.io import read_apogee
+    from fehkit.lines import load_linelist
+
+    paths = list(args.files) + (example_paths() if args.examples else [])
+    if not paths:
+        raise FehkitError("no input: expected FILE arguments or --examples")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FehkitWarning)
+        batch = read_apogee(paths, kind=args.kind, rows=args.rows, on_error=args.on_error, progress=len(paths) >= 50)
+    for _, reason in batch.skipped:
+        print(f"skipped: {reason}", file=sys.stderr)
+    lines = load_linelist(args.linelist) if args.linelist else None
+    params = _read_params(args.params, batch.meta) if args.params else None
+    table = measure_ew(batch, lines, backend=args.backend, device=args.device, params=params,
+                       mc_draws=args.mc_draws, rv_tolerance=args.rv_tolerance)
+    table.write_csv(args.out)
+    flags = pd.DataFrame(table.flag, index=table.star_id)
+    print(f"{'star_id':<20} {'ok':>3} {'upper':>5} {'blend':>5} {'failed':>6} {'masked':>6}  shared RV (km/s)")
+    for i, sid in enumerate(table.star_id):
+        counts = flags.iloc[i].value_counts()
+        print(f"{sid:<20} {counts.get('ok', 0):>3} {counts.get('upper_limit', 0):>5} "
+              f"{counts.get('blend_suspect', 0):>5} {counts.get('fit_failed', 0):>6} {counts.get('masked', 0):>6}  "
+              f"{table.shared_rv_kms[i]:+.2f} ({table.n_shape_lines[i]} lines)")
+    print(f"wrote {args.out}: {table.n_spectra} spectra x {table.n_lines} lines")
+    return 0
+
+
+def _read_params(path: Path, meta: pd.DataFrame) -> pd.DataFrame:
+    """Stellar parameters of each spectrum from a CSV, matched on star_id, or on the file name."""
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError) as err:
+        raise FehkitError(f"{path}: cannot read the parameter CSV ({err}); expected a CSV file") from err
+    wanted = [c for c in ("teff", "logg", "vmic", "feh") if c in table]
+    if not wanted:
+        raise FehkitError(f"{path}: no column teff, logg, vmic or feh; expected at least one of them")
+    for key in ("star_id", "file"):
+        if key in table and key in meta:
+            left = meta[key].astype(str) if key == "star_id" else meta[key].astype(str).map(lambda f: Path(f).name)
+            right = table.assign(**{key: table[key].astype(str) if key == "star_id"
+                                    else table[key].astype(str).map(lambda f: Path(f).name)})
+            right = right.drop_duplicates(key)
+            return pd.DataFrame({key: left}).merge(right[[key, *wanted]], on=key, how="left")[wanted]
+    raise FehkitError(f"{path}: expected a star_id or file column to match the spectra, found {list(table.columns)}")
 
 
 def _simulate(args: argparse.Namespace) -> int:
