@@ -1,5 +1,7 @@
 """ipywidgets apps that wire fehkit's plots to its core calls; no science lives here."""
 
+from fehkit.widgets.continuum_explorer import ContinuumExplorer
+from fehkit.widgets.line_inspector import LineInspector
 from fehkit.widgets.spectrum_viewer import SpectrumViewer
 
-__all__ = ["SpectrumViewer"]
+__all__ = ["ContinuumExplorer", "LineInspector", "SpectrumViewer"]
