@@ -10,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 DEMO_OUT ?= fehkit-inspect
 
-.PHONY: demo test lint venv clean browser-deps physics-grid bench-simulate
+.PHONY: demo test lint venv clean browser-deps physics-grid bench-simulate bench-ew validate-ew
 
 venv: $(VENV)/.installed
 
@@ -24,6 +24,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: venv
 	$(BIN)/fehkit inspect --examples --out $(DEMO_OUT)
+	$(BIN)/fehkit ew --examples --out $(DEMO_OUT)/ew.csv
 
 lint: venv
 	$(BIN)/ruff check fehkit tests scripts
@@ -56,5 +57,13 @@ physics-grid:
 bench-simulate: venv
 	$(BIN)/python scripts/bench_simulate.py --json bench-simulate.json
 
+# Speed of the batched EW engine against the per-line scipy curve_fit loop (ratios in the same run), as JSON.
+bench-ew: venv
+	$(BIN)/python scripts/bench_ew.py --n 200 --json bench-ew.json
+
+# Continuum and EW accuracy on the 1,500-star synthetic benchmark: rewrites docs/ew_validation.md (~2-3 min).
+validate-ew: venv
+	$(BIN)/python scripts/validate_ew.py --n 1500 --seed 11 --json docs/ew_validation.json
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache bench-ew.json bench-simulate.json

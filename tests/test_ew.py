@@ -162,6 +162,18 @@ def test_torch_backend_matches_numpy_within_0_1_mA():
     assert b.info["device"] == "cpu"
 
 
+def test_torch_cuda_matches_numpy_within_0_1_mA():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    sim = simulate(_population(40, 100.0, seed=3), seed=3)
+    a = measure_ew(sim.batch, mc_draws=0)
+    b = measure_ew(sim.batch, backend="torch", device="cuda", mc_draws=20)
+    assert b.info["device"].startswith("cuda")
+    assert np.array_equal(a.flag_code, b.flag_code)
+    assert np.nanmax(np.abs(a.ew_mA - b.ew_mA)) < 0.1
+
+
 def test_curve_fit_baseline_agrees_on_strong_lines():
     sim = simulate(_population(4, 150.0, seed=4, feh=(-1.8, -1.2)), seed=4, **CLEAN)
     fast = measure_ew(sim.batch, mc_draws=0)
