@@ -17,7 +17,8 @@ grid of :mod:`fehkit.physics`). A synthetic spectrum is built, pixel by pixel on
 * a residual **RV shift** of the star (N(0, 1 km/s) by default): apStar spectra are in the rest frame, but
   to the accuracy of the pipeline's RV only;
 * **noise** at the requested S/N per pixel, and **masks and chip gaps** from real DR17 apStar bitmasks
-  (shifted to the star's heliocentric velocity): ~9% NaN, 12-18% flagged.
+  (shifted to the star's heliocentric velocity): ~9% NaN, 12-18% flagged; SIG_TELLURIC is set where the
+  star's own telluric absorption is deeper than 12% (~5% of the pixels, as in the real files).
 
 :func:`simulate` makes spectra for given stellar parameters; :func:`make_benchmark` draws an EMP halo
 population with the reference labels a user would have (survey-pipeline Teff/log g/vmic errors, an optical
@@ -40,7 +41,7 @@ import pandas as pd
 from scipy.special import voigt_profile
 
 from fehkit.errors import FehkitError
-from fehkit.io import DEFAULT_BAD_BITS, SPEED_OF_LIGHT_KMS, atomic_output, bad_bits_value, write_apstar
+from fehkit.io import DEFAULT_BAD_BITS, PIXMASK_BITS, SPEED_OF_LIGHT_KMS, atomic_output, bad_bits_value, write_apstar
 from fehkit.lines import load_linelist
 from fehkit.physics import BackgroundLibrary, CurveOfGrowth
 from fehkit.physics.broadening import R_LSF, gaussian_sigma, lorentz_hwhm  # noqa: F401 -- R_LSF, lorentz_hwhm re-exported
@@ -53,6 +54,10 @@ TRUTH_COLUMNS = ("file", "star_id", "teff", "logg", "vmic", "feh", "alpha_fe", "
 #: Reference-label errors of the benchmark: survey-pipeline Teff, log g, vmic and an optical
 #: high-resolution [Fe/H] (the training labels a user has).
 REF_ERRORS = {"teff": 100.0, "logg": 0.2, "vmic": 0.2, "feh": 0.05}
+
+#: Telluric absorption deeper than this sets SIG_TELLURIC in a synthetic star's bitmask: 12% flags ~5% of the pixels,
+#: as SIG_TELLURIC does in the real DR17 combined rows of the example files.
+TELLURIC_FLAG_DEPTH = 0.12
 
 #: The external survey's [Fe/H] (offset, scatter), like GALAH DR3 against high-resolution references.
 EXTERNAL_SURVEY = {"offset": 0.015, "scatter": 0.04}
@@ -213,8 +218,10 @@ def _simulate_chunk(
     if parts["background"]:
         model *= _shift(np.exp(-library.tau(t.teff, t.logg, t.feh, warn=False)), t.rv_shift.to_numpy())
     c = _continuum(wave, t.teff.to_numpy(), d) if parts["continuum"] else np.ones_like(model)
+    telluric_depth = np.zeros(model.shape, np.float32)
     if parts["tellurics"]:
-        model *= _telluric(d, t.vhelio.to_numpy())
+        tell, telluric_depth = _telluric(d, t.vhelio.to_numpy())
+        model *= tell
     sigma = np.sqrt(np.maximum(model, np.float32(0.05)))
     sigma *= c
     sigma /= t.snr.to_numpy(np.float32)[:, None]
@@ -222,6 +229,11 @@ def _simulate_chunk(
     nan = np.zeros(model.shape, bool)
     if parts["masks"]:
         bits, nan = _masks(d, t.vhelio.to_numpy())
+        # SIG_TELLURIC marks where *this* star's telluric absorption is significant (deeper than 12%), as the
+        # pipeline sets it from the telluric spectrum it divided out (the real row's own bits belong to another star)
+        sig_tell = 1 << PIXMASK_BITS["SIG_TELLURIC"]
+        bits &= ~sig_tell
+        bits |= np.where((telluric_depth > TELLURIC_FLAG_DEPTH) & ~nan, sig_tell, 0)
         bad = (bits & bad_bits_value(DEFAULT_BAD_BITS)) != 0
         sigma[bad] *= np.repeat(d["bad_inflate"].astype(np.float32), bad.sum(axis=1))
     f = model * c
@@ -360,14 +372,15 @@ def _roll(arr: np.ndarray, pix: np.ndarray, fill: Any) -> np.ndarray:
     return out
 
 
-def _telluric(d: dict[str, np.ndarray], vhelio: np.ndarray) -> np.ndarray:
+def _telluric(d: dict[str, np.ndarray], vhelio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the residual of an imperfect telluric correction and the depth of the absorption it came from."""
     tpl = _templates()
     rows = d["tell_row"] % len(tpl["tell"])
     spec, v0 = tpl["tell"][rows], tpl["tell_vhelio"][rows]
     # observed-frame features move by -(vhelio) in the rest frame
     pix = np.round((v0 - vhelio) / _KMS_PER_PIX).astype(int)
     spec = _roll(spec, pix, 1.0)
-    return (1.0 + d["tell_amp"][:, None] * (spec - 1.0)).astype(np.float32)
+    return (1.0 + d["tell_amp"][:, None] * (spec - 1.0)).astype(np.float32), (1.0 - spec).astype(np.float32)
 
 
 def _masks(d: dict[str, np.ndarray], vhelio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -74,6 +74,14 @@ def ew_tables(sim, table) -> dict:
                        "bias_strong_mA": float(np.median(diff[strong])) if strong.any() else float("nan"),
                        "mae_strong_mA": float(np.mean(np.abs(diff[strong]))) if strong.any() else float("nan"),
                        "median_err_mA": float(np.median(table.ew_err_mA[s]))})
+    feh = sim.truth.feh.to_numpy()[:, None] * np.ones(true.shape)
+    by_feh = []
+    for lo, hi in ((-4.5, -3.0), (-3.0, -2.5), (-2.5, -2.0), (-2.0, -1.5), (-1.5, -1.0)):
+        s = usable & (snr >= 100) & (feh >= lo) & (feh < hi)
+        p = pull[s]
+        by_feh.append({"bin": f"{lo}..{hi}", "n": int(s.sum()), "pull_std": float(p.std()),
+                       "pull_std_robust": float(1.4826 * np.median(np.abs(p - np.median(p)))),
+                       "pull_mean": float(p.mean())})
     ratio = true / table.ew_err_mA
     det = table.detected
     detection = []
@@ -83,7 +91,8 @@ def ew_tables(sim, table) -> dict:
                           "detected": float(det[s].mean()), "expected_3sigma": float(norm.cdf(ratio[s] - 3).mean())})
     s5 = usable & (ratio >= 5)
     flags = {f: int((table.flag == f).sum()) for f in ("ok", "upper_limit", "blend_suspect", "fit_failed", "masked")}
-    return {"by_snr": by_snr, "detection": detection, "detected_at_5sigma": float(det[s5].mean()),
+    return {"by_snr": by_snr, "by_feh_snr100": by_feh, "detection": detection,
+            "detected_at_5sigma": float(det[s5].mean()),
             "bias_strong_snr60_mA": float(np.median(diff[usable & (true >= 20) & (snr >= 60)])),
             "flags": flags, "error_agreement": table.error_agreement()}
 
@@ -130,6 +139,8 @@ def main() -> None:
                 ("pull_std_sys", f"pull std, +{SYSTEMATIC_MA} mA syst.", ".2f"),
                 ("median_err_mA", "median error (mA)", ".2f"), ("n_strong", "lines EW>=20 mA", "d"),
                 ("bias_strong_mA", "median bias EW>=20 (mA)", "+.2f")]
+    feh_cols = [("bin", "[Fe/H]", "s"), ("n", "lines", "d"), ("pull_std", "pull std", ".2f"),
+                ("pull_std_robust", "pull std (robust)", ".2f"), ("pull_mean", "pull mean", "+.2f")]
     det_cols = [("bin", "true EW / error", "s"), ("n", "lines", "d"), ("detected", "detected", ".3f"),
                 ("expected_3sigma", "3-sigma rule", ".3f")]
     text = [f"# Continuum and EW validation (SYNTHETIC)\n\nWritten by `python scripts/validate_ew.py --n {args.n} "
@@ -148,6 +159,8 @@ def main() -> None:
                     f"{res['bias_strong_snr60_mA']:+.2f} mA. Detected when true EW >= 5 errors: "
                     f"{100 * res['detected_at_5sigma']:.1f}%.\n")
         text.append(_md_table(res["by_snr"], snr_cols))
+        text.append("\nPulls at S/N >= 100 by [Fe/H] (blends grow with metallicity):\n")
+        text.append(_md_table(res["by_feh_snr100"], feh_cols))
         text.append("\n" + _md_table(res["detection"], det_cols))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")

@@ -304,6 +304,20 @@ def test_a_spectrum_of_zeros_and_nans_is_all_flagged():
     assert np.isin(table.flag, ["masked", "fit_failed"]).all()
 
 
+def test_telluric_flagged_pixels_count_as_noisier(star):
+    sim, ref = star
+    b = sim.batch.select([0])
+    b.bitmask = np.zeros(b.flux.shape, np.int64)
+    k = 2
+    b.bitmask[0, _pixels(b, sim.lines.wave_vac[k], 1.0)] = 1 << 13      # SIG_TELLURIC over the line core
+    flagged = measure_ew(b, mc_draws=0)
+    plain = measure_ew(b, mc_draws=0, telluric_sigma=0.0)
+    assert flagged.ew_err_fit_mA[0, k] > 1.2 * plain.ew_err_fit_mA[0, k]
+    others = np.arange(30) != k
+    # the other lines change only through the star's shared shape, which line k helps to set
+    assert np.allclose(flagged.ew_mA[0, others], plain.ew_mA[0, others], atol=0.2, equal_nan=True)
+
+
 def test_static_blends_follow_the_line_list_notes():
     lines = load_linelist()
     flagged = lines.wave_vac[static_blends(lines)].round(1).tolist()

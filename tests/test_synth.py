@@ -194,3 +194,11 @@ def test_fehkit_simulate_writes_files_the_reader_reads_back(tmp_path, capsys):
     assert len(ew) == 6 * 30 and set(ew.columns) == {"star_id", "line_wave", "ew_true_mA"}
     # a second run into the same folder refuses to overwrite
     assert cli(["simulate", "--n", "6", "--out", str(out)]) == 2
+
+
+def test_sig_telluric_marks_the_stars_own_telluric_absorption():
+    t = pd.DataFrame({"teff": [4800.0] * 20, "logg": [1.5] * 20, "feh": [-2.0] * 20, "vmic": [1.8] * 20})
+    flagged = simulate(t, seed=4).batch.bitmask >> 13 & 1
+    assert 0.03 < flagged.mean() < 0.08            # ~5%, as in the real DR17 combined rows
+    none = simulate(t, seed=4, tellurics=False).batch.bitmask >> 13 & 1
+    assert none.sum() == 0                         # no telluric spectrum, no telluric flag
