@@ -150,6 +150,9 @@ class EWTable:
         Significance that counts as a detection.
     info : dict
         Backend, device, fit settings.
+    used : (n_spec, n_lines, 2 half_width + 1) bool, optional
+        Which pixels of each window (:func:`window_pixels`) the final fit used: False for masked pixels, pixels
+        outside the line list's window and pixels dropped as outliers.
     """
 
     star_id: np.ndarray
@@ -174,6 +177,7 @@ class EWTable:
     n_shape_lines: np.ndarray
     detection_sigma: float = 3.0
     info: dict[str, Any] = field(default_factory=dict)
+    used: np.ndarray | None = None
 
     @property
     def n_spectra(self) -> int:
@@ -225,7 +229,7 @@ class EWTable:
         per_line = {k: getattr(self, k)[idx] for k in _PER_LINE}
         per_star = {k: getattr(self, k)[idx] for k in ("star_id", "shared_rv_kms", "width_scale", "n_shape_lines")}
         return EWTable(lines=self.lines, detection_sigma=self.detection_sigma, info=dict(self.info), **per_line,
-                       **per_star)
+                       **per_star, used=None if self.used is None else self.used[idx])
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (star, line), with the DESIGN.md columns first (:data:`EW_COLUMNS`) then the fit details."""
@@ -587,6 +591,7 @@ def _measure_block(
         "shared_rv_kms": shared_rv.astype(np.float32),
         "width_scale": width_scale.astype(np.float32),
         "n_shape_lines": n_shape,
+        "used": (wt > 0).reshape(m, nl, nw),
     }
 
 

@@ -411,6 +411,12 @@ def line_fit_figure(
                                 "bottom": np.full(mask.sum(), ylo), "top": np.full(mask.sum(), yhi)})
         fig.quad(left="left", right="right", bottom="bottom", top="top", source=bad, fill_color=MASK_COLOR,
                  fill_alpha=0.15, line_alpha=0, legend_label="masked pixel")
+    if table.used is not None:
+        # pixels the fit dropped as outliers (a cosmic ray, a neighbouring line): drawn hollow
+        dropped = good & ~table.used[index, k][inside[0]]
+        if dropped.any():
+            fig.scatter(wave[dropped], flux[dropped], size=8, marker="circle", fill_alpha=0, line_color=MASK_COLOR,
+                        legend_label="dropped by the fit")
     fig.segment(x0=wave[good], x1=wave[good], y0=(flux - err)[good], y1=(flux + err)[good], color=FLUX_COLOR,
                 line_alpha=0.5, legend_label="±1σ")
     pixels = fig.scatter("wave", "flux", source=ColumnDataSource({"wave": wave[good], "flux": flux[good],

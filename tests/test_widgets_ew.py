@@ -7,6 +7,7 @@ the notebook uses them, then they draw what they claim and label every synthetic
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from jupyter_bokeh import BokehModel
 
@@ -14,7 +15,7 @@ from fehkit.continuum import normalize
 from fehkit.ew import measure_ew
 from fehkit.io import read_apogee
 from fehkit.plots import continuum_figure, ew_comparison_figure, line_fit_figure, spectrum_label
-from fehkit.synth import make_benchmark
+from fehkit.synth import make_benchmark, simulate
 from fehkit.widgets import ContinuumExplorer, LineInspector
 
 FE_15298 = 2  # Fe I 15298.74, one of the strongest H-band Fe lines
@@ -186,3 +187,16 @@ def test_line_inspector_checks_its_inputs(sim, measured):
         LineInspector(norm.batch, table.select([0]))
     with pytest.raises(ValueError, match="truth_ew: expected shape"):
         LineInspector(norm.batch, table, truth_ew=sim.ew[:1])
+
+
+def test_line_fit_figure_marks_the_pixels_the_fit_dropped():
+    t = pd.DataFrame({"teff": [4600.0], "logg": [1.2], "feh": [-1.5], "vmic": [2.0], "snr": [150.0]})
+    nb = normalize(simulate(t, seed=6, background=False, tellurics=False, masks=False).batch).batch
+    k = 2
+    centre = int(np.argmin(np.abs(nb.wave - 15298.74)))
+    nb.flux[0, centre + 1] += 0.8                        # a cosmic ray next to the line centre
+    table = measure_ew(nb, mc_draws=0)
+    assert table.used is not None and not table.used[0, k].all()
+    fig = line_fit_figure(nb, table, 0, k)
+    labels = [item.label.value for item in fig.legend[0].items]
+    assert "dropped by the fit" in labels
