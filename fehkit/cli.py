@@ -108,8 +108,67 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"], help="stop at, or skip, a bad file")
     p.set_defaults(func=_ew)
 
+    p = sub.add_parser(
+        "demo",
+        help="the main job on the embedded SYNTHETIC benchmark: train, evaluate, report",
+        description="Simulate the SYNTHETIC EMP benchmark (1,500 stars: 1,050 train, 150 validation, 300 test), "
+        "normalize, measure EWs, train the ensemble (random forest, XGBoost, MLP) with 5-fold inverse-variance "
+        "weights, run the classical curve-of-growth methods and The Cannon, and write OUT/metrics.json, "
+        "OUT/predictions.csv, OUT/report.html and OUT/model/. All numbers are about simulated spectra.",
+    )
+    p.add_argument("--out", type=Path, default=Path("fehkit-demo"), help="output folder (default %(default)s)")
+    p.add_argument("--n-stars", type=int, default=1500, help="benchmark size (default %(default)s)")
+    p.add_argument("--seed", type=int, default=11, help="seed of the benchmark and the models (default %(default)s)")
+    p.add_argument("--param-errors", type=float, nargs=3, metavar=("TEFF", "LOGG", "VMIC"),
+                   help="1-sigma errors of the reference Teff (K), log g, vmic (km/s) (default 100 0.2 0.2)")
+    p.add_argument("--no-cannon", action="store_true", help="skip The Cannon peer")
+    p.add_argument("--no-ablation", action="store_true", help="skip the ablation without log g and vmic")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_demo)
+
     _add_fetch_parser(sub)
     return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import time
+
+    from fehkit.pipeline import run_benchmark, write_outputs
+
+    if args.n_stars < 50:
+        raise FehkitError(f"--n-stars {args.n_stars}: expected at least 50 (5-fold cross-validation needs stars)")
+    errors = dict(zip(("teff", "logg", "vmic"), args.param_errors, strict=True)) if args.param_errors else None
+    cannon = not args.no_cannon
+    if cannon:
+        try:
+            import TheCannon  # noqa: F401
+        except ImportError:
+            print("fehkit demo: The Cannon is not installed (pip install \"fehkit[peers]\"); skipping that peer",
+                  file=sys.stderr)
+            cannon = False
+    t0 = time.perf_counter()
+    print(f"fehkit demo: SYNTHETIC benchmark of {args.n_stars} simulated stars (seed {args.seed}); "
+          "results describe simulated spectra, not survey data")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FehkitWarning)
+        run = run_benchmark(args.n_stars, args.seed, ref_errors=errors, cannon=cannon,
+                            ablation=not args.no_ablation, progress=not args.quiet)
+        write_outputs(run, args.out)
+    m = run.metrics
+    print(f"test stars: {m['n_test']}, upper limits: {m['n_upper_limits']}, headline subset: {m['n_headline']} "
+          f"({m['headline_subset']})")
+    print(f"{'model':10s} {'MAE':>7s} {'bias':>8s} {'scatter':>8s} {'r':>7s}")
+    for name, s in m["models"].items():
+        if s.get("n"):
+            print(f"{name:10s} {s['mae']:7.4f} {s['bias']:+8.4f} {s['scatter']:8.4f} {s['r']:7.4f}")
+    print(f"coverage_68: {m['coverage_68']:.3f}   weights: " +
+          ", ".join(f"{k} {v:.2f}" for k, v in m.get("weights", {}).items()))
+    for t in m.get("targets", []):
+        value = t["value"] if isinstance(t["value"], str) else round(t["value"], 4)
+        note = f" -- {t['note']}" if t["note"] and not t["met"] else ""
+        print(f"  [{'met' if t['met'] else 'MISSED'}] {t['name']}: {value} (target {t['target']}){note}")
+    print(f"wrote {args.out}/metrics.json, predictions.csv, report.html, model/ in {time.perf_counter() - t0:.0f} s")
+    return 0
 
 
 def _ew(args: argparse.Namespace) -> int:

@@ -431,12 +431,17 @@ def draw_population(n: int, rng: np.random.Generator, giant_fraction: float = 0.
 
 def reference_labels(truth: pd.DataFrame, rng: np.random.Generator,
                      errors: Mapping[str, float] | None = None) -> pd.DataFrame:
-    """Noisy reference labels as a user has them: ``{teff,logg,vmic,feh}_ref`` and the external ``feh_ext``."""
+    """Draw noisy reference labels as a user has them, with their stated errors and an external survey's.
+
+    Columns ``{teff,logg,vmic,feh}_ref``, ``{teff,logg,vmic,feh}_ref_err`` and ``feh_ext``.
+    """
     err = {**REF_ERRORS, **(errors or {})}
     out = pd.DataFrame(index=truth.index)
     for col in ("teff", "logg", "vmic", "feh"):
         out[f"{col}_ref"] = truth[col] + rng.normal(0, err[col], len(truth))
     out["vmic_ref"] = out["vmic_ref"].clip(0.5, 3.5)
+    for col in ("teff", "logg", "vmic", "feh"):  # the labels' stated 1-sigma errors, as a catalogue gives them
+        out[f"{col}_ref_err"] = float(err[col])
     out["feh_ext"] = truth["feh"] + EXTERNAL_SURVEY["offset"] + rng.normal(0, EXTERNAL_SURVEY["scatter"], len(truth))
     return out
 

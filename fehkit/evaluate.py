@@ -1,0 +1,315 @@
+"""How well [Fe/H] is recovered: the numbers of ``metrics.json``.
+
+Every model (the ensemble, its three members, the classical joint likelihood, the per-line median and The Cannon)
+is scored on the same stars against the truth: MAE, MSE, scatter, bias, Pearson r, each with a 1,000-resample
+bootstrap 95% interval. The ``models`` block covers the *headline subset*: test stars whose joint Fe signal is
+detected (>= 3 sigma) and whose S/N is >= 50; below that the spectrum holds an upper limit, not a measurement
+(REFERENCE.md, "information limit"), and upper limits are counted, not averaged. The bins by S/N, [Fe/H] and Teff
+cover every detected star and count the upper limits in each. The per-star errors are checked by their coverage
+(fraction of |pred - truth| <= feh_err, 0.68 if calibrated), the bias by a one-sample t-test, and the method's
+targets are listed with where and why any is missed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+#: Prediction column of each model name in ``metrics["models"]``.
+MODEL_COLUMNS = {"rf": "feh_rf", "xgb": "feh_xgb", "dnn": "feh_dnn", "ensemble": "feh", "cog": "feh_cog",
+                 "cannon": "feh_cannon"}
+
+#: S/N bins: the "~50" bin is 40-65; ">= 100" is an open bin overlapping the two above it.
+SNR_BINS: tuple[tuple[float, float | None], ...] = ((30, 40), (40, 65), (65, 100), (100, 150), (150, None),
+                                                    (100, None))
+FEH_BINS: tuple[tuple[float, float], ...] = tuple((lo, lo + 0.5) for lo in np.arange(-4.5, -1.0, 0.5))
+TEFF_BINS: tuple[tuple[float | None, float | None], ...] = ((None, 4400), (4400, 5000), (5000, 5500), (5500, None))
+#: The ([Fe/H], S/N) grid of the "ensemble within 10% of the classical method" check (REFERENCE.md's S/N bins).
+GRID_SNR_BINS = ((30, 60), (60, 120), (120, None))
+#: S/N windows for the lowest [Fe/H] reached "at S/N 50, 100 and 200".
+LOWEST_FEH_SNR = {50: (40, 65), 100: (80, 125), 200: (160, None)}
+
+HEADLINE = "test stars with a detected joint Fe signal (>= 3 sigma over all lines) and S/N >= 50"
+
+
+def evaluate(
+    pred: pd.DataFrame,
+    *,
+    ensemble: Any = None,
+    synthetic: bool = True,
+    ablation: Mapping[str, Any] | None = None,
+    param_errors: Mapping[str, float] | None = None,
+    detections: pd.DataFrame | None = None,
+    oof: pd.DataFrame | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    min_grid_stars: int = 20,
+) -> dict:
+    """Score test-set predictions against the truth.
+
+    Parameters
+    ----------
+    pred : pandas.DataFrame
+        One row per test star: ``feh``, ``feh_err``, ``flag`` ("ok"/"upper_limit"), the model columns of
+        :data:`MODEL_COLUMNS` (absent ones are skipped), ``feh_cog_median``, ``true_feh``, ``true_teff``,
+        ``snr`` and optionally ``feh_ext`` (an external survey's labels).
+    ensemble : FeHEnsemble, optional
+        The fitted ensemble (its weights, OOF MSEs and error calibration are reported).
+    synthetic : bool
+        Whether the stars are simulated (written into the metrics).
+    ablation : mapping, optional
+        ``{"without": [...], "predictions": (n_test,) array}`` from a model trained without some inputs.
+    param_errors : mapping, optional
+        1-sigma errors of the reference Teff, log g, vmic the models used.
+    detections : pandas.DataFrame, optional
+        ``true_feh``, ``snr``, ``cog_signal_sigma`` of more stars (e.g. the whole benchmark: detection involves no
+        training) for the lowest [Fe/H] reached; default the test stars.
+    oof : pandas.DataFrame, optional
+        The ensemble's out-of-fold predictions of the training stars (``feh``, ``feh_err``, ``feh_cog``,
+        ``true_feh``, ``snr``, ``flag``): held-out predictions too, four times as many as the test set, so the
+        ([Fe/H], S/N) comparison with the classical method is also made on them (``by_feh_snr_oof``).
+    n_boot, seed : int
+        Bootstrap resamples and their seed.
+    min_grid_stars : int
+        Detected stars a ([Fe/H], S/N) cell needs before the 10% comparison with the classical method is checked.
+
+    Returns
+    -------
+    dict
+        The ``metrics.json`` content (keys in DESIGN.md, plus ``by_teff``, ``by_feh_snr``, ``lowest_feh``,
+        ``bias_ttest``, ``targets``).
+    """
+    p = pred.reset_index(drop=True)
+    truth = p["true_feh"].to_numpy(float)
+    detected = (p["flag"] == "ok").to_numpy()
+    snr = p["snr"].to_numpy(float)
+    head = detected & (snr >= 50)
+    rng = np.random.default_rng(seed)
+
+    models = {}
+    for name, col in MODEL_COLUMNS.items():
+        if col in p and np.isfinite(p[col].to_numpy(float)[head]).any():
+            models[name] = score(p[col].to_numpy(float)[head], truth[head], n_boot=n_boot, rng=rng)
+    out: dict[str, Any] = {
+        "synthetic": bool(synthetic),
+        "n_test": int(len(p)),
+        "headline_subset": HEADLINE,
+        "n_headline": int(head.sum()),
+        "n_upper_limits": int((~detected).sum()),
+        "models": models,
+    }
+    if "feh_cog_median" in p:
+        out["cog_per_line_median"] = score(p["feh_cog_median"].to_numpy(float)[head], truth[head], n_boot=n_boot,
+                                           rng=rng)
+    if ensemble is not None:
+        out["weights"] = dict(ensemble.weights_)
+        out["oof_mse"] = dict(ensemble.oof_mse_)
+        out["calibration"] = dict(ensemble.calibration_)
+        out["ensemble_params"] = ensemble.get_params()
+    err = p["feh_err"].to_numpy(float)
+    resid = p["feh"].to_numpy(float) - truth
+    out["coverage_68"] = float(np.mean(np.abs(resid[head]) <= err[head])) if head.any() else None
+    out["coverage_68_detected"] = float(np.mean(np.abs(resid[detected]) <= err[detected])) if detected.any() else None
+    out["coverage_95"] = float(np.mean(np.abs(resid[head]) <= 1.96 * err[head])) if head.any() else None
+    if head.sum() > 2:
+        t = stats.ttest_1samp(resid[head], 0.0)
+        out["bias_ttest"] = {"subset": "headline", "n": int(head.sum()), "mean": float(resid[head].mean()),
+                             "t": float(t.statistic), "p": float(t.pvalue)}
+    out["by_snr"] = _bins(p, "snr", SNR_BINS, detected)
+    out["by_feh"] = _bins(p, "true_feh", FEH_BINS, detected)
+    out["by_teff"] = _bins(p, "true_teff", TEFF_BINS, detected)
+    out["by_feh_snr"] = _grid(p, detected, min_grid_stars)
+    if oof is not None:
+        o = oof.reset_index(drop=True)
+        out["by_feh_snr_oof"] = _grid(o, (o["flag"] == "ok").to_numpy(), min_grid_stars)
+    det_frame = detections if detections is not None else pd.DataFrame(
+        {"true_feh": truth, "snr": snr, "cog_signal_sigma": p.get("cog_signal_sigma", pd.Series(np.where(
+            detected, 99.0, 0.0)))})
+    out["lowest_feh"] = lowest_feh(det_frame)
+    if ablation is not None:
+        abl = np.asarray(ablation["predictions"], float)
+        s = score(abl[head], truth[head], n_boot=n_boot, rng=rng)
+        out["ablation"] = {"without": list(ablation.get("without", [])), "subset": "headline", "ensemble": s,
+                           "delta_mae": s["mae"] - models["ensemble"]["mae"] if "ensemble" in models else None,
+                           **({"weights": ablation["weights"]} if "weights" in ablation else {})}
+    if "feh_ext" in p and head.any():
+        d = p["feh"].to_numpy(float)[head] - p["feh_ext"].to_numpy(float)[head]
+        d = d[np.isfinite(d)]
+        t = stats.ttest_1samp(d, 0.0) if d.size > 2 else None
+        out["cross_survey"] = {"label": "feh_ext", "subset": "headline", "n": int(d.size),
+                               "bias": float(d.mean()) if d.size else None,
+                               "scatter": float(d.std(ddof=1)) if d.size > 1 else None,
+                               "mae": float(np.abs(d).mean()) if d.size else None,
+                               "t": float(t.statistic) if t is not None else None,
+                               "p": float(t.pvalue) if t is not None else None,
+                               "note": "prediction minus the external survey's [Fe/H] (feh_ext); on the synthetic "
+                                       "benchmark feh_ext is truth + 0.015 +- 0.04 dex"}
+    if param_errors is not None:
+        out["param_errors"] = dict(param_errors)
+    out["targets"] = targets(out, p, head)
+    return out
+
+
+def score(pred: np.ndarray, truth: np.ndarray, *, n_boot: int = 1000,
+          rng: np.random.Generator | None = None) -> dict:
+    """MAE, MSE, scatter, bias and r of ``pred - truth`` (finite pairs), with bootstrap 95% intervals.
+
+    Examples
+    --------
+    >>> s = score(np.array([0.1, 0.0, -0.1, 0.2]), np.array([0.0, 0.0, 0.0, 0.1]), n_boot=100)
+    >>> round(s["mae"], 3), round(s["bias"], 3)
+    (0.075, 0.025)
+    """
+    rng = rng or np.random.default_rng(0)
+    ok = np.isfinite(pred) & np.isfinite(truth)
+    x, y = np.asarray(pred, float)[ok], np.asarray(truth, float)[ok]
+    n = len(x)
+    if n == 0:
+        return {"n": 0, "mae": None, "mse": None, "scatter": None, "bias": None, "r": None, "mae_ci95": None,
+                "bias_ci95": None, "r_ci95": None}
+    d = x - y
+    out = {"n": int(n), "mae": float(np.abs(d).mean()), "mse": float(np.mean(d ** 2)),
+           "scatter": float(d.std(ddof=1)) if n > 1 else 0.0, "bias": float(d.mean()), "r": _pearson(x, y)}
+    idx = rng.integers(0, n, size=(n_boot, n))
+    db = d[idx]
+    xb, yb = x[idx], y[idx]
+    xc, yc = xb - xb.mean(1, keepdims=True), yb - yb.mean(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rb = (xc * yc).sum(1) / np.sqrt((xc ** 2).sum(1) * (yc ** 2).sum(1))
+    out["mae_ci95"] = _ci(np.abs(db).mean(1))
+    out["bias_ci95"] = _ci(db.mean(1))
+    out["r_ci95"] = _ci(rb)
+    return out
+
+
+def lowest_feh(stars: pd.DataFrame, detection_sigma: float = 3.0) -> list[dict]:
+    """Lowest true [Fe/H] still detected near S/N 50, 100 and 200, and where half the stars are detected.
+
+    ``feh_50pct`` is where a logistic fit of detection against true [Fe/H] crosses one half.
+    """
+    rows = []
+    feh = stars["true_feh"].to_numpy(float)
+    snr = stars["snr"].to_numpy(float)
+    det = stars["cog_signal_sigma"].to_numpy(float) >= detection_sigma
+    for nominal, (lo, hi) in LOWEST_FEH_SNR.items():
+        sel = (snr >= lo) & (snr < (hi if hi is not None else np.inf))
+        row = {"snr": nominal, "snr_lo": lo, "snr_hi": hi, "n": int(sel.sum()), "n_detected": int(det[sel].sum()),
+               "lowest_detected_feh": float(feh[sel & det].min()) if (sel & det).any() else None,
+               "feh_50pct": _half_point(feh[sel], det[sel])}
+        rows.append(row)
+    return rows
+
+
+def targets(metrics: Mapping[str, Any], pred: pd.DataFrame, head: np.ndarray) -> list[dict]:
+    """List the method's targets (issue 5, point 9): met or missed, and where."""
+    m = metrics["models"]
+    out = []
+    ens = m.get("ensemble", {})
+
+    def add(name: str, value: Any, target: str, met: bool | None, note: str = "") -> None:
+        out.append({"name": name, "value": value, "target": target, "met": met, "note": note})
+
+    if ens.get("n"):
+        add("headline MAE (dex)", ens["mae"], "<= 0.08", ens["mae"] <= 0.08)
+        add("headline |bias| (dex)", abs(ens["bias"]), "<= 0.01", abs(ens["bias"]) <= 0.01,
+            f"bias 95% CI {ens['bias_ci95']}" if abs(ens["bias"]) > 0.01 else "")
+        add("headline r", ens["r"], ">= 0.98", ens["r"] >= 0.98)
+        truth = pred["true_feh"].to_numpy(float)
+        hi = head & (truth > -2.5)
+        if hi.any():
+            mae_hi = float(np.abs(pred["feh"].to_numpy(float)[hi] - truth[hi]).mean())
+            add("MAE at [Fe/H] > -2.5, S/N >= 50 (dex)", mae_hi, "<= 0.06", mae_hi <= 0.06,
+                "" if mae_hi <= 0.06 else "REFERENCE.md: a 100 K Teff error alone gives ~0.045-0.05 dex here")
+        members = {k: m[k]["mae"] for k in ("rf", "xgb", "dnn") if k in m and m[k].get("mae") is not None}
+        if members:
+            best = min(members, key=members.get)
+            add("ensemble MAE <= best member's", ens["mae"], f"<= {members[best]:.4f} ({best})",
+                ens["mae"] <= members[best] + 1e-12)
+    cov = metrics.get("coverage_68")
+    if cov is not None:
+        add("coverage_68", cov, "0.60-0.76", 0.60 <= cov <= 0.76)
+    for key, where in (("by_feh_snr", "test set"), ("by_feh_snr_oof", "training set, out-of-fold")):
+        cells = [c for c in metrics.get(key, []) if c["checked"]]
+        if cells:
+            missed = [c for c in cells if not c["meets"]]
+            note = "; ".join(f"[Fe/H] {c['feh_lo']}..{c['feh_hi']}, S/N {c['snr_lo']}-{c['snr_hi'] or ''}: "
+                             f"{c['mae']:.3f} vs {c['mae_cog']:.3f}" for c in missed)
+            add(f"ensemble MAE within 10% of the joint-likelihood method in every ([Fe/H], S/N) bin with >= 20 "
+                f"detected stars ({where})", f"{len(cells) - len(missed)} of {len(cells)} bins", "all",
+                not missed, note)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _bins(p: pd.DataFrame, col: str, edges: Sequence[tuple[float | None, float | None]],
+          detected: np.ndarray) -> list[dict]:
+    x = p[col].to_numpy(float)
+    truth = p["true_feh"].to_numpy(float)
+    rows = []
+    for lo, hi in edges:
+        sel = (x >= (lo if lo is not None else -np.inf)) & (x < (hi if hi is not None else np.inf))
+        d = sel & detected
+        row = {"lo": lo, "hi": hi, "n": int(sel.sum()), "n_detected": int(d.sum()),
+               "n_upper_limits": int((sel & ~detected).sum())}
+        row["mae"] = _mae(p["feh"], truth, d)
+        row["bias"] = float(np.mean(p["feh"].to_numpy(float)[d] - truth[d])) if d.any() else None
+        for name, c in MODEL_COLUMNS.items():
+            if name != "ensemble" and c in p:
+                row[f"mae_{name}"] = _mae(p[c], truth, d)
+        if "feh_cog_median" in p:
+            row["mae_cog_median"] = _mae(p["feh_cog_median"], truth, d)
+        rows.append(row)
+    return rows
+
+
+def _grid(p: pd.DataFrame, detected: np.ndarray, min_stars: int) -> list[dict]:
+    truth = p["true_feh"].to_numpy(float)
+    snr = p["snr"].to_numpy(float)
+    rows = []
+    for flo, fhi in FEH_BINS:
+        for slo, shi in GRID_SNR_BINS:
+            sel = (truth >= flo) & (truth < fhi) & (snr >= slo) & (snr < (shi if shi is not None else np.inf))
+            d = sel & detected
+            mae, mae_cog = _mae(p["feh"], truth, d), _mae(p["feh_cog"], truth, d)
+            checked = bool(d.sum() >= min_stars)
+            ratio = mae / mae_cog if mae is not None and mae_cog else None
+            rows.append({"feh_lo": float(flo), "feh_hi": float(fhi), "snr_lo": slo, "snr_hi": shi, "n": int(sel.sum()),
+                         "n_detected": int(d.sum()), "mae": mae, "mae_cog": mae_cog, "ratio": ratio,
+                         "checked": checked, "meets": (ratio <= 1.10) if checked and ratio is not None else None})
+    return rows
+
+
+def _mae(col: pd.Series, truth: np.ndarray, sel: np.ndarray) -> float | None:
+    v = col.to_numpy(float)[sel] - truth[sel]
+    v = v[np.isfinite(v)]
+    return float(np.abs(v).mean()) if v.size else None
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _ci(v: np.ndarray) -> list[float] | None:
+    v = v[np.isfinite(v)]
+    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v.size else None
+
+
+def _half_point(feh: np.ndarray, det: np.ndarray) -> float | None:
+    """[Fe/H] where P(detected) = 1/2 from a logistic fit; None when it is outside the data or cannot be fitted."""
+    if len(feh) < 10 or det.all() or not det.any():
+        return None
+    from scipy.optimize import minimize
+
+    def nll(q: np.ndarray) -> float:
+        z = np.clip(q[1] * (feh - q[0]), -30, 30)
+        return float(np.sum(np.logaddexp(0, -z) * det + np.logaddexp(0, z) * ~det))
+
+    res = minimize(nll, x0=np.array([float(np.median(feh)), 5.0]), method="Nelder-Mead")
+    half = float(res.x[0])
+    return half if res.success and feh.min() <= half <= feh.max() and res.x[1] > 0 else None

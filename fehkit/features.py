@@ -1,0 +1,212 @@
+"""Features for the [Fe/H] regressors: EWs, errors and flags, stellar parameters, the classical abundance.
+
+Every line contributes its measured EW (also when weak or negative: a non-detection is a measurement near zero, not
+a missing value), its error, its significance EW/error and its 3-sigma upper limit, plus a state code (0 detected,
+1 below the detection threshold, 2 blend suspected). Lines with no usable measurement (masked, failed fits) are NaN,
+never zero, and the regressors treat NaN as missing. The stars' Teff, log g and vmic come next, then the classical
+method (:mod:`fehkit.physics.joint`): the joint-likelihood [Fe/H] of all lines, its error, its significance, its
+3-sigma upper limit, the part of the error that comes from Teff, log g and vmic errors, and the per-line median.
+The curve of growth already knows how EW grows with [Fe/H] at a given Teff; the regressors learn what it misses.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fehkit.errors import FehkitError, FehkitWarning
+from fehkit.ew import FLAGS, EWTable
+from fehkit.physics.cog import CurveOfGrowth
+from fehkit.physics.joint import joint_abundance, parameter_error, per_line_median
+
+#: Typical 1-sigma errors of survey Teff, log g and vmic, used when the parameter table has no error columns.
+DEFAULT_PARAM_ERRORS: dict[str, float] = {"teff": 100.0, "logg": 0.2, "vmic": 0.2}
+
+#: Line states of the ``state_*`` features.
+STATE_DETECTED, STATE_UPPER, STATE_BLEND = 0.0, 1.0, 2.0
+
+#: Per-star columns (from the classical method) that become features, in this order.
+STAR_FEATURES = ("feh_cog", "feh_cog_err", "feh_cog_upper", "cog_signal_sigma", "feh_cog_err_param", "dfeh_teff",
+                 "dfeh_logg", "dfeh_vmic", "feh_cog_median", "cog_n_lines", "cog_median_n_lines")
+
+
+class FeatureError(FehkitError, ValueError):
+    """The EW table, parameters or feature matrix do not fit together."""
+
+
+@dataclass
+class Features:
+    """The feature matrix and what went into it.
+
+    Attributes
+    ----------
+    X : (n_stars, n_features) float32
+        Feature values; NaN where a value does not exist (a masked line).
+    names : list of str
+        Feature names, one per column of ``X``.
+    stars : pandas.DataFrame
+        One row per star: ``star_id``, the parameters used, ``snr`` if known, and the classical method's results
+        (:data:`fehkit.physics.joint.JOINT_COLUMNS`, ``feh_cog_err_param``, the per-line median).
+    """
+
+    X: np.ndarray
+    names: list[str]
+    stars: pd.DataFrame
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """True where a feature value exists: (n_stars, n_features) bool."""
+        return np.isfinite(self.X)
+
+    def frame(self) -> pd.DataFrame:
+        """Return the features as a DataFrame (columns = :attr:`names`)."""
+        return pd.DataFrame(self.X, columns=self.names)
+
+    def select(self, which: Any) -> Features:
+        """Return the rows chosen by a boolean mask or integer indices."""
+        idx = np.arange(len(self.X))[which]
+        return Features(self.X[idx], list(self.names), self.stars.iloc[idx].reset_index(drop=True), dict(self.info))
+
+    def drop(self, names: Sequence[str]) -> Features:
+        """Return the same features without the named columns."""
+        keep = [i for i, n in enumerate(self.names) if n not in set(names)]
+        return Features(self.X[:, keep], [self.names[i] for i in keep], self.stars.copy(), dict(self.info))
+
+
+def build_features(
+    ew: EWTable,
+    params: pd.DataFrame | Mapping[str, Any],
+    *,
+    log_ew: bool = False,
+    param_errors: Mapping[str, Any] | None = None,
+    include_params: Sequence[str] = ("teff", "logg", "vmic"),
+    snr: np.ndarray | None = None,
+    cog: CurveOfGrowth | None = None,
+) -> Features:
+    """Turn an EW table and stellar parameters into the regressors' feature matrix.
+
+    Parameters
+    ----------
+    ew : EWTable
+        Measured EWs (:func:`fehkit.ew.measure_ew`), n_stars x n_lines.
+    params : DataFrame or mapping
+        ``teff``, ``logg``, ``vmic`` (and optionally ``alpha_fe``, default +0.4, and ``teff_err``, ``logg_err``,
+        ``vmic_err``), one row per star in the EW table's order.
+    log_ew : bool
+        Add ``log_ew_*`` = log10 EW of detected lines (log10 of the 3-sigma limit, with state 1, otherwise).
+    param_errors : mapping, optional
+        1-sigma errors of teff, logg, vmic when ``params`` has no ``*_err`` columns
+        (default :data:`DEFAULT_PARAM_ERRORS`).
+    include_params : sequence of str
+        Which of teff, logg, vmic become features (an ablation drops some; the classical method still uses
+        what ``params`` holds).
+    snr : (n_stars,) array, optional
+        The spectra's S/N; kept in :attr:`Features.stars` (not a feature).
+    cog : CurveOfGrowth, optional
+        The curve-of-growth grid (default: the packaged one).
+
+    Returns
+    -------
+    Features
+
+    Examples
+    --------
+    >>> from fehkit.synth import make_benchmark
+    >>> from fehkit import normalize, measure_ew
+    >>> sim = make_benchmark(3, seed=1)
+    >>> p = sim.truth[["teff_ref", "logg_ref", "vmic_ref"]].set_axis(["teff", "logg", "vmic"], axis=1)
+    >>> f = build_features(measure_ew(normalize(sim.batch).batch, params=p), p)
+    >>> f.X.shape[0], "feh_cog" in f.names
+    (3, True)
+    """
+    p = _params(params, len(ew.star_id))
+    errors = {**DEFAULT_PARAM_ERRORS, **(param_errors or {})}
+    perr = {k: (p[f"{k}_err"].to_numpy(float) if f"{k}_err" in p else np.full(len(p), float(errors[k])))
+            for k in ("teff", "logg", "vmic")}
+    cog = cog or CurveOfGrowth.load()
+    lines = cog.line_index(ew.lines["wave_vac"].to_numpy())
+
+    flag = np.asarray(ew.flag_code)
+    value = np.asarray(ew.ew_mA, float)
+    err = np.asarray(ew.ew_err_mA, float)
+    measured = np.isin(flag, [FLAGS.index("ok"), FLAGS.index("upper_limit"), FLAGS.index("blend_suspect")])
+    measured &= np.isfinite(value) & np.isfinite(err) & (err > 0)
+    clean = measured & (flag != FLAGS.index("blend_suspect"))  # what the joint likelihood uses
+
+    args = (p["teff"].to_numpy(float), p["logg"].to_numpy(float), p["vmic"].to_numpy(float),
+            p["alpha_fe"].to_numpy(float))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FehkitWarning)
+        joint = joint_abundance(value, err, clean, *args, cog=cog, lines=lines)
+        perr_feh, shifts = parameter_error(value, err, clean, *args, errors=perr, cog=cog, lines=lines, base=joint)
+        median = per_line_median(value, err, clean, *args, cog=cog, lines=lines)
+    if caught:
+        warnings.warn(str(caught[0].message), FehkitWarning, stacklevel=2)
+
+    stars = pd.DataFrame({"star_id": np.asarray(ew.star_id).astype(str)})
+    for k in ("teff", "logg", "vmic", "alpha_fe"):
+        stars[k] = p[k].to_numpy(float)
+    for k in ("teff", "logg", "vmic"):
+        stars[f"{k}_err"] = perr[k]
+    if snr is not None:
+        stars["snr"] = np.asarray(snr, float)
+    stars = pd.concat([stars, joint, median], axis=1)
+    stars["feh_cog_err_param"] = perr_feh
+    stars["feh_cog_err_total"] = np.hypot(stars["feh_cog_err"], perr_feh)
+    stars = pd.concat([stars, shifts], axis=1)
+    stars["n_lines"] = (flag == FLAGS.index("ok")).sum(axis=1)
+
+    cols: dict[str, np.ndarray] = {}
+    state = np.where(flag == FLAGS.index("blend_suspect"), STATE_BLEND,
+                     np.where(flag == FLAGS.index("ok"), STATE_DETECTED, STATE_UPPER))
+    sigma = getattr(ew, "detection_sigma", 3.0)
+    upper = np.maximum(value, 0.0) + sigma * err
+    for j, wave in enumerate(ew.lines["wave_vac"].to_numpy()):
+        tag = f"{wave:.2f}"
+        ok = measured[:, j]
+        cols[f"ew_{tag}"] = np.where(ok, value[:, j], np.nan)
+        cols[f"ew_err_{tag}"] = np.where(ok, err[:, j], np.nan)
+        cols[f"ew_sig_{tag}"] = np.where(ok, value[:, j] / np.where(ok, err[:, j], 1.0), np.nan)
+        cols[f"ew_upper_{tag}"] = np.where(ok, upper[:, j], np.nan)
+        cols[f"state_{tag}"] = np.where(ok, state[:, j], np.nan)
+        if log_ew:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                shown = np.where(state[:, j] == STATE_UPPER, upper[:, j], value[:, j])
+                cols[f"log_ew_{tag}"] = np.where(ok & (shown > 0), np.log10(shown), np.nan)
+    for k in include_params:
+        if k not in ("teff", "logg", "vmic"):
+            raise FeatureError(f"include_params: {k!r} is not a stellar parameter; expected teff, logg or vmic")
+        cols[k] = stars[k].to_numpy(float)
+    for k in STAR_FEATURES:
+        cols[k] = stars[k].to_numpy(float)
+    names = list(cols)
+    X = np.column_stack([cols[n] for n in names]).astype(np.float32)
+    X[~np.isfinite(X)] = np.nan
+    info = {"log_ew": log_ew, "include_params": list(include_params), "lines": [float(w) for w in
+                                                                                 ew.lines["wave_vac"]]}
+    return Features(X, names, stars, info)
+
+
+def _params(params: pd.DataFrame | Mapping[str, Any], n: int) -> pd.DataFrame:
+    p = pd.DataFrame(params).reset_index(drop=True) if not isinstance(params, pd.DataFrame) else \
+        params.reset_index(drop=True)
+    missing = [k for k in ("teff", "logg", "vmic") if k not in p]
+    if missing:
+        raise FeatureError(f"stellar parameters: no column(s) {', '.join(missing)}; found {list(p.columns)}; "
+                           "expected teff, logg, vmic (and optionally alpha_fe, teff_err, logg_err, vmic_err)")
+    if len(p) != n:
+        raise FeatureError(f"stellar parameters: {len(p)} rows; expected one per spectrum of the EW table ({n})")
+    for k in ("teff", "logg", "vmic"):
+        bad = ~np.isfinite(pd.to_numeric(p[k], errors="coerce").to_numpy(float))
+        if bad.any():
+            raise FeatureError(f"stellar parameters: column {k!r} has {int(bad.sum())} missing or non-numeric "
+                               f"value(s) (first at row {int(np.flatnonzero(bad)[0])}); expected a number per star")
+    if "alpha_fe" not in p:
+        p["alpha_fe"] = 0.4
+    return p

@@ -1,0 +1,295 @@
+"""The main job from spectra to [Fe/H], stage after stage, as ``fehkit demo`` runs it.
+
+normalize (continuum) -> measure_ew (Voigt EWs) -> build_features (EWs + Teff, log g, vmic + the classical joint
+likelihood) -> FeHEnsemble (random forest, XGBoost, MLP) -> evaluate against the truth, beside the classical
+methods and The Cannon -> metrics.json, predictions.csv, report.html and the saved model.
+
+On the packaged default this is a **synthetic** benchmark (:func:`fehkit.synth.make_benchmark`): every number it
+produces is about simulated spectra, and every file it writes says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fehkit.continuum import normalize
+from fehkit.errors import FehkitWarning
+from fehkit.ew import measure_ew
+from fehkit.features import DEFAULT_PARAM_ERRORS, Features, build_features
+from fehkit.io import atomic_output
+from fehkit.models.ensemble import FeHEnsemble
+from fehkit.spectra import SpectrumBatch
+from fehkit.synth import Simulation, make_benchmark
+
+#: The demo's split of the 1,500-star benchmark: 1,050 train + 150 validation (1,200 train+validation) and 300
+#: test stars, as the method used; stratified in 0.5 dex [Fe/H] bins.
+DEMO_SPLIT = (0.70, 0.10, 0.20)
+
+#: Columns of ``predictions.csv`` taken from the truth of a synthetic benchmark.
+TRUTH_OUT = {"feh": "true_feh", "teff": "true_teff", "logg": "true_logg", "vmic": "true_vmic"}
+
+
+@dataclass
+class BenchmarkRun:
+    """Everything one run of the main job made.
+
+    Attributes
+    ----------
+    sim : Simulation
+        The (synthetic) spectra and truth.
+    features : Features
+        Features of every star (all splits).
+    ensemble : FeHEnsemble
+        Trained on the train split (validation split for the MLP's early stopping).
+    predictions : pandas.DataFrame
+        One row per test star: the predict columns, the baselines and the truth.
+    metrics : dict
+        :func:`fehkit.evaluate.evaluate` of the test set (the ``metrics.json`` content).
+    timings : dict
+        Seconds spent per stage.
+    """
+
+    sim: Simulation
+    features: Features
+    ensemble: FeHEnsemble
+    predictions: pd.DataFrame
+    metrics: dict
+    timings: dict = field(default_factory=dict)
+    normalized: SpectrumBatch | None = None
+
+
+def measure_features(
+    sim: Simulation,
+    *,
+    params: pd.DataFrame | None = None,
+    log_ew: bool = False,
+    backend: str = "numpy",
+    device: str | None = None,
+    normalized: SpectrumBatch | None = None,
+) -> Features:
+    """Normalize, measure EWs and build features for a simulation (or benchmark) with reference labels.
+
+    The stellar parameters are what an observer has: the reference labels ``teff_ref``, ``logg_ref``,
+    ``vmic_ref`` with their stated errors (``*_ref_err``), not the truth.
+    """
+    params = params if params is not None else reference_params(sim.truth)
+    norm = normalized if normalized is not None else normalize(sim.batch).batch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FehkitWarning)  # grid-edge clipping is reported once by build_features
+        ew = measure_ew(norm, params=params[["teff", "logg", "vmic"]], backend=backend, device=device, mc_draws=0)
+    snr = sim.truth["snr"].to_numpy(float) if "snr" in sim.truth else None
+    return build_features(ew, params, log_ew=log_ew, snr=snr)
+
+
+def reference_params(truth: pd.DataFrame) -> pd.DataFrame:
+    """teff, logg, vmic, alpha_fe and their errors from a benchmark's reference-label columns."""
+    out = pd.DataFrame({k: truth[f"{k}_ref"].to_numpy(float) for k in ("teff", "logg", "vmic")})
+    out["alpha_fe"] = 0.4  # the halo's alpha enhancement: an observer would not know each star's value
+    for k in ("teff", "logg", "vmic"):
+        col = f"{k}_ref_err"
+        out[f"{k}_err"] = truth[col].to_numpy(float) if col in truth else DEFAULT_PARAM_ERRORS[k]
+    return out
+
+
+def run_benchmark(
+    n_stars: int = 1500,
+    seed: int = 11,
+    *,
+    split: Sequence[float] = DEMO_SPLIT,
+    ref_errors: Mapping[str, float] | None = None,
+    ensemble: Mapping[str, Any] | None = None,
+    label: str = "feh_ref",
+    cannon: bool = True,
+    ablation: bool = True,
+    progress: bool = False,
+) -> BenchmarkRun:
+    """Make the synthetic benchmark, measure it, train the ensemble, run the baselines and evaluate.
+
+    Parameters
+    ----------
+    n_stars, seed : int
+        Benchmark size and seed.
+    split : three floats
+        Train / validation / test fractions (default :data:`DEMO_SPLIT`).
+    ref_errors : mapping, optional
+        Errors of the reference Teff, log g, vmic (and [Fe/H]) labels, e.g. ``{"teff": 30, "logg": 0.1,
+        "vmic": 0.1}`` (default 100 K, 0.2, 0.2, 0.05).
+    ensemble : mapping, optional
+        Keyword arguments of :class:`FeHEnsemble` (member overrides, folds, target).
+    label : str
+        Truth column used as the training label: ``feh_ref`` (the noisy reference [Fe/H], what a user has) or
+        ``feh``.
+    cannon, ablation : bool
+        Run The Cannon peer (needs ``fehkit[peers]``) and the ablation without log g and vmic.
+    """
+    from fehkit.evaluate import evaluate
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    sim = make_benchmark(n_stars, seed, split=split, ref_errors=ref_errors)
+    timings["simulate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    norm = normalize(sim.batch).batch
+    timings["normalize"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    feats = measure_features(sim, normalized=norm)
+    timings["ew_and_features"] = time.perf_counter() - t0
+
+    truth = sim.truth.reset_index(drop=True)
+    split_col = truth["split"].to_numpy()
+    tr, va, te = (split_col == s for s in ("train", "val", "test"))
+    y = truth[label].to_numpy(float)
+    label_error = float(truth["feh_ref_err"].iloc[0]) if label == "feh_ref" and "feh_ref_err" in truth else 0.0
+    kwargs = {"label_error": label_error, "seed": seed, "progress": progress, **(ensemble or {})}
+
+    t0 = time.perf_counter()
+    ens = FeHEnsemble(**kwargs).fit(feats.select(tr), y[tr], X_val=feats.select(va), y_val=y[va])
+    timings["train"] = time.perf_counter() - t0
+    pred = ens.predict(feats.select(te))
+    pred = _prediction_table(pred, feats.select(te), truth[te].reset_index(drop=True))
+
+    extra: dict[str, Any] = {}
+    if cannon:
+        t0 = time.perf_counter()
+        pred["feh_cannon"] = _cannon(norm, truth, tr, te)
+        timings["cannon"] = time.perf_counter() - t0
+    if ablation:
+        t0 = time.perf_counter()
+        extra["ablation"] = _ablation(sim, norm, truth, tr, va, te, y, kwargs)
+        timings["ablation"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    # detection involves no training: the lowest [Fe/H] reached is measured on every star of the benchmark
+    detections = pd.DataFrame({"true_feh": truth["feh"], "snr": truth["snr"],
+                               "cog_signal_sigma": feats.stars["cog_signal_sigma"]})
+    metrics = evaluate(pred, ensemble=ens, synthetic=bool(sim.batch.meta.get("synthetic", pd.Series([True])).all()),
+                       ablation=extra.get("ablation"), param_errors=_param_errors(truth), detections=detections,
+                       oof=_oof_table(ens, feats.select(tr), truth[tr].reset_index(drop=True)))
+    metrics["n_train"], metrics["n_val"] = int(tr.sum()), int(va.sum())
+    metrics["label"] = label
+    timings["evaluate"] = time.perf_counter() - t0
+    metrics["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+    return BenchmarkRun(sim, feats, ens, pred, metrics, timings, norm)
+
+
+def write_outputs(run: BenchmarkRun, out: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
+    """Write ``metrics.json``, ``predictions.csv``, ``report.html`` and ``model/`` (the DESIGN.md contract)."""
+    from fehkit.report_feh import feh_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out / "metrics.json") as tmp:
+        Path(tmp).write_text(json.dumps(_jsonable(run.metrics), indent=2) + "\n")
+    with atomic_output(out / "predictions.csv") as tmp, open(tmp, "w") as fh:
+        if run.metrics.get("synthetic"):
+            fh.write("# SYNTHETIC benchmark (simulated spectra, not observations): fehkit demo test-set predictions\n")
+        run.predictions.to_csv(fh, index=False, float_format="%.5g")
+    feh_report(run.metrics, run.predictions, out / "report.html")
+    train = run.features.select(run.sim.truth["split"].to_numpy() == "train")
+    run.ensemble.save(out / "model", overwrite=overwrite, card={
+        "synthetic": bool(run.metrics.get("synthetic", True)),
+        "training_data": "fehkit synthetic benchmark (make_benchmark)" if run.metrics.get("synthetic") else "real",
+        "training_set_sha256": training_hash(train.X, run.sim.truth.loc[run.sim.truth["split"] == "train",
+                                                                        run.metrics.get("label", "feh_ref")]),
+        "metrics": {k: run.metrics[k] for k in ("headline_subset", "n_test", "coverage_68", "weights")
+                    if k in run.metrics} | {"models": run.metrics.get("models", {})},
+    })
+    return out
+
+
+def training_hash(X: np.ndarray, y: Any) -> str:
+    """SHA-256 of the training features and labels (float32 bytes): which data a model was fitted to."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(np.asarray(X, np.float32)).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(y, np.float32)).tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _prediction_table(pred: pd.DataFrame, feats: Features, truth: pd.DataFrame) -> pd.DataFrame:
+    s = feats.stars
+    out = pd.DataFrame({"star_id": s["star_id"]})
+    out = pd.concat([out, pred.reset_index(drop=True)], axis=1)
+    out["n_lines"] = s["n_lines"].to_numpy()
+    for c in ("feh_cog_err", "feh_cog_err_param", "feh_cog_upper", "cog_signal_sigma", "feh_cog_median",
+              "cog_median_n_lines"):
+        out[c] = s[c].to_numpy()
+    for src, dst in TRUTH_OUT.items():
+        out[dst] = truth[src].to_numpy()
+    out["snr"] = truth["snr"].to_numpy()
+    for c in ("teff_ref", "logg_ref", "vmic_ref", "feh_ref", "feh_ext", "population"):
+        if c in truth:
+            out[c] = truth[c].to_numpy()
+    out["synthetic"] = True
+    return out
+
+
+def _oof_table(ens: FeHEnsemble, feats: Features, truth: pd.DataFrame) -> pd.DataFrame:
+    """Tabulate the ensemble's out-of-fold predictions of the training stars, with their truth and classical values."""
+    oof = ens.oof_predictions_
+    rows = oof["row"].to_numpy()
+    s = feats.stars.iloc[rows].reset_index(drop=True)
+    return pd.DataFrame({"feh": oof["feh"].to_numpy(), "feh_err": oof["feh_err"].to_numpy(),
+                         "feh_cog": s["feh_cog"].to_numpy(), "true_feh": truth["feh"].to_numpy()[rows],
+                         "snr": truth["snr"].to_numpy()[rows],
+                         "flag": np.where(s["cog_signal_sigma"] >= ens.detection_sigma, "ok", "upper_limit")})
+
+
+def _cannon(norm: SpectrumBatch, truth: pd.DataFrame, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+    from fehkit.baselines import fit_cannon, predict_cannon
+
+    labels = pd.DataFrame({"teff": truth["teff_ref"], "logg": truth["logg_ref"], "feh": truth["feh_ref"]})
+    peer = fit_cannon(norm.select(np.flatnonzero(tr)), labels[tr].reset_index(drop=True))
+    return predict_cannon(peer, norm.select(np.flatnonzero(te)))["feh"].to_numpy(float)
+
+
+def _ablation(sim: Simulation, norm: SpectrumBatch, truth: pd.DataFrame, tr: np.ndarray, va: np.ndarray,
+              te: np.ndarray, y: np.ndarray, kwargs: dict) -> dict:
+    """Retrain the ensemble without log g and vmic.
+
+    They go neither into the features nor into the curve of growth (where the training set's medians stand in).
+    """
+    params = reference_params(truth)
+    for k in ("logg", "vmic"):
+        params[k] = float(np.median(params.loc[tr, k]))
+        params[f"{k}_err"] = float(np.std(truth.loc[tr, f"{k}_ref"]))
+    feats = measure_features(sim, params=params, normalized=norm)
+    feats = feats.drop(["logg", "vmic", "dfeh_logg", "dfeh_vmic"])
+    ens = FeHEnsemble(**kwargs).fit(feats.select(tr), y[tr], X_val=feats.select(va), y_val=y[va])
+    pred = ens.predict(feats.select(te))
+    return {"without": ["logg", "vmic"], "predictions": pred["feh"].to_numpy(),
+            "weights": ens.weights_, "feature_count": len(feats.names)}
+
+
+def _param_errors(truth: pd.DataFrame) -> dict:
+    return {k: float(truth[f"{k}_ref_err"].iloc[0]) for k in ("teff", "logg", "vmic", "feh")
+            if f"{k}_ref_err" in truth}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        return None if not np.isfinite(obj) else round(float(obj), 6)
+    return obj
