@@ -8,9 +8,9 @@ BIN := $(VENV)/bin
 #   make TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" test
 TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
-DEMO_OUT ?= fehkit-inspect
+DEMO_OUT ?= fehkit-demo
 
-.PHONY: demo test lint venv clean browser-deps physics-grid bench-simulate bench-ew validate-ew
+.PHONY: demo inspect validate-feh test lint venv clean browser-deps physics-grid bench-simulate bench-ew validate-ew
 
 venv: $(VENV)/.installed
 
@@ -19,12 +19,18 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || \
 		$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,peers]"
 	touch $@
 
+# The main job on the embedded SYNTHETIC benchmark (1,500 stars; ~1.5-3 min on 2 cores): metrics.json,
+# predictions.csv, report.html and model/ in $(DEMO_OUT).
 demo: venv
-	$(BIN)/fehkit inspect --examples --out $(DEMO_OUT)
-	$(BIN)/fehkit ew --examples --out $(DEMO_OUT)/ew.csv
+	$(BIN)/fehkit demo --out $(DEMO_OUT)
+
+# A look at the packaged real DR17 spectra: summary, plot and their Fe I EWs.
+inspect: venv
+	$(BIN)/fehkit inspect --examples --out fehkit-inspect
+	$(BIN)/fehkit ew --examples --out fehkit-inspect/ew.csv
 
 lint: venv
 	$(BIN)/ruff check fehkit tests scripts
@@ -65,5 +71,10 @@ bench-ew: venv
 validate-ew: venv
 	$(BIN)/python scripts/validate_ew.py --n 1500 --seed 11 --json docs/ew_validation.json
 
+# The [Fe/H] validation on the SYNTHETIC benchmark, with 100 K / 0.2 / 0.2 and with 30 K / 0.1 / 0.1 reference
+# parameters, over several seeds: rewrites docs/feh_validation.md and .json (~10 min on 2 cores).
+validate-feh: venv
+	$(BIN)/python scripts/validate_feh.py --json docs/feh_validation.json
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache bench-ew.json bench-simulate.json
+	rm -rf $(VENV) $(DEMO_OUT) fehkit-inspect .pytest_cache .ruff_cache bench-ew.json bench-simulate.json

@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fehkit import __version__
@@ -126,8 +127,114 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
 
+    p = sub.add_parser(
+        "train",
+        help="train the [Fe/H] ensemble on a benchmark folder or a table of real stars",
+        description="Measure EWs and train the ensemble. DATA is a benchmark folder (truth.csv + apStar files, from "
+        "fehkit simulate; trains on split 'train', stops the MLP on 'val') or a CSV/Parquet table of real stars with "
+        "columns file, feh_ref, feh_ref_err, teff, logg, vmic (exploratory recalibration). Writes MODEL/ in safe "
+        "formats with a model card.",
+    )
+    p.add_argument("--data", type=Path, required=True, help="benchmark folder or training table")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument("--seed", type=int, default=0, help="seed of folds and members (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "predict",
+        help="[Fe/H] of APOGEE spectrum files with a trained model",
+        description="Normalize, measure EWs and predict [Fe/H]; writes one row per spectrum: star_id, feh, feh_err, "
+        "feh_upper (3-sigma limit where flag is upper_limit), feh_rf, feh_xgb, feh_dnn, feh_cog, n_lines, flag.",
+    )
+    p.add_argument("files", nargs="+", type=Path, help="apStar/asStar, aspcapStar or apVisit FITS files (.gz ok)")
+    p.add_argument("--model", type=Path, required=True, help="model folder (fehkit train / fehkit demo)")
+    p.add_argument("--params", type=Path, required=True, help="CSV of stellar parameters (star_id or file; teff, "
+                   "logg, vmic, optionally alpha_fe, teff_err, logg_err, vmic_err)")
+    p.add_argument("--out", type=Path, default=Path("results.csv"), help="output CSV (default %(default)s)")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score a trained model on a benchmark folder's test stars",
+        description="Predict the test split of a benchmark folder (all its stars when it has no split) and write "
+        "the metrics (metrics.json keys of DESIGN.md) against its truth.",
+    )
+    p.add_argument("--model", type=Path, required=True, help="model folder")
+    p.add_argument("--data", type=Path, required=True, help="benchmark folder (truth.csv + apStar files)")
+    p.add_argument("--out", type=Path, default=Path("metrics.json"), help="output JSON (default %(default)s)")
+    p.set_defaults(func=_evaluate)
+
     _add_fetch_parser(sub)
     return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from fehkit.pipeline import train_model
+
+    if args.out.exists() and not args.overwrite:
+        raise FehkitError(f"{args.out}: already exists; expected a new folder or --overwrite")
+    ens = train_model(args.data, args.out, seed=args.seed, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"trained on {ens.n_train_} stars with a detected Fe signal; weights " +
+          ", ".join(f"{k} {v:.2f}" for k, v in ens.weights_.items()) + f"; wrote {args.out}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from fehkit.io import atomic_output, read_apogee
+    from fehkit.models import FeHEnsemble
+    from fehkit.pipeline import predict_spectra
+
+    ens = FeHEnsemble.load(args.model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FehkitWarning)
+        batch = read_apogee(args.files)
+        params = _read_params(args.params, batch.meta, extra=("alpha_fe", "teff_err", "logg_err", "vmic_err"))
+        for col in ("teff", "logg", "vmic"):
+            if col not in params or params[col].isna().any():
+                raise FehkitError(f"{args.params}: no {col} for some spectra; expected teff, logg and vmic for "
+                                  "every file")
+        out = predict_spectra(ens, batch, params)
+    with atomic_output(args.out) as tmp:
+        out.to_csv(tmp, index=False, float_format="%.5g")
+    card = getattr(ens, "card_", {})
+    if card.get("synthetic"):
+        print("note: this model was trained on SYNTHETIC spectra", file=sys.stderr)
+    print(f"wrote {args.out}: {len(out)} spectra, {int((out.flag == 'upper_limit').sum())} upper limits")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from fehkit.evaluate import evaluate
+    from fehkit.io import atomic_output
+    from fehkit.models import FeHEnsemble
+    from fehkit.pipeline import TRUTH_OUT, _jsonable, predict_spectra, read_training_data
+
+    ens = FeHEnsemble.load(args.model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FehkitWarning)
+        batch, params, labels, synthetic = read_training_data(args.data)
+        truth = pd.read_csv(args.data / "truth.csv", comment="#")
+        test = (labels["split"] == "test").to_numpy()
+        test = test if test.any() else np.ones(len(labels), bool)
+        idx = np.flatnonzero(test)
+        pred = predict_spectra(ens, batch.select(idx), params.iloc[idx])
+    t = truth.iloc[idx].reset_index(drop=True)
+    for src, dst in TRUTH_OUT.items():
+        pred[dst] = t[src].to_numpy()
+    pred["snr"] = t["snr"].to_numpy()
+    if "feh_ext" in t:
+        pred["feh_ext"] = t["feh_ext"].to_numpy()
+    metrics = evaluate(pred, ensemble=ens, synthetic=synthetic)
+    with atomic_output(args.out) as tmp:
+        Path(tmp).write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
+    e = metrics["models"].get("ensemble", {})
+    print(f"{'SYNTHETIC ' if synthetic else ''}test stars {metrics['n_test']}, headline {metrics['n_headline']}: "
+          f"MAE {e.get('mae', float('nan')):.4f}, bias {e.get('bias', float('nan')):+.4f}; wrote {args.out}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -201,7 +308,7 @@ def _ew(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_params(path: Path, meta: pd.DataFrame) -> pd.DataFrame:
+def _read_params(path: Path, meta: pd.DataFrame, extra: Sequence[str] = ()) -> pd.DataFrame:
     """Stellar parameters of each spectrum from a CSV, matched on star_id, or on the file name."""
     try:
         table = pd.read_csv(path)
@@ -216,7 +323,8 @@ def _read_params(path: Path, meta: pd.DataFrame) -> pd.DataFrame:
             right = table.assign(**{key: table[key].astype(str) if key == "star_id"
                                     else table[key].astype(str).map(lambda f: Path(f).name)})
             right = right.drop_duplicates(key)
-            return pd.DataFrame({key: left}).merge(right[[key, *wanted]], on=key, how="left")[wanted]
+            cols = wanted + [c for c in extra if c in table]
+            return pd.DataFrame({key: left}).merge(right[[key, *cols]], on=key, how="left")[cols]
     raise FehkitError(f"{path}: expected a star_id or file column to match the spectra, found {list(table.columns)}")
 
 

@@ -189,7 +189,9 @@ def score(pred: np.ndarray, truth: np.ndarray, *, n_boot: int = 1000,
 def lowest_feh(stars: pd.DataFrame, detection_sigma: float = 3.0) -> list[dict]:
     """Lowest true [Fe/H] still detected near S/N 50, 100 and 200, and where half the stars are detected.
 
-    ``feh_50pct`` is where a logistic fit of detection against true [Fe/H] crosses one half.
+    ``feh_50pct`` is where a logistic fit of detection against true [Fe/H] crosses one half;
+    ``feh_50pct_per_line`` the same for "at least one line detected on its own" (what the per-line method needs),
+    when ``stars`` has ``cog_median_n_lines``.
     """
     rows = []
     feh = stars["true_feh"].to_numpy(float)
@@ -200,6 +202,10 @@ def lowest_feh(stars: pd.DataFrame, detection_sigma: float = 3.0) -> list[dict]:
         row = {"snr": nominal, "snr_lo": lo, "snr_hi": hi, "n": int(sel.sum()), "n_detected": int(det[sel].sum()),
                "lowest_detected_feh": float(feh[sel & det].min()) if (sel & det).any() else None,
                "feh_50pct": _half_point(feh[sel], det[sel])}
+        if "cog_median_n_lines" in stars:
+            # the per-line method needs one line detected on its own: how much lower the joint likelihood reaches
+            one = stars["cog_median_n_lines"].to_numpy() > 0
+            row["feh_50pct_per_line"] = _half_point(feh[sel], one[sel])
         rows.append(row)
     return rows
 
@@ -227,8 +233,12 @@ def targets(metrics: Mapping[str, Any], pred: pd.DataFrame, head: np.ndarray) ->
         members = {k: m[k]["mae"] for k in ("rf", "xgb", "dnn") if k in m and m[k].get("mae") is not None}
         if members:
             best = min(members, key=members.get)
-            add("ensemble MAE <= best member's", ens["mae"], f"<= {members[best]:.4f} ({best})",
-                ens["mae"] <= members[best] + 1e-12)
+            ok = ens["mae"] <= members[best] + 1e-12
+            lo, hi = _paired_mae_ci(pred["feh"].to_numpy(float)[head], pred[MODEL_COLUMNS[best]].to_numpy(float)[head],
+                                    truth[head])
+            add("ensemble MAE <= best member's", ens["mae"], f"<= {members[best]:.4f} ({best})", ok,
+                f"MAE(ensemble) - MAE({best}) = {ens['mae'] - members[best]:+.4f} dex, paired bootstrap 95% CI "
+                f"[{lo:+.4f}, {hi:+.4f}]")
     cov = metrics.get("coverage_68")
     if cov is not None:
         add("coverage_68", cov, "0.60-0.76", 0.60 <= cov <= 0.76)
@@ -281,6 +291,14 @@ def _grid(p: pd.DataFrame, detected: np.ndarray, min_stars: int) -> list[dict]:
                          "n_detected": int(d.sum()), "mae": mae, "mae_cog": mae_cog, "ratio": ratio,
                          "checked": checked, "meets": (ratio <= 1.10) if checked and ratio is not None else None})
     return rows
+
+
+def _paired_mae_ci(a: np.ndarray, b: np.ndarray, truth: np.ndarray, n_boot: int = 1000) -> tuple[float, float]:
+    """95% interval of MAE(a) - MAE(b) over the same bootstrap resamples of the stars."""
+    ea, eb = np.abs(a - truth), np.abs(b - truth)
+    idx = np.random.default_rng(1).integers(0, len(ea), size=(n_boot, len(ea)))
+    d = ea[idx].mean(1) - eb[idx].mean(1)
+    return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
 
 
 def _mae(col: pd.Series, truth: np.ndarray, sel: np.ndarray) -> float | None:

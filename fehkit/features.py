@@ -52,12 +52,17 @@ class Features:
     stars : pandas.DataFrame
         One row per star: ``star_id``, the parameters used, ``snr`` if known, and the classical method's results
         (:data:`fehkit.physics.joint.JOINT_COLUMNS`, ``feh_cog_err_param``, the per-line median).
+    info : dict
+        How the features were made (``log_ew``, ``include_params``, the line wavelengths).
+    ew : EWTable, optional
+        The EW table the features came from.
     """
 
     X: np.ndarray
     names: list[str]
     stars: pd.DataFrame
     info: dict[str, Any] = field(default_factory=dict)
+    ew: EWTable | None = None
 
     @property
     def mask(self) -> np.ndarray:
@@ -71,12 +76,13 @@ class Features:
     def select(self, which: Any) -> Features:
         """Return the rows chosen by a boolean mask or integer indices."""
         idx = np.arange(len(self.X))[which]
-        return Features(self.X[idx], list(self.names), self.stars.iloc[idx].reset_index(drop=True), dict(self.info))
+        return Features(self.X[idx], list(self.names), self.stars.iloc[idx].reset_index(drop=True), dict(self.info),
+                        None if self.ew is None else self.ew.select(idx))
 
     def drop(self, names: Sequence[str]) -> Features:
         """Return the same features without the named columns."""
         keep = [i for i, n in enumerate(self.names) if n not in set(names)]
-        return Features(self.X[:, keep], [self.names[i] for i in keep], self.stars.copy(), dict(self.info))
+        return Features(self.X[:, keep], [self.names[i] for i in keep], self.stars.copy(), dict(self.info), self.ew)
 
 
 def build_features(
@@ -190,7 +196,7 @@ def build_features(
     X[~np.isfinite(X)] = np.nan
     info = {"log_ew": log_ew, "include_params": list(include_params), "lines": [float(w) for w in
                                                                                  ew.lines["wave_vac"]]}
-    return Features(X, names, stars, info)
+    return Features(X, names, stars, info, ew)
 
 
 def _params(params: pd.DataFrame | Mapping[str, Any], n: int) -> pd.DataFrame:

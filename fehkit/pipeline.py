@@ -57,6 +57,8 @@ class BenchmarkRun:
         :func:`fehkit.evaluate.evaluate` of the test set (the ``metrics.json`` content).
     timings : dict
         Seconds spent per stage.
+    normalized : SpectrumBatch
+        The continuum-normalized spectra of every star.
     """
 
     sim: Simulation
@@ -66,6 +68,11 @@ class BenchmarkRun:
     metrics: dict
     timings: dict = field(default_factory=dict)
     normalized: SpectrumBatch | None = None
+
+    @property
+    def ew(self) -> Any:
+        """The EW table of every star (:class:`fehkit.ew.EWTable`), in the order of ``sim.truth``."""
+        return self.features.ew
 
 
 def measure_features(
@@ -172,7 +179,8 @@ def run_benchmark(
     t0 = time.perf_counter()
     # detection involves no training: the lowest [Fe/H] reached is measured on every star of the benchmark
     detections = pd.DataFrame({"true_feh": truth["feh"], "snr": truth["snr"],
-                               "cog_signal_sigma": feats.stars["cog_signal_sigma"]})
+                               "cog_signal_sigma": feats.stars["cog_signal_sigma"],
+                               "cog_median_n_lines": feats.stars["cog_median_n_lines"]})
     metrics = evaluate(pred, ensemble=ens, synthetic=bool(sim.batch.meta.get("synthetic", pd.Series([True])).all()),
                        ablation=extra.get("ablation"), param_errors=_param_errors(truth), detections=detections,
                        oof=_oof_table(ens, feats.select(tr), truth[tr].reset_index(drop=True)))
@@ -206,6 +214,102 @@ def write_outputs(run: BenchmarkRun, out: str | os.PathLike[str], *, overwrite: 
                     if k in run.metrics} | {"models": run.metrics.get("models", {})},
     })
     return out
+
+
+# ---- the CLI's train / predict / evaluate ---------------------------------------------------------------------
+#: Columns of ``fehkit predict``'s results table (DESIGN.md).
+PREDICT_COLUMNS = ("star_id", "feh", "feh_err", "feh_upper", "feh_rf", "feh_xgb", "feh_dnn", "feh_cog", "n_lines",
+                   "flag")
+
+
+def spectra_features(batch: SpectrumBatch, params: pd.DataFrame, *, backend: str = "numpy",
+                     device: str | None = None) -> Features:
+    """Normalize, measure EWs and build features for spectra with known Teff, log g, vmic (one row per spectrum)."""
+    norm = normalize(batch).batch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FehkitWarning)
+        ew = measure_ew(norm, params=params[["teff", "logg", "vmic"]].reset_index(drop=True), backend=backend,
+                        device=device, mc_draws=0)
+    snr = batch.meta["snr"].to_numpy(float) if "snr" in batch.meta else None
+    return build_features(ew, params.reset_index(drop=True), snr=snr)
+
+
+def read_training_data(path: str | os.PathLike[str]) -> tuple[SpectrumBatch, pd.DataFrame, pd.DataFrame, bool]:
+    """Spectra, stellar parameters and labels for ``fehkit train --data``.
+
+    ``path`` is a benchmark folder (``truth.csv`` + apStar files, as ``fehkit simulate`` writes) or a table
+    (CSV/Parquet) of real stars with columns ``file, feh_ref, feh_ref_err, teff, logg, vmic`` (files relative to
+    the table's folder). Returns ``(batch, params, labels, synthetic)``; ``labels`` has ``feh_ref``,
+    ``feh_ref_err`` and ``split`` (train/val/test; a table's stars are all "train").
+    """
+    from fehkit.errors import FehkitError
+    from fehkit.io import read_apogee
+
+    path = Path(path)
+    if path.is_dir():
+        table_path = path / "truth.csv"
+        if not table_path.is_file():
+            raise FehkitError(f"{path}: no truth.csv; expected a benchmark folder written by fehkit simulate")
+        table = pd.read_csv(table_path, comment="#")
+        root = path
+        for col in ("teff_ref", "logg_ref", "vmic_ref", "feh_ref"):
+            if col not in table:
+                raise FehkitError(f"{table_path}: no column {col!r}; expected the reference labels of fehkit simulate")
+        params = reference_params(table)
+        labels = pd.DataFrame({"feh_ref": table["feh_ref"], "feh_ref_err": table.get("feh_ref_err", 0.05),
+                               "split": table.get("split", "train")})
+        synthetic = bool(table.get("synthetic", pd.Series([True])).astype(bool).all())
+    elif path.is_file():
+        try:
+            table = pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path, comment="#")
+        except (OSError, ValueError) as err:
+            raise FehkitError(f"{path}: cannot read the training table ({err}); expected CSV or Parquet") from None
+        missing = [c for c in ("file", "feh_ref", "teff", "logg", "vmic") if c not in table]
+        if missing:
+            raise FehkitError(f"{path}: no column(s) {missing}; expected file, feh_ref, feh_ref_err, teff, logg, "
+                              "vmic (one row per star)")
+        root = path.parent
+        params = table[[c for c in ("teff", "logg", "vmic", "alpha_fe", "teff_err", "logg_err", "vmic_err")
+                        if c in table]].reset_index(drop=True)
+        labels = pd.DataFrame({"feh_ref": table["feh_ref"], "feh_ref_err": table.get("feh_ref_err", np.nan),
+                               "split": table.get("split", "train")})
+        synthetic = False
+    else:
+        raise FehkitError(f"{path}: not found; expected a benchmark folder or a CSV/Parquet table")
+    files = [root / f for f in table["file"].astype(str)]
+    batch = read_apogee(files)
+    if any(batch.meta.get("synthetic", pd.Series([False] * len(files))).astype(bool)):
+        synthetic = True
+    return batch, params.reset_index(drop=True), labels.reset_index(drop=True), synthetic
+
+
+def train_model(data: str | os.PathLike[str], out: str | os.PathLike[str], *, seed: int = 0,
+                ensemble: Mapping[str, Any] | None = None, overwrite: bool = False,
+                progress: bool = False) -> FeHEnsemble:
+    """``fehkit train``: fit the ensemble on a benchmark folder or a table of real stars and save it."""
+    batch, params, labels, synthetic = read_training_data(data)
+    feats = spectra_features(batch, params)
+    split = labels["split"].astype(str).to_numpy()
+    tr, va = split == "train", split == "val"
+    y = labels["feh_ref"].to_numpy(float)
+    err = labels["feh_ref_err"].to_numpy(float)
+    label_error = float(np.nanmedian(err[tr])) if np.isfinite(err[tr]).any() else 0.0
+    kwargs = {"label_error": label_error, "seed": seed, "progress": progress, **(ensemble or {})}
+    ens = FeHEnsemble(**kwargs).fit(feats.select(tr), y[tr], X_val=feats.select(va) if va.any() else None,
+                                    y_val=y[va] if va.any() else None)
+    ens.save(out, overwrite=overwrite, card={
+        "synthetic": synthetic, "training_data": str(data), "n_train": int(tr.sum()),
+        "training_set_sha256": training_hash(feats.select(tr).X, y[tr]), "label": "feh_ref"})
+    return ens
+
+
+def predict_spectra(ens: FeHEnsemble, batch: SpectrumBatch, params: pd.DataFrame) -> pd.DataFrame:
+    """``fehkit predict``: the results table (:data:`PREDICT_COLUMNS`) of spectra with known Teff, log g, vmic."""
+    feats = spectra_features(batch, params)
+    pred = ens.predict(feats)
+    pred.insert(0, "star_id", feats.stars["star_id"].to_numpy())
+    pred["n_lines"] = feats.stars["n_lines"].to_numpy()
+    return pred[list(PREDICT_COLUMNS)]
 
 
 def training_hash(X: np.ndarray, y: Any) -> str:

@@ -202,9 +202,41 @@ def _model_ew(cog: CurveOfGrowth, teff: np.ndarray, logg: np.ndarray, vmic: np.n
     return 10.0 ** log_ew
 
 
-def _joint_chunk(ew: np.ndarray, err: np.ndarray, use: np.ndarray, teff: np.ndarray, logg: np.ndarray,
-                 vmic: np.ndarray, alpha: np.ndarray, cog: CurveOfGrowth, lines: np.ndarray | None,
-                 frac: float, floor: float) -> dict[str, np.ndarray]:
+def likelihood_profile(
+    ew_mA: np.ndarray,
+    ew_err_mA: np.ndarray,
+    usable: np.ndarray,
+    teff: Any,
+    logg: Any,
+    vmic: Any,
+    alpha_fe: Any = 0.4,
+    *,
+    cog: CurveOfGrowth | None = None,
+    lines: np.ndarray | None = None,
+    model_fraction: float = MODEL_FRACTION,
+    model_floor_mA: float = MODEL_FLOOR_MA,
+) -> dict[str, np.ndarray]:
+    """Return the joint likelihood itself, for plots and teaching: -2 ln L over :data:`FEH_GRID` for each star.
+
+    Returns a dict with ``feh_grid`` (G,), ``m2lnl`` (n_stars, G) relative to its minimum, ``m2lnl_none``
+    (n_stars,) the value for "no iron" on the same scale, and ``model_ew`` (n_stars, G, n_lines) in mA.
+    """
+    cog = cog or CurveOfGrowth.load()
+    ew = np.atleast_2d(np.asarray(ew_mA, float))
+    err = np.atleast_2d(np.asarray(ew_err_mA, float))
+    use = np.atleast_2d(np.asarray(usable, bool)) & np.isfinite(ew) & np.isfinite(err) & (err > 0)
+    n = ew.shape[0]
+    params = [np.broadcast_to(np.asarray(a, float), (n,)) for a in (teff, logg, vmic, alpha_fe)]
+    model, m2lnl, none = _m2lnl(ew, err, use, *params, cog, lines, model_fraction, model_floor_mA)
+    best = m2lnl.min(axis=1, keepdims=True)
+    return {"feh_grid": FEH_GRID.copy(), "m2lnl": m2lnl - best, "m2lnl_none": none - best[:, 0],
+            "model_ew": model}
+
+
+def _m2lnl(ew: np.ndarray, err: np.ndarray, use: np.ndarray, teff: np.ndarray, logg: np.ndarray, vmic: np.ndarray,
+           alpha: np.ndarray, cog: CurveOfGrowth, lines: np.ndarray | None, frac: float,
+           floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Model EWs (n, G, L), -2 ln L on the grid (n, G) and -2 ln L of "no iron" (n,)."""
     model = _model_ew(cog, teff, logg, vmic, alpha, lines)  # (n, G, L)
     w = use[:, None, :]
     e = np.where(use, ew, 0.0)[:, None, :]
@@ -212,6 +244,14 @@ def _joint_chunk(ew: np.ndarray, err: np.ndarray, use: np.ndarray, teff: np.ndar
     m2lnl = np.sum(np.where(w, (e - model) ** 2 / var + np.log(var), 0.0), axis=2)  # -2 ln L: (n, G)
     var0 = np.where(use, err ** 2 + floor ** 2, 1.0)
     m2lnl_none = np.sum(np.where(use, np.where(use, ew, 0.0) ** 2 / var0 + np.log(var0), 0.0), axis=1)
+    return model, m2lnl, m2lnl_none
+
+
+def _joint_chunk(ew: np.ndarray, err: np.ndarray, use: np.ndarray, teff: np.ndarray, logg: np.ndarray,
+                 vmic: np.ndarray, alpha: np.ndarray, cog: CurveOfGrowth, lines: np.ndarray | None,
+                 frac: float, floor: float) -> dict[str, np.ndarray]:
+    model, m2lnl, m2lnl_none = _m2lnl(ew, err, use, teff, logg, vmic, alpha, cog, lines, frac, floor)
+    var = err[:, None, :] ** 2 + (frac * model) ** 2 + floor ** 2
 
     n, g = m2lnl.shape
     k = np.argmin(m2lnl, axis=1)
