@@ -143,7 +143,7 @@ def build_features(
     err = np.asarray(ew.ew_err_mA, float)
     measured = np.isin(flag, [FLAGS.index("ok"), FLAGS.index("upper_limit"), FLAGS.index("blend_suspect")])
     measured &= np.isfinite(value) & np.isfinite(err) & (err > 0)
-    clean = measured & (flag != FLAGS.index("blend_suspect"))  # what the joint likelihood uses
+    clean = joint_usable(ew)
 
     args = (p["teff"].to_numpy(float), p["logg"].to_numpy(float), p["vmic"].to_numpy(float),
             p["alpha_fe"].to_numpy(float))
@@ -197,6 +197,19 @@ def build_features(
     info = {"log_ew": log_ew, "include_params": list(include_params), "lines": [float(w) for w in
                                                                                  ew.lines["wave_vac"]]}
     return Features(X, names, stars, info, ew)
+
+
+def joint_usable(ew: EWTable) -> np.ndarray:
+    """Return the lines the classical joint likelihood uses: (n_stars, n_lines) bool.
+
+    A measured EW (flag ok or upper_limit, finite, with a positive error); suspected blends are left out, because
+    their EW carries a neighbour's absorption the curve of growth does not model.
+    """
+    flag = np.asarray(ew.flag_code)
+    value = np.asarray(ew.ew_mA, float)
+    err = np.asarray(ew.ew_err_mA, float)
+    return (np.isin(flag, [FLAGS.index("ok"), FLAGS.index("upper_limit")]) & np.isfinite(value)
+            & np.isfinite(err) & (err > 0))
 
 
 def _params(params: pd.DataFrame | Mapping[str, Any], n: int) -> pd.DataFrame:

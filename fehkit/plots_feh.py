@@ -324,6 +324,11 @@ def residual_vs_figure(
                          name="upper_limits")
     fig.add_tools(HoverTool(renderers=[dots, limits], tooltips=_STAR_TOOLTIPS))
     fig.add_layout(Span(location=0, dimension="width", line_color=ZERO_COLOR, line_dash="dashed"))
+    if detected.any():
+        # frame the measurements: upper limits far above them would squeeze the residuals into a line (the
+        # limits stay pannable)
+        span = float(np.nanpercentile(np.abs(r[detected]), 99.5))
+        fig.y_range = Range1d(-1.3 * span - 0.02, 1.6 * span + 0.02)
     _legend(fig, "below")
     return fig
 
@@ -628,7 +633,7 @@ def likelihood_figure(
     m2lnl_none: float | None = None,
     title: str | None = None,
     width: int = 600,
-    height: int = 420,
+    height: int = 560,
 ) -> figure:
     """Plot one star's joint likelihood, -2 ln L against [Fe/H], with the truth and every model's value marked.
 
@@ -679,17 +684,19 @@ def likelihood_figure(
               legend_label="Δ = 1: the 1σ interval", name="delta_1")
     fig.hspan(y=[9.0], line_color=ZERO_COLOR, line_dash="dotted", line_width=1.5,
               legend_label="Δ = 9: 3σ", name="delta_9")
-    fig.vstrip(x0="x0", x1="x1", source=ColumnDataSource({"x0": [], "x1": [], "label": []}),
-               fill_color=UPPER_LIMIT_COLOR, fill_alpha=0.2, line_alpha=0, legend_field="label", name="upper_limit")
-    fig.hspan(y="y", source=ColumnDataSource({"y": [], "label": []}), line_color=UPPER_LIMIT_COLOR,
-              line_dash="dashdot", line_width=1.5, legend_field="label", name="no_iron")
+    # each legend_field its own column name: Bokeh merges the legend items of renderers that share one
+    fig.vstrip(x0="x0", x1="x1", source=ColumnDataSource({"x0": [], "x1": [], "limit_label": []}),
+               fill_color=UPPER_LIMIT_COLOR, fill_alpha=0.2, line_alpha=0, legend_field="limit_label",
+               name="upper_limit")
+    fig.hspan(y="y", source=ColumnDataSource({"y": [], "none_label": []}), line_color=UPPER_LIMIT_COLOR,
+              line_dash="dashdot", line_width=1.5, legend_field="none_label", name="no_iron")
     fig.line("feh", "m2lnl", source=ColumnDataSource({"feh": [], "m2lnl": []}), color=ZERO_COLOR, line_width=2,
              legend_label="−2 ln L of all usable lines", name="m2lnl")
     marked = fig.vspan(x="x", source=ColumnDataSource({k: [] for k in _MARK_COLUMNS}), line_color="color",
                        line_width="width", line_dash="dash", legend_field="label", name="marks")
     fig.add_tools(HoverTool(renderers=[marked], tooltips=[("", "@label")]))
     update_likelihood_figure(fig, feh_grid, m2lnl, marks, upper, synthetic, m2lnl_none=m2lnl_none, title=title)
-    _legend(fig, "right")
+    _legend(fig, "below")
     return fig
 
 
@@ -731,11 +738,11 @@ def update_likelihood_figure(
     limit = math.isfinite(upper)
     fig.select_one({"name": "upper_limit"}).data_source.data = {
         "x0": [upper] if limit else [], "x1": [float(grid[-1])] if limit else [],
-        "label": [f"excluded at 3σ: [Fe/H] > {upper:.2f} (upper limit)"] if limit else []}
+        "limit_label": [f"excluded at 3σ: [Fe/H] > {upper:.2f} (upper limit)"] if limit else []}
     none = _num(m2lnl_none) - best if m2lnl_none is not None else math.nan
     fig.select_one({"name": "no_iron"}).data_source.data = {
         "y": [none] if math.isfinite(none) else [],
-        "label": [f"no iron at all: Δ = {none:.1f}"] if math.isfinite(none) else []}
+        "none_label": [f"no iron at all: Δ = {none:.1f}"] if math.isfinite(none) else []}
 
     # the view: where the curve is under the top of the plot, and every mark
     inside = grid[np.isfinite(delta) & (delta <= LIKELIHOOD_TOP)]

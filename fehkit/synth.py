@@ -454,10 +454,21 @@ def stratified_split(feh: np.ndarray, rng: np.random.Generator,
     bins = np.floor(np.asarray(feh) / 0.5).astype(int)
     split = np.empty(len(feh), object)
     names = np.array(["train", "val", "test"])
-    for b in np.unique(bins):
-        idx = rng.permutation(np.flatnonzero(bins == b))
-        edges = np.round(np.cumsum(fractions)[:2] * len(idx)).astype(int)
-        split[idx] = names[np.searchsorted(edges, np.arange(len(idx)), side="right")]
+    labels, sizes = np.unique(bins, return_counts=True)
+    # stars per (bin, part) by largest remainders, so that the totals are exact (1,500 at 0.7/0.1/0.2 gives
+    # 1,050/150/300) and every bin is split as evenly as its size allows
+    counts = np.zeros((len(labels), 3), int)
+    for j in range(2):
+        cum = np.asarray(fractions)[: j + 1].sum()
+        want = cum * sizes
+        k = np.floor(want).astype(int)
+        short = int(round(cum * len(feh))) - k.sum()
+        k[np.argsort(-(want - k), kind="stable")[:max(short, 0)]] += 1
+        counts[:, j] = k
+    counts[:, 2] = sizes
+    for label, edges in zip(labels, counts, strict=True):
+        idx = rng.permutation(np.flatnonzero(bins == label))
+        split[idx] = names[np.searchsorted(edges[:2], np.arange(len(idx)), side="right")]
     return split.astype(str)
 
 

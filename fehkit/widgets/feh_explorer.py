@@ -13,8 +13,8 @@ import pandas as pd
 from jupyter_bokeh import BokehModel
 
 from fehkit.errors import FehkitWarning
-from fehkit.ew import FLAGS, EWTable
-from fehkit.features import STATE_BLEND, STATE_DETECTED, STATE_UPPER
+from fehkit.ew import EWTable
+from fehkit.features import STATE_BLEND, STATE_DETECTED, STATE_UPPER, joint_usable
 from fehkit.physics.cog import CurveOfGrowth
 from fehkit.physics.joint import likelihood_profile
 from fehkit.plots_feh import (
@@ -210,7 +210,8 @@ class FeHExplorer(widgets.VBox):
         if "feh_cog_median" in p:
             rows.append(("curve of growth, per-line median", num("feh_cog_median")))
         if "cog_signal_sigma" in p:
-            rows.append(("joint Fe signal", f"{num('cog_signal_sigma', '{:.1f}')} σ (≥ 3σ: detected)"))
+            rows.append(("joint Fe signal", f"{num('cog_signal_sigma', '{:.1f}')}σ: "
+                         + ("below 3σ, no detection" if upper else "detected (≥ 3σ)")))
         j = self._rows[self.index]
         rows.append(("lines in the likelihood", f"{int(self._usable[j].sum())} of {self._wave.size}"))
         rows.append(("flag", str(p["flag"])))
@@ -236,8 +237,7 @@ def _line_measurements(run: Any, n_stars: int) -> tuple[np.ndarray, ...]:
         ew = np.asarray(table.ew_mA, float)
         err = np.asarray(table.ew_err_mA, float)
         flag = np.asarray(table.flag, dtype=object)
-        usable = (np.isin(table.flag_code, [FLAGS.index("ok"), FLAGS.index("upper_limit")]) & np.isfinite(ew)
-                  & np.isfinite(err) & (err > 0))
+        usable = joint_usable(table)
         return table.lines["wave_vac"].to_numpy(float), ew, err, usable, flag
     feats = run.features
     wave = np.asarray(feats.info.get("lines", []), float)

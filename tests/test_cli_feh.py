@@ -1,0 +1,110 @@
+"""The [Fe/H] commands: fehkit demo, train, predict, evaluate (DESIGN.md contracts), on small SYNTHETIC sets."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from fehkit.cli import main
+
+PREDICT_COLUMNS = ["star_id", "feh", "feh_err", "feh_upper", "feh_rf", "feh_xgb", "feh_dnn", "feh_cog", "n_lines",
+                   "flag"]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """A 160-star synthetic benchmark folder, a model trained on it, and a parameter CSV of its reference labels."""
+    root = tmp_path_factory.mktemp("feh_cli")
+    assert main(["simulate", "--n", "160", "--seed", "4", "--out", str(root / "bench"), "--no-html"]) == 0
+    assert main(["train", "--data", str(root / "bench"), "--out", str(root / "model"), "--quiet"]) == 0
+    truth = pd.read_csv(root / "bench" / "truth.csv", comment="#")
+    params = truth[["file", "teff_ref", "logg_ref", "vmic_ref"]].set_axis(["file", "teff", "logg", "vmic"], axis=1)
+    params.to_csv(root / "params.csv", index=False)
+    return root, truth
+
+
+def test_train_writes_a_model_card_that_says_synthetic(bench):
+    root, _ = bench
+    card = json.loads((root / "model" / "card.json").read_text())
+    assert card["synthetic"] is True
+    assert len(card["training_set_sha256"]) == 64
+    assert set(card["files"]) == {"rf.skops", "xgb.json", "dnn.safetensors"}
+
+
+def test_predict_writes_the_design_columns_one_row_per_file(bench, capsys):
+    root, truth = bench
+    files = [str(root / "bench" / f) for f in truth["file"][:6]]
+    out = root / "results.csv"
+    assert main(["predict", *files, "--model", str(root / "model"), "--params", str(root / "params.csv"),
+                 "--out", str(out)]) == 0
+    res = pd.read_csv(out)
+    assert list(res.columns) == PREDICT_COLUMNS
+    assert list(res.star_id) == list(truth.star_id[:6])
+    assert set(res.flag) <= {"ok", "upper_limit"}
+    upper = res.flag == "upper_limit"
+    assert res.feh_upper[upper].notna().all() and res.feh_upper[~upper].isna().all()
+    assert "SYNTHETIC" in capsys.readouterr().err
+
+
+def test_evaluate_scores_the_test_split(bench):
+    root, truth = bench
+    out = root / "metrics.json"
+    assert main(["evaluate", "--model", str(root / "model"), "--data", str(root / "bench"), "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["synthetic"] is True
+    assert m["n_test"] == int((truth.split == "test").sum())
+    assert {"rf", "xgb", "dnn", "ensemble", "cog"} <= set(m["models"])
+
+
+def test_predict_without_stellar_parameters_names_the_missing_column(bench, capsys):
+    root, truth = bench
+    (root / "bad.csv").write_text("file,teff,logg\n" + "".join(f"{f},4800,1.5\n" for f in truth.file[:2]))
+    files = [str(root / "bench" / f) for f in truth["file"][:2]]
+    assert main(["predict", *files, "--model", str(root / "model"), "--params", str(root / "bad.csv")]) == 2
+    assert "vmic" in capsys.readouterr().err
+
+
+def test_a_tampered_model_is_refused_by_predict(bench, tmp_path, capsys):
+    import shutil
+
+    root, truth = bench
+    model = tmp_path / "model"
+    shutil.copytree(root / "model", model)
+    data = bytearray((model / "xgb.json").read_bytes())
+    data[100] = ord("7") if data[100] != ord("7") else ord("8")
+    (model / "xgb.json").write_bytes(bytes(data))
+    files = [str(root / "bench" / truth.file[0])]
+    assert main(["predict", *files, "--model", str(model), "--params", str(root / "params.csv"),
+                 "--out", str(tmp_path / "r.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "xgb.json" in err and "SHA-256" in err
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_train_refuses_a_folder_without_truth(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "m")]) == 2
+    assert "truth.csv" in capsys.readouterr().err
+
+
+def test_demo_writes_every_file_of_the_contract(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--n-stars", "150", "--seed", "2", "--no-cannon", "--no-ablation",
+                 "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "SYNTHETIC" in text and "coverage_68" in text
+    for name in ("metrics.json", "predictions.csv", "report.html", "model/card.json"):
+        assert (out / name).is_file(), name
+    m = json.loads((out / "metrics.json").read_text())
+    pred = pd.read_csv(out / "predictions.csv", comment="#")
+    assert m["n_test"] == len(pred)
+    assert (out / "predictions.csv").read_text().startswith("# SYNTHETIC")
+    for col in (*PREDICT_COLUMNS, "true_feh", "true_teff", "true_logg", "true_vmic", "snr", "feh_ref", "teff_ref"):
+        assert col in pred, col
+
+
+def test_demo_refuses_too_few_stars(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), "--n-stars", "10"]) == 2
+    assert "--n-stars" in capsys.readouterr().err
