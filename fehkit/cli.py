@@ -209,9 +209,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     import json
 
     from fehkit.evaluate import evaluate
-    from fehkit.io import atomic_output
+    from fehkit.io import atomic_output, jsonable
     from fehkit.models import FeHEnsemble
-    from fehkit.pipeline import TRUTH_OUT, _jsonable, predict_spectra, read_training_data
+    from fehkit.pipeline import TRUTH_OUT, predict_spectra, read_training_data
 
     ens = FeHEnsemble.load(args.model)
     with warnings.catch_warnings():
@@ -230,7 +230,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         pred["feh_ext"] = t["feh_ext"].to_numpy()
     metrics = evaluate(pred, ensemble=ens, synthetic=synthetic)
     with atomic_output(args.out) as tmp:
-        Path(tmp).write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
+        Path(tmp).write_text(json.dumps(jsonable(metrics), indent=2) + "\n")
     e = metrics["models"].get("ensemble", {})
     print(f"{'SYNTHETIC ' if synthetic else ''}test stars {metrics['n_test']}, headline {metrics['n_headline']}: "
           f"MAE {e.get('mae', float('nan')):.4f}, bias {e.get('bias', float('nan')):+.4f}; wrote {args.out}")

@@ -223,7 +223,8 @@ def targets(metrics: Mapping[str, Any], pred: pd.DataFrame, head: np.ndarray) ->
         add("headline MAE (dex)", ens["mae"], "<= 0.08", ens["mae"] <= 0.08)
         add("headline |bias| (dex)", abs(ens["bias"]), "<= 0.01", abs(ens["bias"]) <= 0.01,
             f"bias 95% CI {ens['bias_ci95']}" if abs(ens["bias"]) > 0.01 else "")
-        add("headline r", ens["r"], ">= 0.98", ens["r"] >= 0.98)
+        add("headline r", ens["r"], ">= 0.98", ens["r"] >= 0.98 if ens["r"] is not None else None,
+            "" if ens["r"] is not None else "fewer than 3 headline stars, or no spread: r is undefined")
         truth = pred["true_feh"].to_numpy(float)
         hi = head & (truth > -2.5)
         if hi.any():

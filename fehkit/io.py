@@ -704,3 +704,34 @@ def _apstar_hdulist(batch: SpectrumBatch, i: int) -> fits.HDUList:
         image(np.ones(APSTAR_NPIX, np.float32)),
         image(zeros),
     ])
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def jsonable(obj: Any) -> Any:
+    """Return ``obj`` with numpy scalars and arrays as Python numbers and lists; NaN and inf become None.
+
+    Floats are rounded to 6 decimals (metrics files are read by people and diffed).
+    """
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, bool | np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        return None if not np.isfinite(obj) else round(float(obj), 6)
+    return obj

@@ -26,7 +26,7 @@ from fehkit.continuum import normalize
 from fehkit.errors import FehkitWarning
 from fehkit.ew import measure_ew
 from fehkit.features import DEFAULT_PARAM_ERRORS, Features, build_features
-from fehkit.io import atomic_output
+from fehkit.io import atomic_output, jsonable
 from fehkit.models.ensemble import FeHEnsemble
 from fehkit.spectra import SpectrumBatch
 from fehkit.synth import Simulation, make_benchmark
@@ -198,7 +198,7 @@ def write_outputs(run: BenchmarkRun, out: str | os.PathLike[str], *, overwrite: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_output(out / "metrics.json") as tmp:
-        Path(tmp).write_text(json.dumps(_jsonable(run.metrics), indent=2) + "\n")
+        Path(tmp).write_text(json.dumps(jsonable(run.metrics), indent=2) + "\n")
     with atomic_output(out / "predictions.csv") as tmp, open(tmp, "w") as fh:
         if run.metrics.get("synthetic"):
             fh.write("# SYNTHETIC benchmark (simulated spectra, not observations): fehkit demo test-set predictions\n")
@@ -381,19 +381,3 @@ def _ablation(sim: Simulation, norm: SpectrumBatch, truth: pd.DataFrame, tr: np.
 def _param_errors(truth: pd.DataFrame) -> dict:
     return {k: float(truth[f"{k}_ref_err"].iloc[0]) for k in ("teff", "logg", "vmic", "feh")
             if f"{k}_ref_err" in truth}
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [_jsonable(v) for v in obj.tolist()]
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        return None if not np.isfinite(obj) else round(float(obj), 6)
-    return obj

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from fehkit.errors import FehkitWarning
-from fehkit.pipeline import _jsonable, run_benchmark
+from fehkit.io import jsonable
+from fehkit.pipeline import run_benchmark
 
 ERROR_SETS = {"100 K / 0.2 / 0.2": None, "30 K / 0.1 / 0.1": {"teff": 30.0, "logg": 0.1, "vmic": 0.1}}
 FEH_BINS = [(-4.5, -4.0), (-4.0, -3.5), (-3.5, -3.0), (-3.0, -2.5), (-2.5, -2.0), (-2.0, -1.0)]
@@ -92,7 +93,7 @@ def main() -> None:
                   f"coverage {m['coverage_68']:.3f} ({runs[-1]['seconds']} s)", flush=True)
         results[label] = {"errors": errors or {"teff": 100.0, "logg": 0.2, "vmic": 0.2}, "runs": runs,
                           "grid": grid(pd.concat(pooled, ignore_index=True))}
-    Path(args.json).write_text(json.dumps(_jsonable({"synthetic": True, "n_stars": args.n, "seeds": args.seeds,
+    Path(args.json).write_text(json.dumps(jsonable({"synthetic": True, "n_stars": args.n, "seeds": args.seeds,
                                                      "results": results}), indent=1) + "\n")
     Path(args.md).write_text(markdown(results, args))
     print(f"wrote {args.md} and {args.json}")

@@ -14,7 +14,6 @@ arguments override both.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -34,6 +33,7 @@ import requests
 import yaml
 
 from fehkit.data.errors import ChecksumError, DownloadError, ManifestError, ServiceUnavailableError
+from fehkit.io import file_sha256
 
 #: The manifest at the repository root (the package is installed editable; pass ``manifest=`` otherwise).
 MANIFEST_PATH = Path(__file__).parent / "data_manifest.yaml"  # a link to the repository root's file; a copy in a wheel
@@ -376,7 +376,7 @@ def download_file(
     expected = (sha256 or _read_sidecar(sidecar) or "").lower() or None
     if path.is_file():
         good_size = size is None or path.stat().st_size == size
-        if good_size and (expected is None or _sha256(path) == expected):
+        if good_size and (expected is None or file_sha256(path) == expected):
             return False
         log.info("%s: cached copy does not match its sha256/size; fetching it again", path)
         path.unlink()
@@ -400,7 +400,7 @@ def download_file(
             raise ChecksumError(url, str(path), expected or "?", downloader.sha256 or "unknown") from None
 
     with_retries(attempt, what=url, retries=retries, backoff=backoff)
-    _write_sidecar(sidecar, expected or _sha256(path))
+    _write_sidecar(sidecar, expected or file_sha256(path))
     return True
 
 
@@ -542,14 +542,6 @@ def fetch_product(
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _read_sidecar(sidecar: Path) -> str | None:
     try:
         text = sidecar.read_text().strip().lower()

@@ -32,7 +32,7 @@ MEMBERS = ("rf", "xgb", "dnn")
 
 #: Columns the ensemble reads from the features by name (see :mod:`fehkit.features`).
 BASE_FEATURE, ERR_FEATURE, PARAM_ERR_FEATURE = "feh_cog", "feh_cog_err", "feh_cog_err_param"
-SIGNAL_FEATURE, UPPER_FEATURE = "cog_signal_sigma", "feh_cog_upper"
+SIGNAL_FEATURE, UPPER_FEATURE, N_LINES_FEATURE = "cog_signal_sigma", "feh_cog_upper", "cog_n_lines"
 
 #: Largest number of hyperparameter combinations :func:`grid_search` tries per member.
 MAX_GRID_CANDIDATES = 16
@@ -229,32 +229,33 @@ class FeHEnsemble:
         """[Fe/H], its 1-sigma error, the upper limit where the joint signal is below 3 sigma, each member's value.
 
         Returns a DataFrame with ``feh``, ``feh_err``, ``feh_upper`` (3-sigma limit; NaN unless the flag is
-        ``upper_limit``), ``feh_rf``, ``feh_xgb``, ``feh_dnn``, ``feh_cog`` and ``flag`` (``ok`` or
-        ``upper_limit``), one row per star.
+        ``upper_limit``), ``feh_rf``, ``feh_xgb``, ``feh_dnn``, ``feh_cog`` and ``flag``: ``ok``, ``upper_limit``
+        (joint Fe signal below 3 sigma) or ``no_lines`` (no usable line at all: no measurement and no limit), one
+        row per star.
         """
         self._check_fitted()
-        Xa, _ = _matrix(X, feature_names or (X.names if hasattr(X, "names") else self.feature_names_))
-        if hasattr(X, "names") or feature_names is not None:
-            names = list(X.names if hasattr(X, "names") else feature_names)
-            if names != self.feature_names_:
-                extra = sorted(set(names) - set(self.feature_names_))
-                missing = sorted(set(self.feature_names_) - set(names))
-                raise EnsembleError(f"features do not match the trained model: missing {missing[:5]}, unexpected "
-                                    f"{extra[:5]} (expected the {len(self.feature_names_)} features it was "
-                                    "trained on, in the same order)")
-        elif Xa.shape[1] != len(self.feature_names_):
-            raise EnsembleError(f"X has {Xa.shape[1]} columns; expected {len(self.feature_names_)} features")
+        # a Features or DataFrame brings its own names (checked, order included); a plain array gets the model's
+        Xa, names = _matrix(X, self.feature_names_ if feature_names is None else feature_names)
+        if names != self.feature_names_:
+            extra = sorted(set(names) - set(self.feature_names_))
+            missing = sorted(set(self.feature_names_) - set(names))
+            raise EnsembleError(f"features do not match the trained model: missing {missing[:5]}, unexpected "
+                                f"{extra[:5]} (expected the {len(self.feature_names_)} features it was "
+                                "trained on, in the same order)")
         base = self._base(Xa)
         out = pd.DataFrame(index=range(len(Xa)))
         preds = {m: base + self.members_[m].predict(Xa) for m in self.members}
         out["feh"] = sum(self.weights_[m] * preds[m] for m in self.members)
         out["feh_err"] = self._feh_err(Xa)
         upper = ~self._detected(Xa)
-        out["feh_upper"] = np.where(upper, Xa[:, self._col[UPPER_FEATURE]], np.nan)
+        # no usable line at all: nothing measured and nothing excluded (no limit either)
+        none = np.nan_to_num(Xa[:, self._col[N_LINES_FEATURE]]) == 0 if N_LINES_FEATURE in self._col else \
+            np.zeros(len(Xa), bool)
+        out["feh_upper"] = np.where(upper & ~none, Xa[:, self._col[UPPER_FEATURE]], np.nan)
         for m in MEMBERS:
             out[f"feh_{m}"] = preds[m] if m in preds else np.nan
         out["feh_cog"] = Xa[:, self._col[BASE_FEATURE]].astype(float)
-        out["flag"] = np.where(upper, "upper_limit", "ok")
+        out["flag"] = np.where(none, "no_lines", np.where(upper, "upper_limit", "ok"))
         return out
 
     # ---- helpers ---------------------------------------------------------------------------------------------
@@ -331,6 +332,7 @@ def grid_search(X: Any, y: Any, grids: Mapping[str, Mapping[str, Iterable[Any]]]
                                 f"{max_candidates} (raise max_candidates to allow more)")
         scores = []
         for cand in cands:
+            cand = {**ensemble_kwargs.get(member, {}), **cand}
             ens = FeHEnsemble(**{**ensemble_kwargs, member: cand}, members=(member,), n_folds=n_folds, seed=seed)
             ens.fit(Xa, y, feature_names=names)
             scores.append(ens.oof_mse_[member])

@@ -11,7 +11,6 @@ clear error instead of a wrong [Fe/H].
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from fehkit.errors import FehkitError
+from fehkit.io import file_sha256, jsonable
 
 #: Identifies a fehkit ensemble folder; bumped when the layout changes incompatibly.
 FORMAT, FORMAT_VERSION = "fehkit-ensemble", 1
@@ -93,7 +93,7 @@ def save_ensemble(ens: Any, directory: str | os.PathLike[str], *, card: Mapping[
                 tensors["x_scale"] = torch.as_tensor(est.x_scale_)
                 tensors["missing_cols"] = torch.as_tensor(np.asarray(est.missing_cols_, np.int64))
                 save_file(tensors, str(path), metadata={"format": FORMAT})
-            files[FILES[name]] = _sha256(path)
+            files[FILES[name]] = file_sha256(path)
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -108,12 +108,12 @@ def save_ensemble(ens: Any, directory: str | os.PathLike[str], *, card: Mapping[
                 "calibration": ens.calibration_,
                 "label_range": list(ens.label_range_),
                 "n_train": getattr(ens, "n_train_", None),
-                "member_params": {m: _jsonable(ens.member_params(m)) for m in ens.members},
+                "member_params": {m: jsonable(ens.member_params(m)) for m in ens.members},
             },
             "dnn": ({"y_mean": ens.members_["dnn"].y_mean_, "y_scale": ens.members_["dnn"].y_scale_,
                      "n_features_in": int(ens.members_["dnn"].n_features_in_),
                      "n_epochs": int(ens.members_["dnn"].n_epochs_)} if "dnn" in ens.members else None),
-            **_jsonable(dict(card or {})),
+            **jsonable(dict(card or {})),
             "files": files,
         }
         (tmp / CARD).write_text(json.dumps(meta, indent=2) + "\n")
@@ -180,7 +180,7 @@ def load_ensemble(directory: str | os.PathLike[str], *, device: str = "cpu") -> 
         path = directory / fname
         if not path.is_file():
             raise ModelFileError(path, f"missing; the model card lists member {name!r} in this file")
-        if card["files"].get(fname) != _sha256(path):
+        if card["files"].get(fname) != file_sha256(path):
             raise TamperedModelError(path, "SHA-256 differs from the one in card.json: the file was changed or "
                                            "replaced after the model was saved; refusing to load it")
     ens = FeHEnsemble(**{k: v for k, v in e["params"].items()})
@@ -198,6 +198,7 @@ def load_ensemble(directory: str | os.PathLike[str], *, device: str = "cpu") -> 
         if name == "rf":
             untrusted = get_untrusted_types(file=path)
             unexpected = [t for t in untrusted if t not in TRUSTED_SKOPS_TYPES]
+            unexpected += sorted(t for t in _skops_types(path) if t not in FOREST_FILE_TYPES)
             if unexpected:
                 raise TamperedModelError(path, f"contains types outside a random forest ({unexpected[:3]}); "
                                                "refusing to load them")
@@ -244,12 +245,35 @@ def load_ensemble(directory: str | os.PathLike[str], *, device: str = "cpu") -> 
     return ens
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+#: Every type a forest's skops file may name (its schema), the forest itself at the top.
+FOREST_FILE_TYPES = frozenset(TRUSTED_SKOPS_TYPES) | {"builtins.dict", "builtins.list", "builtins.str",
+                                                     "builtins.tuple", "builtins.int", "builtins.float",
+                                                     "builtins.bool", "builtins.NoneType", "numpy.ndarray"}
+
+
+def _skops_types(path: Path) -> set[str]:
+    """Types named anywhere in a skops file's schema; a file whose top is not a random forest names a bad one."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            schema = json.loads(z.read("schema.json"))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError):
+        return {"<not a skops file>"}
+    found: set[str] = set()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__class__" in node and "__module__" in node:
+                found.add(f"{node['__module__']}.{node['__class__']}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    top = f"{schema.get('__module__')}.{schema.get('__class__')}" if isinstance(schema, dict) else None
+    if top != "sklearn.ensemble._forest.RandomForestRegressor":
+        found.add(f"{top} (at the top; expected a RandomForestRegressor)")
+    return found
 
 
 def _versions() -> dict:
@@ -264,13 +288,3 @@ def _versions() -> dict:
     return {"fehkit": fehkit.__version__, "python": platform.python_version(), "numpy": np.__version__,
             "scikit-learn": sklearn.__version__, "xgboost": xgboost.__version__, "torch": torch.__version__,
             "skops": skops.__version__, "safetensors": safetensors.__version__}
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj

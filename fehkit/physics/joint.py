@@ -93,12 +93,7 @@ def joint_abundance(
     ([-2.0, -3.0], [True, True])
     """
     cog = cog or CurveOfGrowth.load()
-    ew = np.atleast_2d(np.asarray(ew_mA, float))
-    err = np.atleast_2d(np.asarray(ew_err_mA, float))
-    use = np.atleast_2d(np.asarray(usable, bool)) & np.isfinite(ew) & np.isfinite(err) & (err > 0)
-    if ew.shape != err.shape or ew.shape != use.shape:
-        raise GridRangeError(f"ew_mA {ew.shape}, ew_err_mA {err.shape} and usable {use.shape}: expected one shape "
-                             "(n_stars, n_lines)")
+    ew, err, use = _inputs(ew_mA, ew_err_mA, usable, cog, lines)
     n = ew.shape[0]
     params = [np.broadcast_to(np.asarray(a, float), (n,)) for a in (teff, logg, vmic, alpha_fe)]
     rows = [_joint_chunk(ew[s:s + chunk], err[s:s + chunk], use[s:s + chunk],
@@ -222,9 +217,7 @@ def likelihood_profile(
     (n_stars,) the value for "no iron" on the same scale, and ``model_ew`` (n_stars, G, n_lines) in mA.
     """
     cog = cog or CurveOfGrowth.load()
-    ew = np.atleast_2d(np.asarray(ew_mA, float))
-    err = np.atleast_2d(np.asarray(ew_err_mA, float))
-    use = np.atleast_2d(np.asarray(usable, bool)) & np.isfinite(ew) & np.isfinite(err) & (err > 0)
+    ew, err, use = _inputs(ew_mA, ew_err_mA, usable, cog, lines)
     n = ew.shape[0]
     params = [np.broadcast_to(np.asarray(a, float), (n,)) for a in (teff, logg, vmic, alpha_fe)]
     model, m2lnl, none = _m2lnl(ew, err, use, *params, cog, lines, model_fraction, model_floor_mA)
@@ -282,6 +275,22 @@ def _joint_chunk(ew: np.ndarray, err: np.ndarray, use: np.ndarray, teff: np.ndar
         "cog_chi2_red": np.where(n_lines > 1, chi2 / np.maximum(n_lines - 1, 1), np.nan),
         "cog_at_grid_edge": (k == g - 1) & ~none,
     }
+
+
+def _inputs(ew_mA: Any, ew_err_mA: Any, usable: Any, cog: CurveOfGrowth,
+            lines: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """EWs, errors and the lines that enter, as (n_stars, n_lines) arrays, after checking they fit together."""
+    ew = np.atleast_2d(np.asarray(ew_mA, float))
+    err = np.atleast_2d(np.asarray(ew_err_mA, float))
+    usable = np.atleast_2d(np.asarray(usable, bool))
+    if ew.shape != err.shape or ew.shape != usable.shape:
+        raise GridRangeError(f"ew_mA {ew.shape}, ew_err_mA {err.shape} and usable {usable.shape}: expected one shape "
+                             "(n_stars, n_lines)")
+    n_lines = cog.n_lines if lines is None else len(np.atleast_1d(lines))
+    if ew.shape[1] != n_lines:
+        raise GridRangeError(f"ew_mA has {ew.shape[1]} lines; expected {n_lines} (one per curve-of-growth line"
+                             + (" chosen by lines)" if lines is not None else ")"))
+    return ew, err, usable & np.isfinite(ew) & np.isfinite(err) & (err > 0)
 
 
 def _at(a: np.ndarray, k: np.ndarray) -> np.ndarray:
