@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import warnings
 
 import numpy as np
@@ -208,21 +207,15 @@ def test_the_half_detection_point_follows_the_data():
 # -- end to end: the demo's outputs (DESIGN.md contract) --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FehkitWarning)
         run = run_benchmark(n_stars=250, seed=5, cannon=False, ablation=True, ensemble=TINY)
         out = write_outputs(run, tmp_path_factory.mktemp("demo") / "demo")
-    return run, out, time.perf_counter() - start
-
-
-def test_demo_runs_quickly(demo):
-    _, _, seconds = demo
-    assert seconds < 40, seconds
+    return run, out
 
 
 def test_demo_metrics_follow_the_contract(demo):
-    run, out, _ = demo
+    run, out = demo
     m = json.loads((out / "metrics.json").read_text())
     assert m["synthetic"] is True and m["n_test"] == len(run.predictions) == 50
     assert m["headline_subset"] == HEADLINE and m["n_upper_limits"] == int((run.predictions["flag"] != "ok").sum())
@@ -241,7 +234,7 @@ def test_demo_metrics_follow_the_contract(demo):
 
 
 def test_demo_predictions_carry_truth_and_reference_labels(demo):
-    run, out, _ = demo
+    run, out = demo
     text = (out / "predictions.csv").read_text()
     assert text.startswith("#") and "SYNTHETIC" in text.splitlines()[0]
     pred = pd.read_csv(out / "predictions.csv", comment="#")
@@ -254,12 +247,12 @@ def test_demo_predictions_carry_truth_and_reference_labels(demo):
 
 
 def test_demo_report_says_synthetic(demo):
-    _, out, _ = demo
+    _, out = demo
     assert "SYNTHETIC" in (out / "report.html").read_text()
 
 
 def test_demo_model_loads_back(demo):
-    run, out, _ = demo
+    run, out = demo
     loaded = FeHEnsemble.load(out / "model")
     assert loaded.card_["synthetic"] is True and len(loaded.card_["training_set_sha256"]) == 64
     test = run.features.select(run.sim.truth["split"].to_numpy() == "test")
