@@ -248,7 +248,8 @@ def targets(metrics: Mapping[str, Any], pred: pd.DataFrame, head: np.ndarray) ->
         if cells:
             missed = [c for c in cells if not c["meets"]]
             note = "; ".join(f"[Fe/H] {c['feh_lo']}..{c['feh_hi']}, S/N {c['snr_lo']}-{c['snr_hi'] or ''}: "
-                             f"{c['mae']:.3f} vs {c['mae_cog']:.3f}" for c in missed)
+                             f"{c['mae']:.3f} vs {c['mae_cog']:.3f} (n={c['n_detected']}, ratio {c['ratio']:.2f}, "
+                             f"95% CI {c['ratio_ci95'][0]:.2f}-{c['ratio_ci95'][1]:.2f})" for c in missed)
             add(f"ensemble MAE within 10% of the joint-likelihood method in every ([Fe/H], S/N) bin with >= 20 "
                 f"detected stars ({where})", f"{len(cells) - len(missed)} of {len(cells)} bins", "all",
                 not missed, note)
@@ -290,6 +291,8 @@ def _grid(p: pd.DataFrame, detected: np.ndarray, min_stars: int) -> list[dict]:
             ratio = mae / mae_cog if mae is not None and mae_cog else None
             rows.append({"feh_lo": float(flo), "feh_hi": float(fhi), "snr_lo": slo, "snr_hi": shi, "n": int(sel.sum()),
                          "n_detected": int(d.sum()), "mae": mae, "mae_cog": mae_cog, "ratio": ratio,
+                         "ratio_ci95": _paired_ratio_ci(p["feh"].to_numpy(float)[d], p["feh_cog"].to_numpy(float)[d],
+                                                        truth[d]) if checked else None,
                          "checked": checked, "meets": (ratio <= 1.10) if checked and ratio is not None else None})
     return rows
 
@@ -300,6 +303,18 @@ def _paired_mae_ci(a: np.ndarray, b: np.ndarray, truth: np.ndarray, n_boot: int 
     idx = np.random.default_rng(1).integers(0, len(ea), size=(n_boot, len(ea)))
     d = ea[idx].mean(1) - eb[idx].mean(1)
     return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+
+
+def _paired_ratio_ci(a: np.ndarray, b: np.ndarray, truth: np.ndarray, n_boot: int = 1000) -> list[float] | None:
+    """95% interval of MAE(a) / MAE(b) over the same bootstrap resamples of the stars (how noisy a cell is)."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3:
+        return None
+    ea, eb = np.abs(a[ok] - truth[ok]), np.abs(b[ok] - truth[ok])
+    idx = np.random.default_rng(2).integers(0, len(ea), size=(n_boot, len(ea)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = ea[idx].mean(1) / eb[idx].mean(1)
+    return _ci(r)
 
 
 def _mae(col: pd.Series, truth: np.ndarray, sel: np.ndarray) -> float | None:

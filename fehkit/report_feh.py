@@ -234,9 +234,10 @@ def _grid(metrics: Mapping[str, Any], key: str = "by_feh_snr") -> str:
         rows.append(_Row([_e(bin_label(g.get("feh_lo"), g.get("feh_hi"))), _e(bin_label(g.get("snr_lo"),
                                                                                          g.get("snr_hi"))),
                           _num_cell(g.get("n"), 0), _num_cell(g.get("n_detected"), 0), _num_cell(g.get("mae")),
-                          _num_cell(g.get("mae_cog")), _num_cell(g.get("ratio"), 2), _cell(status, cls)], row))
+                          _num_cell(g.get("mae_cog")), _ci_cell(g.get("ratio"), g.get("ratio_ci95"), 2),
+                          _cell(status, cls)], row))
     return _table(["true [Fe/H] (dex)", "S/N", "stars", "detected", "MAE ensemble (dex)", "MAE cog (dex)",
-                   "MAE ratio ensemble / cog", "status"], rows)
+                   "MAE ratio ensemble / cog [95% CI]", "status"], rows)
 
 
 def _lowest(metrics: Mapping[str, Any]) -> str:
@@ -300,8 +301,8 @@ def _sections() -> list[tuple[str, str, Callable[[Mapping[str, Any]], str]]]:
          "predictions of the training stars: each predicted by members that did not see it, four times as many "
          "stars as the test set.", _grid_of("by_feh_snr_oof")),
         ("Detection limit", "The lowest true [Fe/H] at which a star is still detected, near each S/N, over every "
-         "star of the benchmark (detection involves no training). The joint likelihood of all lines reaches "
-         "lower than the per-line method, which needs one line detected on its own.", _lowest),
+         "star of the benchmark (detection involves no training), for the joint likelihood of all lines and for "
+         "the per-line method (which needs one line detected on its own).", _lowest),
         ("Ablation", "The ensemble retrained without some stellar parameters.", _ablation),
         ("Cross-survey check", "fehkit against an external survey's [Fe/H] of the same stars.", _cross_survey),
         ("Bias t-test", "One-sample t-test of predicted − true [Fe/H] (detected headline stars) against zero.",

@@ -74,7 +74,13 @@ def main() -> None:
     ap.add_argument("--cannon-seed", type=int, default=11, help="run The Cannon only for this seed (it is slow)")
     ap.add_argument("--json", default="docs/feh_validation.json")
     ap.add_argument("--md", default="docs/feh_validation.md")
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite the markdown from the JSON, no runs")
     args = ap.parse_args()
+    if args.markdown_only:
+        saved = json.loads(Path(args.json).read_text())
+        args.seeds, args.n = saved["seeds"], saved["n_stars"]
+        Path(args.md).write_text(markdown(saved["results"], args))
+        return
 
     results = {}
     for label, errors in ERROR_SETS.items():
@@ -97,6 +103,16 @@ def main() -> None:
                                                      "results": results}), indent=1) + "\n")
     Path(args.md).write_text(markdown(results, args))
     print(f"wrote {args.md} and {args.json}")
+
+
+def why(m: dict, t: dict, runs: list) -> str:
+    """Context for a missed coverage target: how the same errors did out of fold, and how hard the test set was."""
+    if not t["name"].startswith("coverage"):
+        return ""
+    others = ", ".join(f"{r['metrics']['models']['cog']['mae']:.3f}" for r in runs if r["metrics"] is not m)
+    return (f" -- out-of-fold coverage on this seed's training stars was {m['calibration']['oof_coverage_68']:.3f}; "
+            f"the classical method's MAE on its test stars is {m['models']['cog']['mae']:.3f} (other seeds: "
+            f"{others})")
 
 
 def cell(mm: dict, k: str) -> str:
@@ -127,9 +143,9 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
                      f"{cell(mm, 'cog')} | "
                      f"{m['cog_per_line_median']['mae']:.3f} | {cell(mm, 'cannon')} | {met} of {len(m['targets'])} |")
         L += ["", "Targets missed in these runs:", ""]
-        missed = [(r["seed"], t) for r in res["runs"] for t in r["metrics"]["targets"] if not t["met"]]
-        L += [f"- seed {s}: {t['name']}: {t['value'] if isinstance(t['value'], str) else round(t['value'], 4)} "
-              f"(target {t['target']}) {t['note']}" for s, t in missed] or ["- none"]
+        missed = [(r, t) for r in res["runs"] for t in r["metrics"]["targets"] if not t["met"]]
+        L += [f"- seed {r['seed']}: {t['name']}: {t['value'] if isinstance(t['value'], str) else round(t['value'], 4)} "
+              f"(target {t['target']}) {t['note']}{why(r['metrics'], t, res['runs'])}" for r, t in missed] or ["- none"]
         L += ["", "Held-out MAE of the ensemble | the joint-likelihood classical method | fraction of upper limits, "
               "pooled over the seeds (test stars + out-of-fold training predictions):", "",
               "| [Fe/H] | S/N 30-60 | S/N 60-120 | S/N 120-300 |", "|---|---|---|---|"]
@@ -146,10 +162,16 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
     L += ["REFERENCE.md's information limit (3,000 giants, true grid, joint likelihood, 100 K / 0.2 / 0.2 errors): "
           "MAE " + "; ".join(f"{lo}..{hi}: " + "/".join(f"{v:.3g}" for v in vals)
                             for (lo, hi), vals in REFERENCE_100K.items()) + " (S/N 30-60/60-120/120-300).", "",
-          "Where the method's 0.02-0.04 dex holds: compare the two tables. With 100 K Teff errors no cell above "
-          "[Fe/H] -2.5 gets below ~0.04-0.05 dex (a 100 K error alone moves [Fe/H] by ~0.045 dex); with 30 K it "
-          "does, at S/N >= 60. Below [Fe/H] ~ -3 the lines fade and most stars are upper limits whatever the "
-          "parameters.", ""]
+          "Where the method's 0.02-0.04 dex holds: compare the two pooled tables. With 100 K Teff errors no cell "
+          "above [Fe/H] -2.5 gets below ~0.045 dex (a 100 K error alone moves [Fe/H] by ~0.045 dex: the floor). "
+          "With 30 K / 0.1 / 0.1 the same cells fall to ~0.03 dex at S/N >= 60 above [Fe/H] -2 and at S/N >= 120 "
+          "for -2.5..-2, i.e. inside the method's 0.02-0.04 dex; at S/N 30-60, and below [Fe/H] -2.5 at any S/N, "
+          "the EW noise keeps it at or above 0.04. Below [Fe/H] ~ -3 the lines fade and most stars are upper limits "
+          "whatever the parameters. The ensemble's gain over the classical method is at [Fe/H] > -2 (blends, "
+          "which the members learn to remove: 0.044-0.054 vs 0.057-0.063 dex with 100 K). Where the classical "
+          "method is already at its noise limit the members add a little variance: with 30 K parameters the "
+          "ensemble is 5-15% worse than it at [Fe/H] -3..-2 (the misses listed above; each cell's 95% CI of the "
+          "MAE ratio includes 1.10).", ""]
     return "\n".join(L)
 
 
