@@ -512,6 +512,8 @@ def _header_meta(header: fits.Header) -> dict[str, Any]:
         if value is None:
             value = "" if text_column else np.nan
         meta[column] = value.strip() if isinstance(value, str) else value
+    # files fehkit simulated say so (write_apstar); they stay labelled synthetic when read back
+    meta["synthetic"] = bool(header.get("SYNTHETI", False))
     return meta
 
 

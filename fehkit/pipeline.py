@@ -164,7 +164,8 @@ def run_benchmark(
     ens = FeHEnsemble(**kwargs).fit(feats.select(tr), y[tr], X_val=feats.select(va), y_val=y[va])
     timings["train"] = time.perf_counter() - t0
     pred = ens.predict(feats.select(te))
-    pred = _prediction_table(pred, feats.select(te), truth[te].reset_index(drop=True))
+    synthetic = bool(sim.batch.meta.get("synthetic", pd.Series([True])).fillna(True).astype(bool).all())
+    pred = _prediction_table(pred, feats.select(te), truth[te].reset_index(drop=True), synthetic)
 
     extra: dict[str, Any] = {}
     if cannon:
@@ -181,7 +182,7 @@ def run_benchmark(
     detections = pd.DataFrame({"true_feh": truth["feh"], "snr": truth["snr"],
                                "cog_signal_sigma": feats.stars["cog_signal_sigma"],
                                "cog_median_n_lines": feats.stars["cog_median_n_lines"]})
-    metrics = evaluate(pred, ensemble=ens, synthetic=bool(sim.batch.meta.get("synthetic", pd.Series([True])).all()),
+    metrics = evaluate(pred, ensemble=ens, synthetic=synthetic,
                        ablation=extra.get("ablation"), param_errors=_param_errors(truth), detections=detections,
                        oof=_oof_table(ens, feats.select(tr), truth[tr].reset_index(drop=True)))
     metrics["n_train"], metrics["n_val"] = int(tr.sum()), int(va.sum())
@@ -278,7 +279,7 @@ def read_training_data(path: str | os.PathLike[str]) -> tuple[SpectrumBatch, pd.
         raise FehkitError(f"{path}: not found; expected a benchmark folder or a CSV/Parquet table")
     files = [root / f for f in table["file"].astype(str)]
     batch = read_apogee(files)
-    if any(batch.meta.get("synthetic", pd.Series([False] * len(files))).astype(bool)):
+    if batch.meta.get("synthetic", pd.Series([False] * len(files))).fillna(False).astype(bool).any():
         synthetic = True
     return batch, params.reset_index(drop=True), labels.reset_index(drop=True), synthetic
 
@@ -323,7 +324,7 @@ def training_hash(X: np.ndarray, y: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def _prediction_table(pred: pd.DataFrame, feats: Features, truth: pd.DataFrame) -> pd.DataFrame:
+def _prediction_table(pred: pd.DataFrame, feats: Features, truth: pd.DataFrame, synthetic: bool) -> pd.DataFrame:
     s = feats.stars
     out = pd.DataFrame({"star_id": s["star_id"]})
     out = pd.concat([out, pred.reset_index(drop=True)], axis=1)
@@ -337,7 +338,7 @@ def _prediction_table(pred: pd.DataFrame, feats: Features, truth: pd.DataFrame) 
     for c in ("teff_ref", "logg_ref", "vmic_ref", "feh_ref", "feh_ext", "population"):
         if c in truth:
             out[c] = truth[c].to_numpy()
-    out["synthetic"] = True
+    out["synthetic"] = synthetic
     return out
 
 

@@ -108,3 +108,22 @@ def test_demo_writes_every_file_of_the_contract(tmp_path, capsys):
 def test_demo_refuses_too_few_stars(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--n-stars", "10"]) == 2
     assert "--n-stars" in capsys.readouterr().err
+
+
+def test_train_takes_a_table_of_stars_like_the_crossmatch_writes(bench, tmp_path):
+    """The real-data path: file, feh_ref, feh_ref_err, teff, logg, vmic (here pointing at synthetic files)."""
+    root, truth = bench
+    table = truth[["file", "feh_ref", "feh_ref_err", "teff_ref", "logg_ref", "vmic_ref"]].set_axis(
+        ["file", "feh_ref", "feh_ref_err", "teff", "logg", "vmic"], axis=1)
+    table["file"] = [str(root / "bench" / f) for f in table.file]
+    table.to_csv(tmp_path / "train.csv", index=False)
+    assert main(["train", "--data", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["n_train"] == len(table)
+    assert card["synthetic"] is True  # the files say SYNTHETI = T, whatever the table claims
+
+
+def test_train_table_without_labels_names_the_missing_column(tmp_path, capsys):
+    (tmp_path / "t.csv").write_text("file,teff,logg,vmic\na.fits,4800,1.5,1.8\n")
+    assert main(["train", "--data", str(tmp_path / "t.csv"), "--out", str(tmp_path / "m")]) == 2
+    assert "feh_ref" in capsys.readouterr().err

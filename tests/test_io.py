@@ -275,3 +275,12 @@ def test_kind_is_recognized_from_the_layout_when_the_name_says_nothing(tmp_path,
     assert read_apogee(tmp_path / "visit.fits").meta["kind"][0] == "apVisit"
     make_aspcapstar(tmp_path / "normalized.fits", np.ones(8575), np.full(8575, 0.01))
     assert read_apogee(tmp_path / "normalized.fits").meta["kind"][0] == "aspcapStar"
+
+
+def test_synthetic_files_stay_labelled_synthetic_when_read_back(tmp_path, examples):
+    from fehkit.synth import simulate
+
+    sim = simulate({"teff": [4800], "logg": [1.5], "feh": [-2.5], "vmic": [1.8], "snr": [80]}, seed=1)
+    back = read_apogee(write_apstar(sim.batch, tmp_path))
+    assert back.meta["synthetic"].tolist() == [True]
+    assert read_apogee(examples).meta["synthetic"].tolist() == [False, False]
