@@ -138,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="benchmark folder or training table")
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--seed", type=int, default=0, help="seed of folds and members (default %(default)s)")
+    p.add_argument("--grid-search", metavar="JSON", help="a bounded grid per member scored by cross-validation on "
+                   "the training stars, e.g. '{\"rf\": {\"max_depth\": [8, 12, 16]}}' (at most 16 combinations "
+                   "per member)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_train)
@@ -171,11 +174,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import json
+
     from fehkit.pipeline import train_model
 
     if args.out.exists() and not args.overwrite:
         raise FehkitError(f"{args.out}: already exists; expected a new folder or --overwrite")
-    ens = train_model(args.data, args.out, seed=args.seed, overwrite=args.overwrite, progress=not args.quiet)
+    search = None
+    if args.grid_search:
+        try:
+            search = json.loads(args.grid_search)
+        except json.JSONDecodeError as err:
+            raise FehkitError(f"--grid-search: not valid JSON ({err}); expected e.g. "
+                              '\'{"rf": {"max_depth": [8, 12]}}\'') from None
+        bad = [k for k in (search if isinstance(search, dict) else {}) if k not in ("rf", "xgb", "dnn")]
+        if not isinstance(search, dict) or bad or not all(isinstance(v, dict) for v in search.values()):
+            raise FehkitError(f"--grid-search: {args.grid_search!r}; expected an object mapping rf, xgb or dnn to "
+                              "{parameter: [values]}")
+    ens = train_model(args.data, args.out, seed=args.seed, search=search, overwrite=args.overwrite,
+                      progress=not args.quiet)
     print(f"trained on {ens.n_train_} stars with a detected Fe signal; weights " +
           ", ".join(f"{k} {v:.2f}" for k, v in ens.weights_.items()) + f"; wrote {args.out}")
     return 0

@@ -285,9 +285,13 @@ def read_training_data(path: str | os.PathLike[str]) -> tuple[SpectrumBatch, pd.
 
 
 def train_model(data: str | os.PathLike[str], out: str | os.PathLike[str], *, seed: int = 0,
-                ensemble: Mapping[str, Any] | None = None, overwrite: bool = False,
-                progress: bool = False) -> FeHEnsemble:
-    """``fehkit train``: fit the ensemble on a benchmark folder or a table of real stars and save it."""
+                ensemble: Mapping[str, Any] | None = None, search: Mapping[str, Any] | None = None,
+                overwrite: bool = False, progress: bool = False) -> FeHEnsemble:
+    """``fehkit train``: fit the ensemble on a benchmark folder or a table of real stars and save it.
+
+    ``search`` is a bounded grid per member (:func:`fehkit.models.grid_search`), scored by cross-validation on
+    the training stars; the best candidates become the members' settings and the model card records the scores.
+    """
     batch, params, labels, synthetic = read_training_data(data)
     feats = spectra_features(batch, params)
     split = labels["split"].astype(str).to_numpy()
@@ -296,11 +300,20 @@ def train_model(data: str | os.PathLike[str], out: str | os.PathLike[str], *, se
     err = labels["feh_ref_err"].to_numpy(float)
     label_error = float(np.nanmedian(err[tr])) if np.isfinite(err[tr]).any() else 0.0
     kwargs = {"label_error": label_error, "seed": seed, "progress": progress, **(ensemble or {})}
+    card: dict[str, Any] = {}
+    if search:
+        from fehkit.models.ensemble import grid_search
+
+        fixed = {k: v for k, v in kwargs.items() if k not in ("members", "progress")}
+        best, scores = grid_search(feats.select(tr), y[tr], search, **fixed)
+        for member, params in best.items():
+            kwargs[member] = {**kwargs.get(member, {}), **params}
+        card["grid_search"] = {"grid": search, "best": best, "scores": scores.to_dict("records")}
     ens = FeHEnsemble(**kwargs).fit(feats.select(tr), y[tr], X_val=feats.select(va) if va.any() else None,
                                     y_val=y[va] if va.any() else None)
     ens.save(out, overwrite=overwrite, card={
         "synthetic": synthetic, "training_data": str(data), "n_train": int(tr.sum()),
-        "training_set_sha256": training_hash(feats.select(tr).X, y[tr]), "label": "feh_ref"})
+        "training_set_sha256": training_hash(feats.select(tr).X, y[tr]), "label": "feh_ref", **card})
     return ens
 
 

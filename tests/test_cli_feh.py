@@ -127,3 +127,24 @@ def test_train_table_without_labels_names_the_missing_column(tmp_path, capsys):
     (tmp_path / "t.csv").write_text("file,teff,logg,vmic\na.fits,4800,1.5,1.8\n")
     assert main(["train", "--data", str(tmp_path / "t.csv"), "--out", str(tmp_path / "m")]) == 2
     assert "feh_ref" in capsys.readouterr().err
+
+
+def test_train_with_a_bounded_grid_search_records_the_choice(bench, tmp_path):
+    root, _ = bench
+    grid = '{"xgb": {"max_depth": [2, 4]}}'
+    assert main(["train", "--data", str(root / "bench"), "--out", str(tmp_path / "m"), "--grid-search", grid,
+                 "--quiet"]) == 0
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    chosen = card["grid_search"]["best"]["xgb"]["max_depth"]
+    assert chosen in (2, 4)
+    assert len(card["grid_search"]["scores"]) == 2
+    assert card["ensemble"]["member_params"]["xgb"]["max_depth"] == chosen
+
+
+@pytest.mark.parametrize("grid, expected", [("{rf", "not valid JSON"), ('{"svm": {}}', "rf, xgb or dnn"),
+                                            ('{"rf": {"max_depth": [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17]}}',
+                                             "at most 16")])
+def test_a_bad_or_unbounded_grid_is_refused(bench, tmp_path, capsys, grid, expected):
+    root, _ = bench
+    assert main(["train", "--data", str(root / "bench"), "--out", str(tmp_path / "m"), "--grid-search", grid]) == 2
+    assert expected in capsys.readouterr().err
