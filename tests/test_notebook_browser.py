@@ -1,15 +1,17 @@
-"""The quick-start notebook in a real browser: JupyterLab on loopback, driven by Chromium through Playwright.
+"""The notebooks in a real browser: JupyterLab on loopback, driven by Chromium through Playwright.
 
-nbval runs the notebook headless, which cannot see whether the Bokeh plots and the ipywidgets viewer actually
-render in JupyterLab (offline BokehJS, widget manager, jupyter_bokeh). This test runs every cell in the browser,
-waits for the plots, picks the other star in the viewer's drop-down and checks that the plot changed.
+nbval runs the notebooks headless, which cannot see whether the Bokeh plots and the ipywidgets viewers actually
+render in JupyterLab (offline BokehJS, widget manager, jupyter_bokeh). These tests run every cell in the browser,
+wait for the plots, pick another star in the viewer's drop-down and check that the plot changed: the quick-start
+notebook (00) with its spectrum viewer, and the [Fe/H] notebook (04) with `fehkit.widgets.FeHExplorer`.
 
-It needs Debian's Chromium (`make browser-deps`, as root) and the `playwright` package ([dev] extra); without
-them it is skipped, unless FEHKIT_REQUIRE_BROWSER=1 (set by .ci/run) turns the skip into a failure.
+They need Debian's Chromium (`make browser-deps`, as root) and the `playwright` package ([dev] extra); without
+them they are skipped, unless FEHKIT_REQUIRE_BROWSER=1 (set by .ci/run) turns the skip into a failure.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -19,15 +21,28 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "00_quickstart.ipynb"
+NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
+NOTEBOOK = NOTEBOOKS / "00_quickstart.ipynb"
+FEH_NOTEBOOK = NOTEBOOKS / "04_feh_ensemble.ipynb"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+#: True once the current notebook's kernel is idle (needs --LabApp.expose_app_in_browser=True).
+KERNEL_IDLE = """() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+   const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+   return !!k && k.status === 'idle'; }"""
+
+#: Per code cell of the current notebook: its execution count and its outputs (nbformat JSON).
+CODE_CELLS = """() => Array.from(window.jupyterapp.shell.currentWidget.content.model.cells)
+   .filter(c => c.type === 'code')
+   .map(c => ({count: c.executionCount, outputs: c.outputs.toJSON()}))"""
 
 
 def _need(condition: bool, why: str) -> None:
@@ -38,9 +53,10 @@ def _need(condition: bool, why: str) -> None:
 
 
 @pytest.fixture
-def lab(tmp_path):
-    """A JupyterLab server on 127.0.0.1 serving a copy of the notebook; yields its base url."""
-    shutil.copy(NOTEBOOK, tmp_path / NOTEBOOK.name)
+def lab(request, tmp_path):
+    """A JupyterLab server on 127.0.0.1 serving a copy of the notebook ``request.param``; yields its base url."""
+    notebook = request.param
+    shutil.copy(notebook, tmp_path / notebook.name)
     home = tmp_path / "jhome"
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
                JUPYTERLAB_SETTINGS_DIR=str(home / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(home / "ws"),
@@ -48,6 +64,10 @@ def lab(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # no "Jupyter news?" pop-up over the notebook (`jupyter labextension disable --level=user` writes the same)
+    (home / "config" / "labconfig").mkdir(parents=True)
+    (home / "config" / "labconfig" / "page_config.json").write_text(
+        '{"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": true}}')
     log = open(tmp_path / "lab.log", "w")  # closed in the finally below
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
@@ -76,13 +96,9 @@ def lab(tmp_path):
         log.close()
 
 
-def _pixels(png: bytes) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.int16)
-
-
-def test_quickstart_plots_and_viewer_work_in_jupyterlab(lab, tmp_path):
+@contextlib.contextmanager
+def _browser_page() -> Iterator[tuple[object, list[str]]]:
+    """A Chromium page (1400 x 1000) and the list its uncaught JavaScript errors go to; skips without a browser."""
     _need(Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM} (run `make browser-deps` as root)")
     try:
         from playwright.sync_api import sync_playwright
@@ -94,40 +110,131 @@ def test_quickstart_plots_and_viewer_work_in_jupyterlab(lab, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{lab}/lab/tree/{NOTEBOOK.name}")
-            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=60_000)
-            page.wait_for_function(
-                """() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-                   const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
-                   return k && k.status === 'idle'; }""", timeout=60_000)
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-
-            dropdown = page.locator(".widget-dropdown select").first
-            dropdown.wait_for(state="visible", timeout=90_000)
-            # two Bokeh plots: the plain figure and the one inside the viewer widget (Playwright's CSS selectors
-            # pierce Bokeh's shadow DOM, document.querySelectorAll does not)
-            page.locator(".widget-vbox canvas").first.wait_for(state="visible", timeout=60_000)
-            page.locator(".jp-OutputArea-output canvas").nth(1).wait_for(state="attached", timeout=60_000)
-            page.wait_for_function(
-                """() => { const w = window.jupyterapp.shell.currentWidget;
-                   return w.sessionContext.session.kernel.status === 'idle'; }""", timeout=120_000)
-            page.wait_for_timeout(1500)
-            viewer = page.locator(".widget-vbox canvas").first
-            viewer.scroll_into_view_if_needed()
-            before = viewer.screenshot()
-            dropdown.select_option(index=1)
-            page.wait_for_timeout(3000)  # kernel round trip, new BokehModel, redraw
-            after = page.locator(".widget-vbox canvas").first.screenshot()
-            page.screenshot(path=str(tmp_path / "jupyterlab.png"), full_page=True)
-            text = page.locator(".jp-NotebookPanel").inner_text()
+            yield page, errors
         finally:
             browser.close()
+
+
+def _run_all_cells(page, url: str) -> None:
+    """Open the notebook at ``url``, wait for its kernel and start Run > Run All Cells."""
+    page.goto(url)
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=60_000)
+    page.wait_for_function(KERNEL_IDLE, timeout=60_000)
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.int16)
+
+
+def _changed(before: bytes, after: bytes) -> float:
+    """Share of the pixels that differ by more than 16 grey levels (1.0 when the sizes differ)."""
+    a, b = _pixels(before), _pixels(after)
+    return float((np.abs(a - b) > 16).mean()) if a.shape == b.shape else 1.0
+
+
+def _settled(page, element, than: bytes | None = None, timeout: float = 30.0) -> bytes:
+    """A screenshot of ``element`` once two in a row 0.5 s apart agree, are not blank and differ from ``than``.
+
+    Bokeh draws asynchronously, after the kernel round trip; this waits for the drawing to finish instead of sleeping a
+    fixed time. After ``timeout`` seconds it returns the last screenshot, for the caller's assertion to judge.
+    """
+    end = time.monotonic() + timeout
+    last = element.screenshot(timeout=30_000)
+    while time.monotonic() < end:
+        page.wait_for_timeout(500)
+        shot = element.screenshot(timeout=30_000)
+        if shot == last and _pixels(shot).std() > 10 and (than is None or _changed(than, shot) > 0.01):
+            return shot
+        last = shot
+    return last
+
+
+@pytest.mark.parametrize("lab", [NOTEBOOK], indirect=True)
+def test_quickstart_plots_and_viewer_work_in_jupyterlab(lab, tmp_path):
+    with _browser_page() as (page, errors):
+        _run_all_cells(page, f"{lab}/lab/tree/{NOTEBOOK.name}")
+        dropdown = page.locator(".widget-dropdown select").first
+        dropdown.wait_for(state="visible", timeout=90_000)
+        # two Bokeh plots: the plain figure and the one inside the viewer widget (Playwright's CSS selectors
+        # pierce Bokeh's shadow DOM, document.querySelectorAll does not)
+        page.locator(".widget-vbox canvas").first.wait_for(state="visible", timeout=60_000)
+        page.locator(".jp-OutputArea-output canvas").nth(1).wait_for(state="attached", timeout=60_000)
+        page.wait_for_function(KERNEL_IDLE, timeout=120_000)
+        page.wait_for_timeout(1500)
+        viewer = page.locator(".widget-vbox canvas").first
+        viewer.scroll_into_view_if_needed()
+        before = viewer.screenshot()
+        dropdown.select_option(index=1)
+        page.wait_for_timeout(3000)  # kernel round trip, new BokehModel, redraw
+        after = page.locator(".widget-vbox canvas").first.screenshot()
+        page.screenshot(path=str(tmp_path / "jupyterlab.png"), full_page=True)
+        text = page.locator(".jp-NotebookPanel").inner_text()
 
     assert "Traceback" not in text and not re.search(r"\w+Error:", text), text[-3000:]
     assert "2 spectra x 8575 pixels" in text
     assert "apVisit-dr17-5815-56396-212.fits" in text
     assert not errors, errors
-    a, b = _pixels(before), _pixels(after)
-    changed = (np.abs(a - b) > 16).mean() if a.shape == b.shape else 1.0
+    changed = _changed(before, after)
     assert changed > 0.01, f"viewer plot did not change after picking another star ({changed:.2%} of pixels)"
+
+
+@pytest.mark.parametrize("lab", [FEH_NOTEBOOK], indirect=True)
+def test_feh_notebook_plots_and_explorer_work_in_jupyterlab(lab, tmp_path):
+    with _browser_page() as (page, errors):
+        _run_all_cells(page, f"{lab}/lab/tree/{FEH_NOTEBOOK.name}")
+        # done: every code cell ran, or one failed (Run All stops there); the benchmark cell trains ~10-60 s
+        page.wait_for_function(
+            f"""() => {{ if (!({KERNEL_IDLE})()) return false;
+                const cells = ({CODE_CELLS})();
+                return cells.every(c => c.count !== null)
+                    || cells.some(c => c.outputs.some(o => o.output_type === 'error')); }}""",
+            timeout=180_000, polling=500)
+        cells = page.evaluate(CODE_CELLS)
+        failed = [o for c in cells for o in c["outputs"] if o["output_type"] == "error"]
+        assert not failed, "\n".join(f"{o['ename']}: {o['evalue']}" for o in failed)
+        assert all(c["count"] is not None for c in cells), [c["count"] for c in cells]
+
+        # six Bokeh figures: two rows of two from show(), the likelihood and line-EW figures of the explorer
+        figures = page.locator(".jp-OutputArea-output .bk-Figure")
+        figures.nth(5).wait_for(state="attached", timeout=60_000)
+        assert figures.count() == 6, figures.count()
+        for i in range(6):
+            figures.nth(i).scroll_into_view_if_needed(timeout=30_000)
+            figures.nth(i).locator("canvas").first.wait_for(state="visible", timeout=30_000)
+        explorer = page.locator(".jp-OutputArea-output .widget-vbox").filter(has=page.locator(".widget-dropdown"))
+        likelihood = explorer.locator(".widget-hbox .bk-Figure").first
+        lines = explorer.locator(".bk-Figure").last
+        details = explorer.locator(".widget-html").first
+        dropdown = explorer.locator(".widget-dropdown select").first
+        # labels "<star_id> · S/N .. · true [Fe/H] ..", sorted by true [Fe/H]; textContent, not innerText, which
+        # depends on layout (see below)
+        labels = dropdown.evaluate("s => Array.from(s.options, o => o.textContent)")
+        options = [label.replace("\xa0", " ").split(" · ")[0] for label in labels]
+        assert len(options) >= 2 and options[0].startswith("SYN"), labels[:3]
+        assert f"SYNTHETIC star {options[0]}," in details.text_content(), details.text_content()
+        before = _settled(page, likelihood), _settled(page, lines)
+
+        # a star from the middle of the list, far in [Fe/H] from the first: the summary names it, both figures redraw
+        pick = len(options) // 2
+        dropdown.select_option(index=pick)
+        page.wait_for_function("([el, star]) => el.textContent.includes(`SYNTHETIC star ${star},`)",
+                               arg=[details.element_handle(), options[pick]], timeout=60_000)
+        after = _settled(page, likelihood, than=before[0]), _settled(page, lines, than=before[1])
+        page.screenshot(path=str(tmp_path / "jupyterlab.png"))
+        widget_errors = page.get_by_text("Error displaying widget").count()
+
+    # the notebook's printed output, from the notebook model: JupyterLab does not lay out off-screen cells, so
+    # their text is missing from the page's innerText (and its last cell prints a TamperedModelError on purpose)
+    text = "\n".join(o.get("text", "") for c in cells for o in c["outputs"] if o["output_type"] == "stream")
+    assert "SYNTHETIC benchmark:" in text and "same predictions: True" in text, text[-3000:]
+    assert "TamperedModelError: <tmp>/model/xgb.json" in text, text[-3000:]
+    assert not widget_errors
+    assert not errors, errors
+    for name, a, b in zip(("likelihood", "line-EW"), before, after, strict=True):
+        assert _pixels(a).std() > 10, f"{name} figure is blank"
+        changed = _changed(a, b)
+        assert changed > 0.01, f"{name} figure did not change after picking another star ({changed:.2%} of pixels)"
