@@ -176,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     import json
 
-    from fehkit.pipeline import train_model
+    from fehkit.training import train_model
 
     if args.out.exists() and not args.overwrite:
         raise FehkitError(f"{args.out}: already exists; expected a new folder or --overwrite")
@@ -199,9 +199,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from fehkit.io import atomic_output, read_apogee
+    from fehkit.files import atomic_output
+    from fehkit.io import read_apogee
     from fehkit.models import FeHEnsemble
-    from fehkit.pipeline import predict_spectra
+    from fehkit.training import predict_spectra
 
     ens = FeHEnsemble.load(args.model)
     with warnings.catch_warnings():
@@ -225,10 +226,11 @@ def _predict(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
+    from fehkit.benchmark import TRUTH_OUT
     from fehkit.evaluate import evaluate
-    from fehkit.io import atomic_output, jsonable
+    from fehkit.files import atomic_output, jsonable
     from fehkit.models import FeHEnsemble
-    from fehkit.pipeline import TRUTH_OUT, predict_spectra, read_training_data
+    from fehkit.training import predict_spectra, read_training_data
 
     ens = FeHEnsemble.load(args.model)
     with warnings.catch_warnings():
@@ -257,7 +259,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import time
 
-    from fehkit.pipeline import run_benchmark, write_outputs
+    from fehkit.benchmark import run_benchmark, write_outputs
 
     if args.n_stars < 50:
         raise FehkitError(f"--n-stars {args.n_stars}: expected at least 50 (5-fold cross-validation needs stars)")
@@ -361,7 +363,7 @@ def _simulate(args: argparse.Namespace) -> int:
           ", ".join(f"{k} {v}" for k, v in counts.items()))
     written = [f"{len(t)} apStar files", args.out / "truth.csv", args.out / "truth_ew.csv"]
     if not args.no_html:
-        from fehkit.report import realism_page
+        from fehkit.report.spectra import realism_page
 
         written.append(realism_page(sim, args.out / "simulate.html"))
     print(f"wrote to {args.out}: " + ", ".join(str(w) for w in written))
@@ -370,7 +372,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     from fehkit.examples import example_paths
-    from fehkit.io import atomic_output, read_apogee
+    from fehkit.files import atomic_output
+    from fehkit.io import read_apogee
     from fehkit.lines import load_linelist
 
     paths = list(args.files) + (example_paths() if args.examples else [])
@@ -389,7 +392,7 @@ def _inspect(args: argparse.Namespace) -> int:
         summary.to_csv(tmp, index=False)
     written = [args.out / "summary.csv"]
     if not args.no_html:
-        from fehkit.report import inspect_page
+        from fehkit.report.spectra import inspect_page
 
         written.append(inspect_page(batch, args.out / "inspect.html", lines=load_linelist(), max_plots=args.max_plots))
     print("wrote " + ", ".join(str(w) for w in written))
@@ -466,7 +469,7 @@ def _fetch(args: argparse.Namespace) -> int:
                              **retry, **fields)
         print(path)
         return 0
-    from fehkit.io import atomic_output
+    from fehkit.files import atomic_output
 
     with warnings.catch_warnings():  # failures are counted below, once
         warnings.simplefilter("ignore", FehkitWarning)

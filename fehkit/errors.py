@@ -88,3 +88,11 @@ class PhysicsGridError(FehkitError, ValueError):
 
 class GridRangeError(FehkitError, ValueError):
     """Stellar parameters or equivalent widths do not fit the physics grid they are used with."""
+
+
+class PlotInputError(FehkitError, ValueError):
+    """A figure or a widget got data it cannot draw: a missing column, a wrong shape, an unknown choice."""
+
+
+class OutputError(FehkitError):
+    """An output cannot be written where asked, or would replace a file or folder that fehkit did not write."""

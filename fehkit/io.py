@@ -19,11 +19,9 @@ import gzip
 import io
 import os
 import re
-import tempfile
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +29,7 @@ import numpy as np
 import pandas as pd
 from astropy.io import fits
 
+from fehkit.constants import SPEED_OF_LIGHT_KMS
 from fehkit.errors import (
     BadValuesError,
     CorruptFileError,
@@ -40,6 +39,7 @@ from fehkit.errors import (
     HeaderError,
     MissingHDUError,
     NotFITSError,
+    OutputError,
     RowSelectionError,
     ShapeMismatchError,
     SpectrumFileError,
@@ -47,6 +47,7 @@ from fehkit.errors import (
     SpectrumShapeError,
     UnsupportedFileError,
 )
+from fehkit.files import atomic_output
 from fehkit.spectra import (
     APOGEE_FLUX_UNIT,
     APSTAR_CDELT1,
@@ -96,7 +97,6 @@ DEFAULT_BAD_BITS: tuple[str, ...] = (
 #: Errors at or above this value (in the file's flux unit) mark unusable pixels; apStar writes 1e10-1e14 there.
 HUGE_ERROR = 1e9
 
-SPEED_OF_LIGHT_KMS = 299792.458
 
 Kind = Literal["auto", "apStar", "aspcapStar", "apVisit"]
 Rows = Literal["combined", "visits", "all"] | Sequence[int]
@@ -285,40 +285,11 @@ def write_apstar(
     for i, name in enumerate(names):
         path = out / name
         if path.exists() and not overwrite:
-            raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it")
+            raise OutputError(f"{path}: exists; pass overwrite=True to replace it")
         with atomic_output(path) as tmp:
             _apstar_hdulist(batch, i).writeto(tmp, overwrite=True, checksum=True)
         written.append(path)
     return written
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block finishes.
-
-    Whatever fails inside the block, no half-written ``path`` is left behind (the temporary file is removed).
-
-    Examples
-    --------
-    >>> import tempfile, pathlib
-    >>> target = pathlib.Path(tempfile.mkdtemp()) / "table.csv"
-    >>> with atomic_output(target) as tmp:
-    ...     _ = tmp.write_text("star_id,snr")
-    >>> target.read_text()
-    'star_id,snr'
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the final file the usual permissions
-    try:
-        yield Path(tmp)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -706,34 +677,3 @@ def _apstar_hdulist(batch: SpectrumBatch, i: int) -> fits.HDUList:
         image(np.ones(APSTAR_NPIX, np.float32)),
         image(zeros),
     ])
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def jsonable(obj: Any) -> Any:
-    """Return ``obj`` with numpy scalars and arrays as Python numbers and lists; NaN and inf become None.
-
-    Floats are rounded to 6 decimals (metrics files are read by people and diffed).
-    """
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [jsonable(v) for v in obj.tolist()]
-    if isinstance(obj, bool | np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        return None if not np.isfinite(obj) else round(float(obj), 6)
-    return obj

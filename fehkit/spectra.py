@@ -365,6 +365,28 @@ class SpectrumBatch:
         )
 
 
+def is_synthetic(data: SpectrumBatch | pd.DataFrame, index: int | None = None) -> bool:
+    """Return True when spectra or a results table are simulated, by their ``synthetic`` column.
+
+    ``data`` is a :class:`SpectrumBatch` (its ``meta``) or a table such as ``predictions.csv``; a CSV read back
+    holds the flag as text ("True", "1", "yes"). With ``index``, only that row counts; without, any simulated row
+    makes the whole set synthetic, so that a mix of real and simulated stars is never presented as real.
+
+    Examples
+    --------
+    >>> is_synthetic(pd.DataFrame({"synthetic": ["True", "False"]})), is_synthetic(pd.DataFrame({"x": [1]}))
+    (True, False)
+    """
+    table = data.meta if isinstance(data, SpectrumBatch) else data
+    if "synthetic" not in table or len(table) == 0:
+        return False
+    values = table["synthetic"]
+    if values.dtype == object:
+        values = values.map(lambda v: str(v).strip().lower() in ("true", "1", "yes"))
+    values = values.astype("boolean").fillna(False).astype(bool)
+    return bool(values.iloc[index]) if index is not None else bool(values.any())
+
+
 def _as_2d(name: str, arr: Any, dtype: Any, n_pix: int, n_spec: int | None = None) -> np.ndarray:
     """Coerce ``arr`` to a (n_spec, n_pix) array of ``dtype`` with a message naming the field on failure."""
     a = np.asarray(arr)

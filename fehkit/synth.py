@@ -40,8 +40,10 @@ import numpy as np
 import pandas as pd
 from scipy.special import voigt_profile
 
+from fehkit.constants import SPEED_OF_LIGHT_KMS
 from fehkit.errors import FehkitError
-from fehkit.io import DEFAULT_BAD_BITS, PIXMASK_BITS, SPEED_OF_LIGHT_KMS, atomic_output, bad_bits_value, write_apstar
+from fehkit.files import atomic_output
+from fehkit.io import DEFAULT_BAD_BITS, PIXMASK_BITS, bad_bits_value, write_apstar
 from fehkit.lines import load_linelist
 from fehkit.physics import BackgroundLibrary, CurveOfGrowth
 from fehkit.physics.broadening import R_LSF, gaussian_sigma, lorentz_hwhm  # noqa: F401 -- R_LSF, lorentz_hwhm re-exported

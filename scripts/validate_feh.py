@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fehkit.benchmark import run_benchmark
 from fehkit.errors import FehkitWarning
-from fehkit.io import jsonable
-from fehkit.pipeline import run_benchmark
+from fehkit.files import jsonable
 
 ERROR_SETS = {"100 K / 0.2 / 0.2": None, "30 K / 0.1 / 0.1": {"teff": 30.0, "logg": 0.1, "vmic": 0.1}}
 FEH_BINS = [(-4.5, -4.0), (-4.0, -3.5), (-3.5, -3.0), (-3.0, -2.5), (-2.5, -2.0), (-2.0, -1.0)]

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from fehkit.benchmark import run_benchmark, write_outputs
 from fehkit.errors import FehkitWarning
 from fehkit.evaluate import HEADLINE, evaluate, lowest_feh, score
-from fehkit.io import jsonable
+from fehkit.files import jsonable
 from fehkit.models import FeHEnsemble
-from fehkit.pipeline import run_benchmark, write_outputs
 
 TINY = dict(rf={"n_estimators": 30}, xgb={"n_estimators": 30}, dnn={"max_epochs": 30, "hidden": (32, 16)},
             n_folds=3)

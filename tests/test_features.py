@@ -13,8 +13,8 @@ from fehkit.errors import FehkitWarning
 from fehkit.ew import FLAGS, measure_ew
 from fehkit.features import STAR_FEATURES, FeatureError, Features, build_features
 from fehkit.physics.joint import JOINT_COLUMNS
-from fehkit.pipeline import reference_params
 from fehkit.synth import make_benchmark
+from fehkit.training import reference_params
 
 LINE_FEATURES = ("ew", "ew_err", "ew_sig", "ew_upper", "state")
 

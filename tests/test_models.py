@@ -27,8 +27,8 @@ from fehkit.models.persist import (
     TamperedModelError,
     read_card,
 )
-from fehkit.pipeline import measure_features, training_hash
 from fehkit.synth import make_benchmark
+from fehkit.training import reference_params, spectra_features, training_hash
 
 TINY = dict(rf={"n_estimators": 30}, xgb={"n_estimators": 30}, dnn={"max_epochs": 30, "hidden": (32, 16)},
             n_folds=3)
@@ -42,7 +42,7 @@ def bench() -> dict:
     sim = make_benchmark(200, seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FehkitWarning)
-        feats = measure_features(sim)
+        feats = spectra_features(sim.batch, reference_params(sim.truth))
     truth = sim.truth.reset_index(drop=True)
     train = truth["split"].to_numpy() == "train"
     return {"feats": feats, "truth": truth, "train": train, "X": feats.select(train),
@@ -341,7 +341,7 @@ def _swap_forest(path, est) -> None:
     """Put another object into rf.skops and update its SHA-256, as an attacker who can edit the card would."""
     from skops.io import dump
 
-    from fehkit.io import file_sha256
+    from fehkit.files import file_sha256
 
     dump(est, path / FILES["rf"])
     _edit_card(path, lambda c: c["files"].update({FILES["rf"]: file_sha256(path / FILES["rf"])}))

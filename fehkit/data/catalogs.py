@@ -563,7 +563,7 @@ def _skyserver(sql: str, *, server: str | None, cache: str | os.PathLike[str] | 
 def _cached_tables(key: dict[str, Any], cache: str | os.PathLike[str] | None, refresh: bool,
                    ask: Callable[[], dict[str, Table]]) -> dict[str, Table]:
     """Return the cached answer to ``key``, or ``ask()`` and cache it (one ECSV file per table)."""
-    from fehkit.io import atomic_output
+    from fehkit.files import atomic_output
 
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     folder = cache_dir(cache) / "catalogs"

@@ -33,7 +33,7 @@ import requests
 import yaml
 
 from fehkit.data.errors import ChecksumError, DownloadError, ManifestError, ServiceUnavailableError
-from fehkit.io import file_sha256
+from fehkit.files import file_sha256
 
 #: The manifest at the repository root (the package is installed editable; pass ``manifest=`` otherwise).
 MANIFEST_PATH = Path(__file__).parent / "data_manifest.yaml"  # a link to the repository root's file; a copy in a wheel
@@ -444,7 +444,7 @@ def with_retries(
         ``failed(what, problem)`` for a permanent HTTP error, or when every body arrived incomplete.
     """
     if retries < 0 or backoff < 0:
-        raise ValueError(f"retries={retries}, backoff={backoff}: expected non-negative numbers")
+        raise ManifestError(f"retries={retries}, backoff={backoff}: expected non-negative numbers")
     problems: list[str] = []
     last: Exception | None = None
     waited = 0.0
@@ -551,7 +551,7 @@ def _read_sidecar(sidecar: Path) -> str | None:
 
 
 def _write_sidecar(sidecar: Path, digest: str) -> None:
-    from fehkit.io import atomic_output
+    from fehkit.files import atomic_output
 
     with atomic_output(sidecar) as tmp:
         tmp.write_text(digest + "\n")

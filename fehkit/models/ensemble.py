@@ -73,9 +73,9 @@ class FeHEnsemble:
     Examples
     --------
     >>> from fehkit.synth import make_benchmark
-    >>> from fehkit.pipeline import measure_features
+    >>> from fehkit.training import reference_params, spectra_features
     >>> sim = make_benchmark(120, seed=3)
-    >>> feats = measure_features(sim)
+    >>> feats = spectra_features(sim.batch, reference_params(sim.truth))
     >>> ens = FeHEnsemble(rf={"n_estimators": 20}, xgb={"n_estimators": 20}, dnn={"max_epochs": 5}, n_folds=3)
     >>> ens = ens.fit(feats, sim.truth["feh_ref"])
     >>> sorted(ens.weights_)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from fehkit.errors import FehkitError
-from fehkit.io import file_sha256, jsonable
+from fehkit.files import file_sha256, jsonable
 
 #: Identifies a fehkit ensemble folder; bumped when the layout changes incompatibly.
 FORMAT, FORMAT_VERSION = "fehkit-ensemble", 1

@@ -11,7 +11,8 @@ from bokeh.plotting import figure
 from jupyter_bokeh import BokehModel
 
 from fehkit.continuum import normalize
-from fehkit.plots import continuum_figure, continuum_source, spectrum_label
+from fehkit.errors import PlotInputError
+from fehkit.plots.spectra import continuum_figure, continuum_source, spectrum_label
 from fehkit.spectra import CHIPS, SpectrumBatch
 
 #: Diagnostics columns shown under the plot (the Legendre coefficients are left out).
@@ -53,7 +54,7 @@ class ContinuumExplorer(widgets.VBox):
 
     def __init__(self, batch: SpectrumBatch, true_continuum: np.ndarray | None = None) -> None:
         if true_continuum is not None and np.shape(true_continuum) != batch.flux.shape:
-            raise ValueError(f"true_continuum: expected shape {batch.flux.shape} (like batch.flux), found "
+            raise PlotInputError(f"true_continuum: expected shape {batch.flux.shape} (like batch.flux), found "
                              f"{np.shape(true_continuum)}")
         self.batch = batch
         self.true_continuum = true_continuum

@@ -12,19 +12,19 @@ import numpy as np
 import pandas as pd
 from jupyter_bokeh import BokehModel
 
-from fehkit.errors import FehkitWarning
+from fehkit.errors import FehkitWarning, PlotInputError
 from fehkit.ew import EWTable
 from fehkit.features import STATE_BLEND, STATE_DETECTED, STATE_UPPER, joint_usable
 from fehkit.physics.cog import CurveOfGrowth
 from fehkit.physics.joint import likelihood_profile
-from fehkit.plots_feh import (
-    is_synthetic,
+from fehkit.plots.likelihood import (
     likelihood_figure,
     line_ew_figure,
-    model_label,
     update_likelihood_figure,
     update_line_ew_figure,
 )
+from fehkit.plots.style import model_label
+from fehkit.spectra import is_synthetic
 
 #: Predictions columns the explorer cannot do without.
 REQUIRED = ("star_id", "feh", "feh_err", "flag", "feh_cog")
@@ -39,14 +39,14 @@ class FeHExplorer(widgets.VBox):
 
     A drop-down picks the star (sorted by true [Fe/H] where the truth is known, labelled with its id and S/N).
     The left figure is its joint likelihood over [Fe/H] (:func:`fehkit.physics.joint.likelihood_profile`, drawn by
-    :func:`fehkit.plots_feh.likelihood_figure`) with the truth, the classical value, the ensemble and its members
+    :func:`fehkit.plots.likelihood.likelihood_figure`) with the truth, the classical value, the ensemble and its members
     marked, and the excluded range of an upper limit shaded; beside it a table of the numbers. Below, each line's
-    measured EW against the curve of growth at the best-fit [Fe/H] (:func:`fehkit.plots_feh.line_ew_figure`).
+    measured EW against the curve of growth at the best-fit [Fe/H] (:func:`fehkit.plots.likelihood.line_ew_figure`).
     Changing the star redraws both figures in place. The widget computes nothing itself.
 
     Parameters
     ----------
-    run : fehkit.pipeline.BenchmarkRun
+    run : fehkit.benchmark.BenchmarkRun
         A run of the main job: its ``predictions`` (the test stars), ``features`` (every star: the parameters and
         the EWs the classical method used) and ``metrics`` (the ensemble weights). The EWs come from ``run.ew``
         (an :class:`~fehkit.ew.EWTable` of every star) when the run has one, otherwise from the features.
@@ -60,7 +60,7 @@ class FeHExplorer(widgets.VBox):
 
     Examples
     --------
-    >>> from fehkit.pipeline import run_benchmark
+    >>> from fehkit.benchmark import run_benchmark
     >>> run = run_benchmark(120, seed=3, cannon=False, ablation=False,  # doctest: +SKIP
     ...                     ensemble=dict(rf={"n_estimators": 20}, xgb={"n_estimators": 20}, dnn={"max_epochs": 5}))
     >>> explorer = FeHExplorer(run)  # doctest: +SKIP
@@ -71,12 +71,12 @@ class FeHExplorer(widgets.VBox):
         pred = run.predictions.reset_index(drop=True)
         missing = [c for c in REQUIRED if c not in pred]
         if missing:
-            raise ValueError(f"run.predictions: no column(s) {missing}; found {list(pred.columns)}; expected the "
-                             "predictions table of fehkit.pipeline.run_benchmark")
+            raise PlotInputError(f"run.predictions: no column(s) {missing}; found {list(pred.columns)}; expected the "
+                             "predictions table of fehkit.benchmark.run_benchmark")
         stars = run.features.stars.reset_index(drop=True)
         rows = pd.Index(stars["star_id"].astype(str)).get_indexer(pred["star_id"].astype(str))
         if (rows < 0).any():
-            raise ValueError(f"run.features: no row for the test star(s) "
+            raise PlotInputError(f"run.features: no row for the test star(s) "
                              f"{pred['star_id'][rows < 0].astype(str).tolist()[:5]}; expected features of every "
                              "star of run.predictions")
         self.run = run
@@ -117,7 +117,7 @@ class FeHExplorer(widgets.VBox):
     def _find(self, star: str) -> int:
         hits = np.flatnonzero(self.predictions["star_id"].astype(str).to_numpy() == str(star))
         if not hits.size:
-            raise ValueError(f"star: {star!r} is not a test star of this run; expected one of "
+            raise PlotInputError(f"star: {star!r} is not a test star of this run; expected one of "
                              f"{self.predictions['star_id'].astype(str).tolist()[:5]} ...")
         return int(hits[0])
 
@@ -232,7 +232,7 @@ def _line_measurements(run: Any, n_stars: int) -> tuple[np.ndarray, ...]:
     table = getattr(run, "ew", None)
     if isinstance(table, EWTable):
         if table.n_spectra != n_stars:
-            raise ValueError(f"run.ew: expected one row per star of run.features ({n_stars}), found "
+            raise PlotInputError(f"run.ew: expected one row per star of run.features ({n_stars}), found "
                              f"{table.n_spectra}")
         ew = np.asarray(table.ew_mA, float)
         err = np.asarray(table.ew_err_mA, float)
@@ -244,7 +244,7 @@ def _line_measurements(run: Any, n_stars: int) -> tuple[np.ndarray, ...]:
     col = {n: i for i, n in enumerate(feats.names)}
     tags = [f"{w:.2f}" for w in wave]
     if not tags or any(f"ew_{t}" not in col for t in tags):
-        raise ValueError("run.features: expected the per-line columns ew_<wave>, ew_err_<wave>, state_<wave> of "
+        raise PlotInputError("run.features: expected the per-line columns ew_<wave>, ew_err_<wave>, state_<wave> of "
                          "fehkit.features.build_features, or run.ew (the EW table)")
     X = np.asarray(feats.X, float)
     ew = X[:, [col[f"ew_{t}"] for t in tags]]

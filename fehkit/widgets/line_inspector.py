@@ -8,8 +8,10 @@ import ipywidgets as widgets
 import numpy as np
 from jupyter_bokeh import BokehModel
 
+from fehkit.errors import PlotInputError
 from fehkit.ew import EWTable
-from fehkit.plots import line_fit_figure, spectrum_label
+from fehkit.plots.line_fits import line_fit_figure
+from fehkit.plots.spectra import spectrum_label
 from fehkit.spectra import SpectrumBatch
 
 
@@ -47,13 +49,13 @@ class LineInspector(widgets.VBox):
 
     def __init__(self, norm_batch: SpectrumBatch, table: EWTable, truth_ew: np.ndarray | None = None) -> None:
         if norm_batch.flux_unit != "":
-            raise ValueError(f"norm_batch: expected continuum-normalized spectra (flux_unit ''), found flux_unit "
+            raise PlotInputError(f"norm_batch: expected continuum-normalized spectra (flux_unit ''), found flux_unit "
                              f"{norm_batch.flux_unit!r}; pass normalize(batch).batch, the batch measure_ew was given")
         if table.n_spectra != norm_batch.n_spectra:
-            raise ValueError(f"table: expected one row per spectrum of norm_batch ({norm_batch.n_spectra}), found "
+            raise PlotInputError(f"table: expected one row per spectrum of norm_batch ({norm_batch.n_spectra}), found "
                              f"{table.n_spectra}")
         if truth_ew is not None and np.shape(truth_ew) != table.ew_mA.shape:
-            raise ValueError(f"truth_ew: expected shape {table.ew_mA.shape} (spectra x lines), found "
+            raise PlotInputError(f"truth_ew: expected shape {table.ew_mA.shape} (spectra x lines), found "
                              f"{np.shape(truth_ew)}")
         self.batch = norm_batch
         self.table = table

@@ -6,7 +6,7 @@ import ipywidgets as widgets
 import pandas as pd
 from jupyter_bokeh import BokehModel
 
-from fehkit.plots import spectrum_figure
+from fehkit.plots.spectra import spectrum_figure
 from fehkit.spectra import SpectrumBatch
 
 

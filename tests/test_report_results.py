@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 from bokeh.models import Span
 
-from fehkit import plots_feh
-from fehkit.report_feh import BANNER, feh_report
+from fehkit.plots import results as result_figures
+from fehkit.plots import style
+from fehkit.report.results import BANNER, feh_report
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -188,7 +189,7 @@ def parse(page: str) -> _Checker:
 # figures
 # ---------------------------------------------------------------------------------------------------------------
 def test_one_to_one_has_envelope_and_upper_limits_apart(pred):
-    fig = plots_feh.one_to_one_figure(pred)
+    fig = result_figures.one_to_one_figure(pred)
     upper = pred.flag == "upper_limit"
     dots = fig.select_one({"name": "detected"}).data_source.data
     limits = fig.select_one({"name": "upper_limits"}).data_source.data
@@ -204,14 +205,14 @@ def test_one_to_one_has_envelope_and_upper_limits_apart(pred):
 
 
 def test_one_to_one_of_a_member_has_no_envelope_and_real_data_no_synthetic(pred):
-    fig = plots_feh.one_to_one_figure(pred.assign(synthetic=False), "cog")
+    fig = result_figures.one_to_one_figure(pred.assign(synthetic=False), "cog")
     assert fig.select_one({"name": "envelope"}) is None
     assert "SYNTHETIC" not in fig.title.text and "curve of growth" in fig.title.text
 
 
 def test_histogram_overlays_detected_residuals_and_skips_absent_cannon(pred):
     no_cannon = pred.drop(columns="feh_cannon")
-    fig = plots_feh.residual_histogram_figure(no_cannon, models=["ensemble", "cog", "cannon"])
+    fig = result_figures.residual_histogram_figure(no_cannon, models=["ensemble", "cog", "cannon"])
     names = {r.name for r in fig.renderers}
     assert {"hist_feh", "hist_feh_cog"} <= names and "hist_feh_cannon" not in names
     counts = fig.select_one({"name": "hist_feh"}).data_source.data["y"]
@@ -221,25 +222,25 @@ def test_histogram_overlays_detected_residuals_and_skips_absent_cannon(pred):
 
 @pytest.mark.parametrize("x", ["snr", "true_feh", "true_teff"])
 def test_residual_vs_has_zero_line_cog_and_log_snr(pred, x):
-    fig = plots_feh.residual_vs_figure(pred, x=x)
+    fig = result_figures.residual_vs_figure(pred, x=x)
     assert fig.select_one({"name": "cog"}) is not None and fig.select_one({"name": "detected"}) is not None
     assert any(isinstance(s, Span) and s.location == 0 for s in fig.center)
     assert (type(fig.x_scale).__name__ == "LogScale") == (x == "snr")
-    assert fig.xaxis[0].axis_label == plots_feh.X_LABELS[x]
+    assert fig.xaxis[0].axis_label == style.X_LABELS[x]
 
 
 def test_members_figure_shows_every_model_with_ci(metrics):
-    fig = plots_feh.members_figure(metrics)
+    fig = result_figures.members_figure(metrics)
     data = fig.select_one({"name": "mae"}).data_source.data
     assert data["key"] == ["rf", "xgb", "dnn", "ensemble", "cog", "cog_per_line_median", "cannon"]
     assert all(lo <= m <= hi for lo, m, hi in zip(data["lo"], data["mae"], data["hi"], strict=True))
     without = dict(metrics, models={k: v for k, v in metrics["models"].items() if k != "cannon"})
-    assert "cannon" not in plots_feh.members_figure(without).select_one({"name": "mae"}).data_source.data["key"]
+    assert "cannon" not in result_figures.members_figure(without).select_one({"name": "mae"}).data_source.data["key"]
 
 
 @pytest.mark.parametrize("key", ["by_feh", "by_snr", "by_teff"])
 def test_binned_figure_shows_upper_limit_counts(metrics, key):
-    fig = plots_feh.binned_mae_figure(metrics, key)
+    fig = result_figures.binned_mae_figure(metrics, key)
     bars = fig.select_one({"name": "n_upper_limits"}).data_source.data
     assert bars["n_upper"].tolist() == [b["n_upper_limits"] for b in metrics[key]]
     assert fig.select_one({"name": "mae_ensemble"}) and fig.select_one({"name": "mae_cog"})
@@ -286,7 +287,7 @@ def test_real_page_has_no_synthetic_banner_and_tolerates_absent_cannon(tmp_path,
 def test_failed_write_leaves_the_old_page(tmp_path, pred, metrics, monkeypatch):
     from pathlib import Path
 
-    import fehkit.report_feh as report_feh
+    import fehkit.report.results as results_page
 
     def half_written(self, text, *args, **kwargs):
         with open(self, "w", encoding="utf-8") as f:
@@ -296,7 +297,7 @@ def test_failed_write_leaves_the_old_page(tmp_path, pred, metrics, monkeypatch):
     target = tmp_path / "report.html"
     target.write_text("old page")
     monkeypatch.setattr(Path, "write_text", half_written)
-    monkeypatch.setattr(report_feh, "_figure_builders", lambda *args: [])  # the figures are tested above
+    monkeypatch.setattr(results_page, "_figure_builders", lambda *args: [])  # the figures are tested above
     with pytest.raises(OSError, match="disk full"):
         feh_report(metrics, pred, target)
     assert target.read_text() == "old page" and [p.name for p in tmp_path.iterdir()] == ["report.html"]

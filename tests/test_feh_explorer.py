@@ -16,12 +16,13 @@ import pandas as pd
 import pytest
 from jupyter_bokeh import BokehModel
 
+from fehkit.benchmark import run_benchmark
 from fehkit.errors import FehkitWarning
 from fehkit.ew import measure_ew
 from fehkit.physics.cog import CurveOfGrowth
 from fehkit.physics.joint import FEH_GRID, likelihood_profile
-from fehkit.pipeline import reference_params, run_benchmark
-from fehkit.plots_feh import likelihood_figure, line_ew_figure, update_likelihood_figure
+from fehkit.plots.likelihood import likelihood_figure, line_ew_figure, update_likelihood_figure
+from fehkit.training import reference_params
 from fehkit.widgets import FeHExplorer
 
 TINY = dict(rf={"n_estimators": 20}, xgb={"n_estimators": 20}, dnn={"max_epochs": 10}, n_folds=3)

@@ -1,4 +1,4 @@
-"""HTML pages: a standalone file with the tables and Bokeh figures, readable offline.
+"""HTML pages about spectra: ``fehkit inspect``'s summary and plots, and simulated spectra beside real ones.
 
 The page embeds BokehJS itself (``bokeh.resources.INLINE``), so it opens without the internet, on a laptop or
 from a cluster's scratch disk.
@@ -16,8 +16,8 @@ from bokeh.layouts import column
 from bokeh.models import Div
 from bokeh.resources import INLINE
 
-from fehkit.io import atomic_output
-from fehkit.plots import spectrum_figure
+from fehkit.files import atomic_output
+from fehkit.plots.spectra import spectrum_figure
 from fehkit.spectra import SpectrumBatch
 
 
@@ -93,7 +93,7 @@ def realism_page(sim: object, out: str | os.PathLike[str], n_show: int = 2) -> P
 
     from fehkit.examples import example_paths
     from fehkit.io import read_apogee
-    from fehkit.plots import comparison_figure, display_continuum
+    from fehkit.plots.spectra import comparison_figure, display_continuum
 
     real = read_apogee(example_paths())
     shown = []

@@ -1,21 +1,16 @@
-"""Bokeh figure builders for the [Fe/H] results: data in, figure out, no science inside.
+"""Figures of the [Fe/H] results of many stars: predicted against true, residuals, members, binned errors.
 
 Every builder takes the predictions table of the test stars (``predictions.csv``: one row per star, the model
 columns ``feh``, ``feh_rf``, ... beside the truth ``true_feh``, ``true_teff``, ``snr``) or the ``metrics.json``
 dict, and returns one standalone Bokeh figure; numbers are only drawn, never computed beyond a difference
 (predicted - true) and a histogram. A model column that the table lacks (``feh_cannon`` when The Cannon is not
 installed) is left out (the residual histogram names it under the plot); a column a figure cannot do without, or
-a metrics key it needs, raises ValueError naming it. Figures of a simulated benchmark say SYNTHETIC in their
-title.
+a metrics key it needs, raises :class:`~fehkit.errors.PlotInputError` naming it. Figures of a simulated benchmark
+say SYNTHETIC in their title.
 
 Glyphs that tests and notebooks look up carry a name (``fig.select_one({"name": "envelope"})``):
 ``"detected"``, ``"envelope"``, ``"upper_limits"``, ``"one_to_one"``, ``"cog"``, ``"hist_<column>"``,
 ``"mae"`` and ``"ci"`` (per model), ``"mae_<model>"``, ``"n_detected"``, ``"n_upper_limits"`` (per bin).
-
-Two builders look at one star instead, for :class:`fehkit.widgets.FeHExplorer`: its joint likelihood
-(:func:`likelihood_figure`: ``"m2lnl"``, ``"marks"``, ``"upper_limit"``, ``"no_iron"``, ``"delta_1"``,
-``"delta_9"``) and its lines (:func:`line_ew_figure`: ``"measured"``, ``"measured_err"``, ``"unusable"``,
-``"unusable_err"``, ``"model"``, ``"note"``); each has an ``update_*`` twin that redraws it in place.
 """
 
 from __future__ import annotations
@@ -29,65 +24,25 @@ import pandas as pd
 from bokeh.models import ColumnDataSource, FactorRange, HoverTool, LinearAxis, Range1d, Span, Title
 from bokeh.plotting import figure
 
-#: The models fehkit reports, in display order: metrics.json key -> (predictions column, label, colour).
-MODELS: dict[str, tuple[str, str, str]] = {
-    "rf": ("feh_rf", "random forest", "#009e73"),
-    "xgb": ("feh_xgb", "XGBoost", "#e69f00"),
-    "dnn": ("feh_dnn", "neural net", "#cc79a7"),
-    "ensemble": ("feh", "ensemble", "#1f3b73"),
-    "cog": ("feh_cog", "curve of growth (joint)", "#d62728"),
-    "cog_per_line_median": ("feh_cog_median", "curve of growth (per-line median)", "#8c564b"),
-    "cannon": ("feh_cannon", "The Cannon", "#7f7f7f"),
-}
-#: The key of each model's MAE in a ``by_snr`` / ``by_feh`` / ``by_teff`` bin of metrics.json.
-BIN_MAE_KEYS: dict[str, str] = {"ensemble": "mae", "cog": "mae_cog", "rf": "mae_rf", "xgb": "mae_xgb",
-                                "dnn": "mae_dnn", "cannon": "mae_cannon"}
-UPPER_LIMIT_COLOR = "#7f7f7f"
-ZERO_COLOR = "#444444"
-SYNTHETIC_PREFIX = "SYNTHETIC: "
-FEH_LABEL = "[Fe/H] (dex)"
-X_LABELS = {"snr": "S/N per pixel", "true_feh": "true [Fe/H] (dex)", "true_teff": "true Teff (K)"}
-BIN_LABELS = {"by_feh": ("true [Fe/H]", "true [Fe/H] bin (dex)"), "by_snr": ("S/N", "S/N per pixel bin"),
-              "by_teff": ("true Teff", "true Teff bin (K)")}
-TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
-
-
-def model_column(model: str) -> str:
-    """Return the predictions column of a model given by its metrics.json key or its column name.
-
-    Examples
-    --------
-    >>> model_column("ensemble"), model_column("rf"), model_column("feh_cog"), model_column("cog_per_line_median")
-    ('feh', 'feh_rf', 'feh_cog', 'feh_cog_median')
-    """
-    if model in MODELS:
-        return MODELS[model][0]
-    if model == "feh" or model.startswith("feh_"):
-        return model
-    raise ValueError(f"model: expected one of {sorted(MODELS)} or a predictions column such as 'feh_rf', "
-                     f"found {model!r}")
-
-
-def model_label(model: str) -> str:
-    """Return the display name of a model (key or column); an unknown column is shown as it is."""
-    column = model_column(model)
-    return next((label for col, label, _ in MODELS.values() if col == column), column)
-
-
-def model_color(model: str) -> str:
-    """Return the colour of a model (key or column), the same in every figure."""
-    column = model_column(model)
-    return next((color for col, _, color in MODELS.values() if col == column), "#17becf")
-
-
-def is_synthetic(pred: pd.DataFrame) -> bool:
-    """Return True when any star of ``pred`` is simulated (column ``synthetic``; read from a CSV it may be text)."""
-    if "synthetic" not in pred or len(pred) == 0:
-        return False
-    values = pred["synthetic"]
-    if values.dtype == object:
-        values = values.map(lambda v: str(v).strip().lower() in ("true", "1", "yes"))
-    return bool(values.fillna(False).astype(bool).any())
+from fehkit.errors import PlotInputError
+from fehkit.plots.style import (
+    BIN_LABELS,
+    BIN_MAE_KEYS,
+    FEH_LABEL,
+    MODELS,
+    TOOLS,
+    UPPER_LIMIT_COLOR,
+    X_LABELS,
+    ZERO_COLOR,
+    as_float,
+    as_pair,
+    model_color,
+    model_column,
+    model_label,
+    place_legend,
+    titled,
+)
+from fehkit.spectra import is_synthetic
 
 
 def one_to_one_figure(
@@ -138,7 +93,7 @@ def one_to_one_figure(
     [-3.6]
     """
     column = model_column(model)
-    _require(pred, ["true_feh", column], "one_to_one_figure")
+    require_columns(pred, ["true_feh", column], "one_to_one_figure")
     synthetic = is_synthetic(pred) if synthetic is None else synthetic
     upper = _upper_limit_mask(pred)
     y = pred[column].to_numpy(float)
@@ -152,7 +107,7 @@ def one_to_one_figure(
     label = model_label(column)
     if title is None:
         title = f"{label} vs true [Fe/H] ({detected.sum()} detected, {upper.sum()} upper limits)"
-    fig = figure(title=_titled(title, synthetic), width=width, height=height, tools=TOOLS,
+    fig = figure(title=titled(title, synthetic), width=width, height=height, tools=TOOLS,
                  x_axis_label="true [Fe/H] (dex)", y_axis_label=f"predicted {FEH_LABEL}: {label}")
     shown = np.concatenate([truth[detected | upper], y[detected], limit[upper]])
     lo, hi = (float(np.min(shown)) - 0.2, float(np.max(shown)) + 0.2) if shown.size else (-5.0, 0.0)
@@ -170,7 +125,7 @@ def one_to_one_figure(
                          size=8, fill_alpha=0.15, color=UPPER_LIMIT_COLOR,
                          legend_label=f"3σ upper limit ({upper_column})", name="upper_limits")
     fig.add_tools(HoverTool(renderers=[dots, limits], tooltips=_STAR_TOOLTIPS))
-    _legend(fig, "top_left", inside=True)
+    place_legend(fig, "top_left", inside=True)
     return fig
 
 
@@ -208,7 +163,7 @@ def residual_histogram_figure(
     -------
     bokeh.plotting.figure
     """
-    _require(pred, ["true_feh"], "residual_histogram_figure")
+    require_columns(pred, ["true_feh"], "residual_histogram_figure")
     synthetic = is_synthetic(pred) if synthetic is None else synthetic
     wanted = [model_column(m) for m in (models if models is not None else [c for c, _, _ in MODELS.values()])]
     present = [c for c in dict.fromkeys(wanted) if c in pred]
@@ -226,7 +181,7 @@ def residual_histogram_figure(
 
     if title is None:
         title = f"residuals of the detected stars ({int(detected.sum())})"
-    fig = figure(title=_titled(title, synthetic), width=width, height=height, tools=TOOLS,
+    fig = figure(title=titled(title, synthetic), width=width, height=height, tools=TOOLS,
                  x_axis_label="predicted − true [Fe/H] (dex)", y_axis_label="stars per bin")
     for column, r in residuals.items():
         counts, _ = np.histogram(np.clip(r, edges[0], edges[-1]), bins=edges)
@@ -240,7 +195,7 @@ def residual_histogram_figure(
         fig.add_layout(Title(text=f"not in the predictions: {', '.join(missing)}", text_font_style="italic",
                              text_font_size="9pt"), "below")
     if residuals:
-        _legend(fig, "below")
+        place_legend(fig, "below")
     return fig
 
 
@@ -285,9 +240,9 @@ def residual_vs_figure(
     bokeh.plotting.figure
     """
     if x not in X_LABELS:
-        raise ValueError(f"x: expected one of {sorted(X_LABELS)}, found {x!r}")
+        raise PlotInputError(f"x: expected one of {sorted(X_LABELS)}, found {x!r}")
     column = model_column(model)
-    _require(pred, ["true_feh", x, column], "residual_vs_figure")
+    require_columns(pred, ["true_feh", x, column], "residual_vs_figure")
     synthetic = is_synthetic(pred) if synthetic is None else synthetic
     xv = pred[x].to_numpy(float)
     truth = pred["true_feh"].to_numpy(float)
@@ -302,7 +257,7 @@ def residual_vs_figure(
     label = model_label(column)
     if title is None:
         title = f"{label}: residual vs {X_LABELS[x].split(' (')[0]}"
-    fig = figure(title=_titled(title, synthetic), width=width, height=height, tools=TOOLS,
+    fig = figure(title=titled(title, synthetic), width=width, height=height, tools=TOOLS,
                  x_axis_type="log" if x == "snr" else "linear", x_axis_label=X_LABELS[x],
                  y_axis_label="predicted − true [Fe/H] (dex)")
     base = model_column(baseline) if baseline else None
@@ -329,7 +284,7 @@ def residual_vs_figure(
         # limits stay pannable)
         span = float(np.nanpercentile(np.abs(r[detected]), 99.5))
         fig.y_range = Range1d(-1.3 * span - 0.02, 1.6 * span + 0.02)
-    _legend(fig, "below")
+    place_legend(fig, "below")
     return fig
 
 
@@ -373,22 +328,22 @@ def members_figure(
     stats = model_stats(metrics)
     keys = [k for k in (models if models is not None else MODELS) if k in stats]
     if not keys:
-        raise ValueError(f"metrics['models']: expected the stats of at least one model, found {sorted(stats)}")
+        raise PlotInputError(f"metrics['models']: expected the stats of at least one model, found {sorted(stats)}")
     weights = metrics.get("weights") or {}
     rows: dict[str, list[Any]] = {k: [] for k in ("model", "key", "mae", "lo", "hi", "n", "bias", "scatter", "r",
                                                    "weight", "color", "size")}
     for key in keys:
         s = stats[key]
-        lo, hi = _pair(s.get("mae_ci95"))
+        lo, hi = as_pair(s.get("mae_ci95"))
         rows["model"].append(model_label(key) if key in MODELS else key)
         rows["key"].append(key)
-        rows["mae"].append(_num(s.get("mae")))
+        rows["mae"].append(as_float(s.get("mae")))
         rows["lo"].append(lo)
         rows["hi"].append(hi)
-        rows["n"].append(_num(s.get("n")))
+        rows["n"].append(as_float(s.get("n")))
         for name in ("bias", "scatter", "r"):
-            rows[name].append(_num(s.get(name)))
-        rows["weight"].append(_num(weights.get(key)))
+            rows[name].append(as_float(s.get(name)))
+        rows["weight"].append(as_float(weights.get(key)))
         rows["color"].append(MODELS[key][2] if key in MODELS else "#17becf")
         rows["size"].append(12 if key == "ensemble" else 8)
     factors = rows["model"][::-1]  # the first model on top
@@ -396,7 +351,7 @@ def members_figure(
     xmax = 1.15 * max(finite) if finite else 1.0
     if title is None:
         title = "MAE per model with its 95% interval"
-    fig = figure(title=_titled(title, bool(metrics.get("synthetic"))), width=width, height=height,
+    fig = figure(title=titled(title, bool(metrics.get("synthetic"))), width=width, height=height,
                  y_range=FactorRange(*factors), x_range=Range1d(0, xmax), tools="save,reset",
                  x_axis_label="mean absolute error in [Fe/H] (dex)")
     # the subset under the title (a Title added above sits between the title and the plot)
@@ -454,19 +409,19 @@ def binned_mae_figure(
     (['[20, 50)', '≥ 50'], [30.0, 5.0])
     """
     if key not in BIN_LABELS:
-        raise ValueError(f"key: expected one of {sorted(BIN_LABELS)}, found {key!r}")
+        raise PlotInputError(f"key: expected one of {sorted(BIN_LABELS)}, found {key!r}")
     bins = metrics.get(key)
     if not bins:
-        raise ValueError(f"metrics[{key!r}]: expected a list of bins, found {bins!r}")
+        raise PlotInputError(f"metrics[{key!r}]: expected a list of bins, found {bins!r}")
     labels = [bin_label(b.get("lo"), b.get("hi")) for b in bins]
-    n = np.array([_num(b.get("n")) for b in bins])
-    n_upper = np.array([_num(b.get("n_upper_limits")) for b in bins])
+    n = np.array([as_float(b.get("n")) for b in bins])
+    n_upper = np.array([as_float(b.get("n_upper_limits")) for b in bins])
     n_upper = np.where(np.isfinite(n_upper), n_upper, 0.0)
     n = np.where(np.isfinite(n), n, 0.0)
     data: dict[str, Any] = {"bin": labels, "n": n, "n_upper": n_upper, "n_detected": np.maximum(n - n_upper, 0.0)}
     drawn = [m for m in BIN_MAE_KEYS if m in ("ensemble", "cog") or members]
     for model in drawn:
-        data[model] = np.array([_num(b.get(BIN_MAE_KEYS[model])) for b in bins])
+        data[model] = np.array([as_float(b.get(BIN_MAE_KEYS[model])) for b in bins])
     drawn = [m for m in drawn if np.isfinite(data[m]).any()]
     maes = np.concatenate([data[m] for m in drawn]) if drawn else np.array([])
     ymax = 1.2 * float(np.nanmax(maes)) if np.isfinite(maes).any() else 1.0
@@ -474,7 +429,7 @@ def binned_mae_figure(
     what, axis_label = BIN_LABELS[key]
     if title is None:
         title = f"MAE per {what} bin (detected stars); bars: stars per bin"
-    fig = figure(title=_titled(title, bool(metrics.get("synthetic"))), width=width, height=height,
+    fig = figure(title=titled(title, bool(metrics.get("synthetic"))), width=width, height=height,
                  x_range=FactorRange(*labels), y_range=Range1d(0, ymax), tools="save,reset",
                  x_axis_label=axis_label, y_axis_label="mean absolute error in [Fe/H] (dex)")
     fig.extra_y_ranges = {"stars": Range1d(0, 1.1 * max(float(n.max()), 1.0))}
@@ -497,7 +452,7 @@ def binned_mae_figure(
     tooltips = [("bin", "@bin"), ("stars", "@n{0} (@n_upper{0} upper limits)")]
     tooltips += [(f"MAE {MODELS[m][1]}", f"@{{{m}}}{{0.000}} dex") for m in drawn]
     fig.add_tools(HoverTool(renderers=main[:1] or "auto", tooltips=tooltips, mode="vline"))
-    _legend(fig, "below", ncols=3)
+    place_legend(fig, "below", ncols=3)
     return fig
 
 
@@ -523,7 +478,7 @@ def bin_label(lo: Any, hi: Any, fmt: str = "g") -> str:
     >>> bin_label(-4.0, -3.5), bin_label(200, None), bin_label(None, 50)
     ('[-4, -3.5)', '≥ 200', '< 50')
     """
-    lo, hi = _num(lo), _num(hi)
+    lo, hi = as_float(lo), as_float(hi)
     if not math.isfinite(hi):
         return f"≥ {lo:{fmt}}" if math.isfinite(lo) else "all"
     if not math.isfinite(lo):
@@ -531,18 +486,16 @@ def bin_label(lo: Any, hi: Any, fmt: str = "g") -> str:
     return f"[{lo:{fmt}}, {hi:{fmt}})"
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# private helpers
-# ---------------------------------------------------------------------------------------------------------------
 _STAR_TOOLTIPS = [("star", "@star_id"), ("S/N", "@snr{0}"), ("true Teff", "@true_teff{0} K"),
                   ("true [Fe/H]", "@true_feh{0.00}"), ("shown", "@y{0.000}"), ("lines", "@n_lines{0}"),
                   ("flag", "@flag")]
 
 
-def _require(pred: pd.DataFrame, columns: Sequence[str], where: str) -> None:
+def require_columns(pred: pd.DataFrame, columns: Sequence[str], where: str) -> None:
+    """Raise an error naming the columns ``where`` needs that the predictions table lacks."""
     missing = [c for c in columns if c not in pred]
     if missing:
-        raise ValueError(f"{where}: the predictions lack the column(s) {missing}; found {list(pred.columns)}")
+        raise PlotInputError(f"{where}: the predictions lack the column(s) {missing}; found {list(pred.columns)}")
 
 
 def _companion(pred: pd.DataFrame, column: str, kind: str) -> str | None:
@@ -574,341 +527,8 @@ def _star_source(pred: pd.DataFrame, sel: np.ndarray, x: np.ndarray, y: np.ndarr
     return ColumnDataSource(data)
 
 
-def _titled(title: str, synthetic: bool) -> str:
-    return (SYNTHETIC_PREFIX if synthetic else "") + title
-
-
 def _subset_text(metrics: Mapping[str, Any]) -> str:
     subset = metrics.get("headline_subset")
     n = metrics.get("n_headline")
     text = f"{n} stars" if n is not None else "headline subset"
     return f"{text}: {subset}" if subset else text
-
-
-def _num(value: Any) -> float:
-    """Return a float, NaN for None or anything that is not a number (JSON null, "n/a")."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _pair(value: Any) -> tuple[float, float]:
-    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
-        return _num(value[0]), _num(value[1])
-    return math.nan, math.nan
-
-
-def _legend(fig: figure, where: str, inside: bool = False, ncols: int = 2) -> None:
-    legend = fig.legend[0]
-    legend.click_policy = "hide"
-    legend.label_text_font_size = "8.5pt"
-    if inside:
-        legend.location = where
-        legend.background_fill_alpha = 0.7
-        return
-    if where == "below":  # in columns, so the figure keeps its width for the data
-        legend.orientation = "horizontal"
-        legend.ncols = ncols
-        legend.spacing, legend.padding, legend.margin = 2, 4, 4
-    fig.add_layout(legend, where)  # outside the data, so it hides no point
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# one star: its joint likelihood and its lines (the figures of fehkit.widgets.FeHExplorer)
-# ---------------------------------------------------------------------------------------------------------------
-#: Top of the likelihood figure's view: Delta(-2 ln L) = 25 is 5 sigma, so the 1 and 9 levels sit well inside.
-LIKELIHOOD_TOP = 25.0
-TRUTH_COLOR = "#000000"
-MEASURED_COLOR = "#1f3b73"
-
-
-def likelihood_figure(
-    feh_grid: Any,
-    m2lnl: Any,
-    marks: Mapping[str, float],
-    upper: float | None = None,
-    synthetic: bool = True,
-    *,
-    m2lnl_none: float | None = None,
-    title: str | None = None,
-    width: int = 600,
-    height: int = 560,
-) -> figure:
-    """Plot one star's joint likelihood, -2 ln L against [Fe/H], with the truth and every model's value marked.
-
-    The curve (``"m2lnl"``) is drawn relative to its minimum, so the horizontal levels ``"delta_1"`` (Delta = 1:
-    the ends of the 1-sigma interval) and ``"delta_9"`` (Delta = 9: 3 sigma) read off directly. ``"marks"`` are
-    vertical lines, one per entry of ``marks``, each labelled with its value; ``"upper_limit"`` shades the
-    [Fe/H] excluded at 3 sigma above ``upper`` (a star without a detected Fe signal); ``"no_iron"`` is the level
-    of "no iron at all" (its square root is the signal in sigma). The view spans the [Fe/H] where the curve is
-    below Delta = 25 and every mark. :func:`update_likelihood_figure` redraws the same figure for another star.
-
-    Parameters
-    ----------
-    feh_grid : (n_grid,) float
-        The [Fe/H] grid (``likelihood_profile(...)["feh_grid"]``).
-    m2lnl : (n_grid,) float
-        -2 ln L on the grid for this star (``likelihood_profile(...)["m2lnl"][i]``).
-    marks : dict of str to float
-        [Fe/H] values to mark, by metrics.json key or predictions column (``"ensemble"``, ``"cog"``, ``"rf"``,
-        ``"feh_dnn"``, ...) or ``"truth"``; NaN values are left out.
-    upper : float, optional
-        The 3-sigma upper limit of a star flagged ``upper_limit`` (None or NaN: none).
-    synthetic : bool
-        Whether the star is simulated: the title says SYNTHETIC and the truth is labelled SYNTHETIC truth.
-    m2lnl_none : float, optional
-        -2 ln L of "no iron" on the same scale (``likelihood_profile(...)["m2lnl_none"][i]``).
-    title : str, optional
-        Replaces the default title.
-    width, height : int
-        Size in screen pixels.
-
-    Returns
-    -------
-    bokeh.plotting.figure
-
-    Examples
-    --------
-    >>> grid = np.linspace(-6.5, -0.5, 601)
-    >>> fig = likelihood_figure(grid, ((grid + 3.0) / 0.1) ** 2, {"truth": -3.02, "ensemble": -2.98}, m2lnl_none=900)
-    >>> list(fig.select_one({"name": "marks"}).data_source.data["label"])
-    ['true [Fe/H] (SYNTHETIC truth): -3.02', 'ensemble: -2.98']
-    >>> fig.x_range.start, fig.x_range.end
-    (-3.7, -2.3)
-    """
-    fig = figure(width=width, height=height, tools=TOOLS, x_range=Range1d(-6.5, -0.5),
-                 y_range=Range1d(-1.0, LIKELIHOOD_TOP), x_axis_label=FEH_LABEL,
-                 y_axis_label="Δ(−2 ln L) above the best fit")
-    fig.hspan(y=[1.0], line_color=ZERO_COLOR, line_dash="dashed", line_width=1,
-              legend_label="Δ = 1: the 1σ interval", name="delta_1")
-    fig.hspan(y=[9.0], line_color=ZERO_COLOR, line_dash="dotted", line_width=1.5,
-              legend_label="Δ = 9: 3σ", name="delta_9")
-    # each legend_field its own column name: Bokeh merges the legend items of renderers that share one
-    fig.vstrip(x0="x0", x1="x1", source=ColumnDataSource({"x0": [], "x1": [], "limit_label": []}),
-               fill_color=UPPER_LIMIT_COLOR, fill_alpha=0.2, line_alpha=0, legend_field="limit_label",
-               name="upper_limit")
-    fig.hspan(y="y", source=ColumnDataSource({"y": [], "none_label": []}), line_color=UPPER_LIMIT_COLOR,
-              line_dash="dashdot", line_width=1.5, legend_field="none_label", name="no_iron")
-    fig.line("feh", "m2lnl", source=ColumnDataSource({"feh": [], "m2lnl": []}), color=ZERO_COLOR, line_width=2,
-             legend_label="−2 ln L of all usable lines", name="m2lnl")
-    marked = fig.vspan(x="x", source=ColumnDataSource({k: [] for k in _MARK_COLUMNS}), line_color="color",
-                       line_width="width", line_dash="dash", legend_field="label", name="marks")
-    fig.add_tools(HoverTool(renderers=[marked], tooltips=[("", "@label")]))
-    update_likelihood_figure(fig, feh_grid, m2lnl, marks, upper, synthetic, m2lnl_none=m2lnl_none, title=title)
-    _legend(fig, "below")
-    return fig
-
-
-def update_likelihood_figure(
-    fig: figure,
-    feh_grid: Any,
-    m2lnl: Any,
-    marks: Mapping[str, float],
-    upper: float | None = None,
-    synthetic: bool = True,
-    *,
-    m2lnl_none: float | None = None,
-    title: str | None = None,
-) -> figure:
-    """Redraw a :func:`likelihood_figure` for another star in place: its data, view and title (arguments alike).
-
-    Only the data sources, the ranges and the title change, so a notebook widget showing the figure sends just
-    that to the browser.
-    """
-    grid = np.asarray(feh_grid, float)
-    curve = np.asarray(m2lnl, float)
-    if grid.ndim != 1 or curve.shape != grid.shape:
-        raise ValueError(f"m2lnl: expected one value per point of feh_grid, shape {grid.shape}; found shape "
-                         f"{curve.shape} (pass one star's row of likelihood_profile(...)['m2lnl'])")
-    best = float(np.nanmin(curve)) if np.isfinite(curve).any() else 0.0
-    delta = curve - best
-    fig.select_one({"name": "m2lnl"}).data_source.data = {"feh": grid, "m2lnl": delta}
-    rows: dict[str, list[Any]] = {k: [] for k in _MARK_COLUMNS}
-    for key, value in marks.items():
-        value = _num(value)
-        if not math.isfinite(value):
-            continue
-        label, color, line_width, dash = _mark_style(key, synthetic)
-        for column, item in zip(_MARK_COLUMNS, (value, f"{label}: {value:.2f}", key, color, line_width, dash),
-                                strict=True):
-            rows[column].append(item)
-    fig.select_one({"name": "marks"}).data_source.data = rows
-    upper = _num(upper)
-    limit = math.isfinite(upper)
-    fig.select_one({"name": "upper_limit"}).data_source.data = {
-        "x0": [upper] if limit else [], "x1": [float(grid[-1])] if limit else [],
-        "limit_label": [f"excluded at 3σ: [Fe/H] > {upper:.2f} (upper limit)"] if limit else []}
-    none = _num(m2lnl_none) - best if m2lnl_none is not None else math.nan
-    fig.select_one({"name": "no_iron"}).data_source.data = {
-        "y": [none] if math.isfinite(none) else [],
-        "none_label": [f"no iron at all: Δ = {none:.1f}"] if math.isfinite(none) else []}
-
-    # the view: where the curve is under the top of the plot, and every mark
-    inside = grid[np.isfinite(delta) & (delta <= LIKELIHOOD_TOP)]
-    shown = [*rows["x"], *([upper] if limit else [])]
-    lo = min([*inside[:1], *shown], default=float(grid[0]))
-    hi = max([*inside[-1:], *shown], default=float(grid[-1]))
-    pad = max(0.2, 0.1 * (hi - lo))
-    fig.x_range.start = max(float(grid[0]), round(float(lo - pad), 2))
-    fig.x_range.end = min(float(grid[-1]), round(float(hi + pad), 2))
-    fig.title.text = _titled(title or "joint likelihood of the Fe lines", synthetic)
-    return fig
-
-
-def line_ew_figure(
-    line_wave: Any,
-    ew: Any,
-    ew_err: Any,
-    model_ew_at_best: Any,
-    usable: Any,
-    *,
-    flag: Any = None,
-    feh_best: float | None = None,
-    synthetic: bool = True,
-    title: str | None = None,
-    width: int = 900,
-    height: int = 380,
-) -> figure:
-    """Plot one star's measured EW of each Fe line, with its 1-sigma error bar, beside the curve-of-growth model.
-
-    One column per line, in the order given (labelled by vacuum wavelength). Lines the joint likelihood uses are
-    ``"measured"`` dots with ``"measured_err"`` bars; lines it leaves out (``usable`` False: a suspected blend)
-    are greyed, ``"unusable"`` and ``"unusable_err"``; a line without an EW (masked, failed fit) has no dot and is
-    counted under the plot (``"note"``). The ``"model"`` dashes are the curve-of-growth EWs at the best-fit
-    [Fe/H]: where the dots scatter about them by their error bars, the lines agree on one abundance.
-    :func:`update_line_ew_figure` redraws the same figure for another star.
-
-    Parameters
-    ----------
-    line_wave : (n_lines,) float
-        Vacuum wavelength of each line (Å).
-    ew, ew_err : (n_lines,) float
-        Measured EW (also weak or negative) and its 1-sigma error (mÅ); NaN where there is none.
-    model_ew_at_best : (n_lines,) float
-        Curve-of-growth EW at the best-fit [Fe/H] (mÅ), e.g. ``likelihood_profile(...)["model_ew"][i, k]`` at the
-        grid point ``k`` of the minimum.
-    usable : (n_lines,) bool
-        Lines that enter the joint likelihood.
-    flag : (n_lines,) str, optional
-        Each line's EW flag, shown on hover.
-    feh_best : float, optional
-        The best-fit [Fe/H] the model EWs belong to (for the title).
-    synthetic : bool
-        Whether the star is simulated (the title says SYNTHETIC).
-    title : str, optional
-        Replaces the default title.
-    width, height : int
-        Size in screen pixels.
-
-    Returns
-    -------
-    bokeh.plotting.figure
-
-    Examples
-    --------
-    >>> fig = line_ew_figure([15207.5, 15298.7], [12.0, 3.0], [2.0, 2.5], [11.0, 4.0], [True, False])
-    >>> fig.select_one({"name": "measured"}).data_source.data["ew"].tolist()
-    [12.0]
-    >>> fig.select_one({"name": "unusable"}).data_source.data["line"]
-    ['15298.70']
-    """
-    labels = _line_labels(line_wave)
-    fig = figure(width=width, height=height, tools=TOOLS, x_range=FactorRange(*labels),
-                 x_axis_label="Fe I line (vacuum wavelength, Å)", y_axis_label="equivalent width (mÅ)")
-    fig.xaxis.major_label_orientation = math.pi / 2
-    fig.add_layout(Span(location=0, dimension="width", line_color=ZERO_COLOR, line_dash="dashed"))
-    empty = {k: [] for k in _LINE_COLUMNS}
-    used, left_out = ColumnDataSource(dict(empty)), ColumnDataSource(dict(empty))
-    fig.segment(x0="line", x1="line", y0="lo", y1="hi", source=left_out, color=UPPER_LIMIT_COLOR, line_alpha=0.6,
-                name="unusable_err")
-    grey = fig.scatter("line", "ew", source=left_out, size=7, color=UPPER_LIMIT_COLOR, fill_alpha=0.3,
-                       legend_label="left out of the likelihood (blend suspected)", name="unusable")
-    fig.segment(x0="line", x1="line", y0="lo", y1="hi", source=used, color=MEASURED_COLOR, line_width=1.5,
-                legend_label="measured ±1σ", name="measured_err")
-    dots = fig.scatter("line", "ew", source=used, size=7, color=MEASURED_COLOR, legend_label="measured ±1σ",
-                       name="measured")
-    model = fig.scatter("line", "model", source=ColumnDataSource(dict(empty)), marker="dash", size=18,
-                        line_width=2.5, color=MODELS["cog"][2], legend_label="curve of growth at the best fit",
-                        name="model")
-    fig.add_tools(HoverTool(renderers=[dots, grey, model], tooltips=[
-        ("line", "@line Å"), ("EW", "@ew{0.0} ± @err{0.0} mÅ"), ("model", "@model{0.0} mÅ"), ("flag", "@flag")]))
-    fig.add_layout(Title(text="", text_font_size="9pt", text_font_style="italic", name="note"), "below")
-    update_line_ew_figure(fig, line_wave, ew, ew_err, model_ew_at_best, usable, flag=flag, feh_best=feh_best,
-                          synthetic=synthetic, title=title)
-    _legend(fig, "below", ncols=3)
-    return fig
-
-
-def update_line_ew_figure(
-    fig: figure,
-    line_wave: Any,
-    ew: Any,
-    ew_err: Any,
-    model_ew_at_best: Any,
-    usable: Any,
-    *,
-    flag: Any = None,
-    feh_best: float | None = None,
-    synthetic: bool = True,
-    title: str | None = None,
-) -> figure:
-    """Redraw a :func:`line_ew_figure` for another star in place: its data, lines, note and title."""
-    labels = _line_labels(line_wave)
-    n = len(labels)
-    arrays = {}
-    for name, value in (("ew", ew), ("ew_err", ew_err), ("model_ew_at_best", model_ew_at_best)):
-        arrays[name] = np.asarray(value, float).ravel()
-        if arrays[name].shape != (n,):
-            raise ValueError(f"{name}: expected one value per line ({n}), found shape {np.shape(value)}")
-    use = np.asarray(usable, bool).ravel()
-    if use.shape != (n,):
-        raise ValueError(f"usable: expected one value per line ({n}), found shape {np.shape(usable)}")
-    flags = np.full(n, "", dtype=object) if flag is None else np.asarray(flag, dtype=object).ravel()
-    value, err, model = arrays["ew"], arrays["ew_err"], arrays["model_ew_at_best"]
-    has = np.isfinite(value)
-    if list(fig.x_range.factors) != labels:
-        fig.x_range.factors = labels
-
-    def rows(sel: np.ndarray) -> dict[str, Any]:
-        e = np.where(np.isfinite(err), err, 0.0)
-        return {"line": [labels[i] for i in np.flatnonzero(sel)], "wave": np.asarray(line_wave, float)[sel],
-                "ew": value[sel], "err": err[sel], "lo": (value - e)[sel], "hi": (value + e)[sel],
-                "model": model[sel], "flag": [str(f) for f in flags[sel]]}
-
-    fig.select_one({"name": "measured"}).data_source.data = rows(has & use)
-    fig.select_one({"name": "unusable"}).data_source.data = rows(has & ~use)
-    fig.select_one({"name": "model"}).data_source.data = rows(np.isfinite(model))
-    fig.select_one({"name": "note"}).text = (
-        f"{int((has & use).sum())} lines in the likelihood, {int((has & ~use).sum())} left out (grey), "
-        f"{int((~has).sum())} without an EW (masked or failed fit)")
-    if title is None:
-        at = _num(feh_best)
-        title = ("measured EWs and the curve of growth at the best fit"
-                 + (f", [Fe/H] = {at:.2f}" if math.isfinite(at) else ""))
-    fig.title.text = _titled(title, synthetic)
-    return fig
-
-
-_MARK_COLUMNS = ("x", "label", "key", "color", "width", "dash")
-_LINE_COLUMNS = ("line", "wave", "ew", "err", "lo", "hi", "model", "flag")
-
-
-def _mark_style(key: str, synthetic: bool) -> tuple[str, str, float, str]:
-    """Label, colour, line width and dash of one mark of :func:`likelihood_figure`."""
-    if key == "truth":
-        return ("true [Fe/H] (SYNTHETIC truth)" if synthetic else "reference [Fe/H]"), TRUTH_COLOR, 2.5, "solid"
-    try:
-        column = model_column(key)
-    except ValueError:
-        return key, "#17becf", 1.5, "dashed"
-    if column == "feh":
-        return model_label(column), model_color(column), 3.5, "solid"
-    if column == "feh_cog":
-        return model_label(column), model_color(column), 2.5, "solid"
-    return model_label(column), model_color(column), 1.5, "dashed"
-
-
-def _line_labels(line_wave: Any) -> list[str]:
-    waves = np.asarray(line_wave, float).ravel()
-    return [f"{w:.2f}" for w in waves]

@@ -3,7 +3,7 @@
 :func:`feh_report` turns ``metrics.json`` (from :func:`fehkit.evaluate.evaluate`) and the predictions of the test
 stars into a page: a SYNTHETIC banner when the benchmark is simulated, the headline numbers (models, weights,
 coverage, targets met or missed), the binned tables, the detection-limit and ablation checks, then the Bokeh
-figures of :mod:`fehkit.plots_feh`. The tables are plain HTML (searchable, copyable, printable); BokehJS is
+figures of :mod:`fehkit.plots.results`. The tables are plain HTML (searchable, copyable, printable); BokehJS is
 embedded (``bokeh.resources.INLINE``), so the page opens without the internet. Every text that comes from the
 inputs is escaped. Sections whose keys ``metrics`` lacks say so instead of failing, so the page can be written
 for a partial evaluation.
@@ -23,9 +23,11 @@ import pandas as pd
 from bokeh.embed import file_html
 from bokeh.resources import INLINE
 
-from fehkit import plots_feh
-from fehkit.io import atomic_output
-from fehkit.plots_feh import MODELS, bin_label, model_stats
+from fehkit.files import atomic_output
+from fehkit.plots import results as result_figures
+from fehkit.plots.results import bin_label, model_stats
+from fehkit.plots.style import MODELS
+from fehkit.spectra import is_synthetic
 
 #: The bin tables' MAE columns: metrics.json key -> header.
 BIN_COLUMNS = {"mae": "MAE ensemble", "bias": "bias ensemble", "mae_cog": "MAE cog", "mae_rf": "MAE rf",
@@ -80,7 +82,7 @@ def feh_report(
     Parameters
     ----------
     metrics : dict
-        ``metrics.json`` as written by the evaluation (see ``DESIGN.md``): ``synthetic``, ``models``, ``weights``,
+        ``metrics.json`` as written by :func:`fehkit.evaluate.evaluate`: ``synthetic``, ``models``, ``weights``,
         ``targets``, ``by_snr``, ``by_feh``, ``by_teff``, ``by_feh_snr``, ``lowest_feh``, ``ablation``,
         ``cross_survey``, ``bias_ttest``, ... Missing keys are reported on the page as missing.
     predictions : pandas.DataFrame
@@ -100,7 +102,7 @@ def feh_report(
     # one plain-JSON form whether metrics comes from metrics.json or straight from evaluate() (numpy scalars and
     # booleans: np.False_ is not False)
     metrics = json.loads(json.dumps(metrics, default=_plain))
-    synthetic = bool(metrics.get("synthetic")) or plots_feh.is_synthetic(predictions)
+    synthetic = bool(metrics.get("synthetic")) or is_synthetic(predictions)
     page_title = title + (" (SYNTHETIC benchmark)" if synthetic else "")
     parts: list[dict[str, str]] = [{"html": _header(metrics, predictions, page_title, synthetic)}]
     for heading, note, section in _sections():
@@ -140,7 +142,7 @@ def _header(metrics: Mapping[str, Any], pred: pd.DataFrame, title: str, syntheti
     out = [f"<h1>{_e(title)}</h1>"]
     if synthetic:
         out.append(f"<div class='banner synthetic'>{_e(BANNER)}</div>")
-    in_metrics, in_pred = metrics.get("synthetic"), plots_feh.is_synthetic(pred)
+    in_metrics, in_pred = metrics.get("synthetic"), is_synthetic(pred)
     if in_metrics is not None and bool(in_metrics) != in_pred and len(pred):
         out.append(f"<p class='warning'>metrics.json says synthetic = {_e(bool(in_metrics))} but the predictions "
                    f"say {_e(in_pred)}: were they written by the same run?</p>")
@@ -313,7 +315,7 @@ def _sections() -> list[tuple[str, str, Callable[[Mapping[str, Any]], str]]]:
 def _figure_builders(
     metrics: Mapping[str, Any], pred: pd.DataFrame, synthetic: bool
 ) -> list[tuple[str, str, Callable[[], Any]]]:
-    p = plots_feh
+    p = result_figures
     return [
         ("fig_one_to_one", "Ensemble [Fe/H] against the truth; whiskers ±feh_err; grey triangles: 3σ upper limits "
          "of undetected stars.", lambda: p.one_to_one_figure(pred, "feh", synthetic=synthetic)),

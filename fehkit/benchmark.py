@@ -1,11 +1,12 @@
-"""The main job from spectra to [Fe/H], stage after stage, as ``fehkit demo`` runs it.
+"""The benchmark run of ``fehkit demo``: a synthetic benchmark from spectra to [Fe/H], stage after stage.
 
-normalize (continuum) -> measure_ew (Voigt EWs) -> build_features (EWs + Teff, log g, vmic + the classical joint
+normalize (continuum) -> measure_ew (Voigt EWs) -> features (EWs + Teff, log g, vmic + the classical joint
 likelihood) -> FeHEnsemble (random forest, XGBoost, MLP) -> evaluate against the truth, beside the classical
 methods and The Cannon -> metrics.json, predictions.csv, report.html and the saved model.
 
 On the packaged default this is a **synthetic** benchmark (:func:`fehkit.synth.make_benchmark`): every number it
-produces is about simulated spectra, and every file it writes says so.
+produces is about simulated spectra, and every file it writes says so. Training and prediction on a user's own
+files live in :mod:`fehkit.training`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,17 +23,17 @@ import numpy as np
 import pandas as pd
 
 from fehkit.continuum import normalize
-from fehkit.errors import FehkitWarning
-from fehkit.ew import measure_ew
-from fehkit.features import DEFAULT_PARAM_ERRORS, Features, build_features
-from fehkit.io import atomic_output, jsonable
+from fehkit.features import Features
+from fehkit.files import atomic_output, jsonable
 from fehkit.models.ensemble import FeHEnsemble
-from fehkit.spectra import SpectrumBatch
+from fehkit.spectra import SpectrumBatch, is_synthetic
 from fehkit.synth import Simulation, make_benchmark
+from fehkit.training import reference_params, spectra_features, training_hash
 
 #: The demo's split of the 1,500-star benchmark: 1,050 train + 150 validation (1,200 train+validation) and 300
 #: test stars, as the method used; stratified in 0.5 dex [Fe/H] bins.
 DEMO_SPLIT = (0.70, 0.10, 0.20)
+
 
 #: Columns of ``predictions.csv`` taken from the truth of a synthetic benchmark.
 TRUTH_OUT = {"feh": "true_feh", "teff": "true_teff", "logg": "true_logg", "vmic": "true_vmic"}
@@ -73,39 +73,6 @@ class BenchmarkRun:
     def ew(self) -> Any:
         """The EW table of every star (:class:`fehkit.ew.EWTable`), in the order of ``sim.truth``."""
         return self.features.ew
-
-
-def measure_features(
-    sim: Simulation,
-    *,
-    params: pd.DataFrame | None = None,
-    log_ew: bool = False,
-    backend: str = "numpy",
-    device: str | None = None,
-    normalized: SpectrumBatch | None = None,
-) -> Features:
-    """Normalize, measure EWs and build features for a simulation (or benchmark) with reference labels.
-
-    The stellar parameters are what an observer has: the reference labels ``teff_ref``, ``logg_ref``,
-    ``vmic_ref`` with their stated errors (``*_ref_err``), not the truth.
-    """
-    params = params if params is not None else reference_params(sim.truth)
-    norm = normalized if normalized is not None else normalize(sim.batch).batch
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FehkitWarning)  # grid-edge clipping is reported once by build_features
-        ew = measure_ew(norm, params=params[["teff", "logg", "vmic"]], backend=backend, device=device, mc_draws=0)
-    snr = sim.truth["snr"].to_numpy(float) if "snr" in sim.truth else None
-    return build_features(ew, params, log_ew=log_ew, snr=snr)
-
-
-def reference_params(truth: pd.DataFrame) -> pd.DataFrame:
-    """teff, logg, vmic, alpha_fe and their errors from a benchmark's reference-label columns."""
-    out = pd.DataFrame({k: truth[f"{k}_ref"].to_numpy(float) for k in ("teff", "logg", "vmic")})
-    out["alpha_fe"] = 0.4  # the halo's alpha enhancement: an observer would not know each star's value
-    for k in ("teff", "logg", "vmic"):
-        col = f"{k}_ref_err"
-        out[f"{k}_err"] = truth[col].to_numpy(float) if col in truth else DEFAULT_PARAM_ERRORS[k]
-    return out
 
 
 def run_benchmark(
@@ -150,7 +117,7 @@ def run_benchmark(
     norm = normalize(sim.batch).batch
     timings["normalize"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    feats = measure_features(sim, normalized=norm)
+    feats = spectra_features(sim.batch, reference_params(sim.truth), normalized=norm)
     timings["ew_and_features"] = time.perf_counter() - t0
 
     truth = sim.truth.reset_index(drop=True)
@@ -164,7 +131,7 @@ def run_benchmark(
     ens = FeHEnsemble(**kwargs).fit(feats.select(tr), y[tr], X_val=feats.select(va), y_val=y[va])
     timings["train"] = time.perf_counter() - t0
     pred = ens.predict(feats.select(te))
-    synthetic = bool(sim.batch.meta.get("synthetic", pd.Series([True])).fillna(True).astype(bool).all())
+    synthetic = is_synthetic(sim.batch)
     pred = _prediction_table(pred, feats.select(te), truth[te].reset_index(drop=True), synthetic)
 
     extra: dict[str, Any] = {}
@@ -193,8 +160,8 @@ def run_benchmark(
 
 
 def write_outputs(run: BenchmarkRun, out: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
-    """Write ``metrics.json``, ``predictions.csv``, ``report.html`` and ``model/`` (the DESIGN.md contract)."""
-    from fehkit.report_feh import feh_report
+    """Write ``metrics.json``, ``predictions.csv``, ``report.html`` and ``model/``: what ``fehkit demo`` promises."""
+    from fehkit.report.results import feh_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -217,126 +184,6 @@ def write_outputs(run: BenchmarkRun, out: str | os.PathLike[str], *, overwrite: 
     return out
 
 
-# ---- the CLI's train / predict / evaluate ---------------------------------------------------------------------
-#: Columns of ``fehkit predict``'s results table (DESIGN.md).
-PREDICT_COLUMNS = ("star_id", "feh", "feh_err", "feh_upper", "feh_rf", "feh_xgb", "feh_dnn", "feh_cog", "n_lines",
-                   "flag")
-
-
-def spectra_features(batch: SpectrumBatch, params: pd.DataFrame, *, backend: str = "numpy",
-                     device: str | None = None) -> Features:
-    """Normalize, measure EWs and build features for spectra with known Teff, log g, vmic (one row per spectrum)."""
-    norm = normalize(batch).batch
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FehkitWarning)
-        ew = measure_ew(norm, params=params[["teff", "logg", "vmic"]].reset_index(drop=True), backend=backend,
-                        device=device, mc_draws=0)
-    snr = batch.meta["snr"].to_numpy(float) if "snr" in batch.meta else None
-    return build_features(ew, params.reset_index(drop=True), snr=snr)
-
-
-def read_training_data(path: str | os.PathLike[str]) -> tuple[SpectrumBatch, pd.DataFrame, pd.DataFrame, bool]:
-    """Spectra, stellar parameters and labels for ``fehkit train --data``.
-
-    ``path`` is a benchmark folder (``truth.csv`` + apStar files, as ``fehkit simulate`` writes) or a table
-    (CSV/Parquet) of real stars with columns ``file, feh_ref, feh_ref_err, teff, logg, vmic`` (files relative to
-    the table's folder). Returns ``(batch, params, labels, synthetic)``; ``labels`` has ``feh_ref``,
-    ``feh_ref_err`` and ``split`` (train/val/test; a table's stars are all "train").
-    """
-    from fehkit.errors import FehkitError
-    from fehkit.io import read_apogee
-
-    path = Path(path)
-    if path.is_dir():
-        table_path = path / "truth.csv"
-        if not table_path.is_file():
-            raise FehkitError(f"{path}: no truth.csv; expected a benchmark folder written by fehkit simulate")
-        table = pd.read_csv(table_path, comment="#")
-        root = path
-        for col in ("teff_ref", "logg_ref", "vmic_ref", "feh_ref"):
-            if col not in table:
-                raise FehkitError(f"{table_path}: no column {col!r}; expected the reference labels of fehkit simulate")
-        params = reference_params(table)
-        labels = pd.DataFrame({"feh_ref": table["feh_ref"], "feh_ref_err": table.get("feh_ref_err", 0.05),
-                               "split": table.get("split", "train")})
-        synthetic = bool(table.get("synthetic", pd.Series([True])).astype(bool).all())
-    elif path.is_file():
-        try:
-            table = pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path, comment="#")
-        except (OSError, ValueError) as err:
-            raise FehkitError(f"{path}: cannot read the training table ({err}); expected CSV or Parquet") from None
-        missing = [c for c in ("file", "feh_ref", "teff", "logg", "vmic") if c not in table]
-        if missing:
-            raise FehkitError(f"{path}: no column(s) {missing}; expected file, feh_ref, feh_ref_err, teff, logg, "
-                              "vmic (one row per star)")
-        root = path.parent
-        params = table[[c for c in ("teff", "logg", "vmic", "alpha_fe", "teff_err", "logg_err", "vmic_err")
-                        if c in table]].reset_index(drop=True)
-        labels = pd.DataFrame({"feh_ref": table["feh_ref"], "feh_ref_err": table.get("feh_ref_err", np.nan),
-                               "split": table.get("split", "train")})
-        synthetic = False
-    else:
-        raise FehkitError(f"{path}: not found; expected a benchmark folder or a CSV/Parquet table")
-    files = [root / f for f in table["file"].astype(str)]
-    batch = read_apogee(files)
-    if batch.meta.get("synthetic", pd.Series([False] * len(files))).fillna(False).astype(bool).any():
-        synthetic = True
-    return batch, params.reset_index(drop=True), labels.reset_index(drop=True), synthetic
-
-
-def train_model(data: str | os.PathLike[str], out: str | os.PathLike[str], *, seed: int = 0,
-                ensemble: Mapping[str, Any] | None = None, search: Mapping[str, Any] | None = None,
-                overwrite: bool = False, progress: bool = False) -> FeHEnsemble:
-    """``fehkit train``: fit the ensemble on a benchmark folder or a table of real stars and save it.
-
-    ``search`` is a bounded grid per member (:func:`fehkit.models.grid_search`), scored by cross-validation on
-    the training stars; the best candidates become the members' settings and the model card records the scores.
-    """
-    batch, params, labels, synthetic = read_training_data(data)
-    feats = spectra_features(batch, params)
-    split = labels["split"].astype(str).to_numpy()
-    tr, va = split == "train", split == "val"
-    y = labels["feh_ref"].to_numpy(float)
-    err = labels["feh_ref_err"].to_numpy(float)
-    label_error = float(np.nanmedian(err[tr])) if np.isfinite(err[tr]).any() else 0.0
-    kwargs = {"label_error": label_error, "seed": seed, "progress": progress, **(ensemble or {})}
-    card: dict[str, Any] = {}
-    if search:
-        from fehkit.models.ensemble import grid_search
-
-        fixed = {k: v for k, v in kwargs.items() if k not in ("members", "progress")}
-        best, scores = grid_search(feats.select(tr), y[tr], search, **fixed)
-        for member, params in best.items():
-            kwargs[member] = {**kwargs.get(member, {}), **params}
-        card["grid_search"] = {"grid": search, "best": best, "scores": scores.to_dict("records")}
-    ens = FeHEnsemble(**kwargs).fit(feats.select(tr), y[tr], X_val=feats.select(va) if va.any() else None,
-                                    y_val=y[va] if va.any() else None)
-    ens.save(out, overwrite=overwrite, card={
-        "synthetic": synthetic, "training_data": str(data), "n_train": int(tr.sum()),
-        "training_set_sha256": training_hash(feats.select(tr).X, y[tr]), "label": "feh_ref", **card})
-    return ens
-
-
-def predict_spectra(ens: FeHEnsemble, batch: SpectrumBatch, params: pd.DataFrame) -> pd.DataFrame:
-    """``fehkit predict``: the results table (:data:`PREDICT_COLUMNS`) of spectra with known Teff, log g, vmic."""
-    feats = spectra_features(batch, params)
-    pred = ens.predict(feats)
-    pred.insert(0, "star_id", feats.stars["star_id"].to_numpy())
-    pred["n_lines"] = feats.stars["n_lines"].to_numpy()
-    return pred[list(PREDICT_COLUMNS)]
-
-
-def training_hash(X: np.ndarray, y: Any) -> str:
-    """SHA-256 of the training features and labels (float32 bytes): which data a model was fitted to."""
-    import hashlib
-
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(np.asarray(X, np.float32)).tobytes())
-    h.update(np.ascontiguousarray(np.asarray(y, np.float32)).tobytes())
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------------------------
 def _prediction_table(pred: pd.DataFrame, feats: Features, truth: pd.DataFrame, synthetic: bool) -> pd.DataFrame:
     s = feats.stars
     out = pd.DataFrame({"star_id": s["star_id"]})
@@ -384,7 +231,7 @@ def _ablation(sim: Simulation, norm: SpectrumBatch, truth: pd.DataFrame, tr: np.
     for k in ("logg", "vmic"):
         params[k] = float(np.median(params.loc[tr, k]))
         params[f"{k}_err"] = float(np.std(truth.loc[tr, f"{k}_ref"]))
-    feats = measure_features(sim, params=params, normalized=norm)
+    feats = spectra_features(sim.batch, params, normalized=norm)
     feats = feats.drop(["logg", "vmic", "dfeh_logg", "dfeh_vmic"])
     ens = FeHEnsemble(**kwargs).fit(feats.select(tr), y[tr], X_val=feats.select(va), y_val=y[va])
     pred = ens.predict(feats.select(te))

@@ -1,4 +1,4 @@
-"""The [Fe/H] commands: fehkit demo, train, predict, evaluate (DESIGN.md contracts), on small SYNTHETIC sets."""
+"""The [Fe/H] commands: fehkit demo, train, predict, evaluate (their documented files), on small SYNTHETIC sets."""
 
 from __future__ import annotations
 
