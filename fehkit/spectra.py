@@ -381,10 +381,10 @@ def is_synthetic(data: SpectrumBatch | pd.DataFrame, index: int | None = None) -
     if "synthetic" not in table or len(table) == 0:
         return False
     values = table["synthetic"]
-    if values.dtype == object:
-        values = values.map(lambda v: str(v).strip().lower() in ("true", "1", "yes"))
-    values = values.astype("boolean").fillna(False).astype(bool)
-    return bool(values.iloc[index]) if index is not None else bool(values.any())
+    if not (pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values)):
+        values = values.map(lambda v: str(v).strip().lower() in ("true", "1", "1.0", "yes"))
+    flags = values.fillna(False).astype(bool).to_numpy()
+    return bool(flags[index]) if index is not None else bool(flags.any())
 
 
 def _as_2d(name: str, arr: Any, dtype: Any, n_pix: int, n_spec: int | None = None) -> np.ndarray:
