@@ -33,7 +33,7 @@ inspect: venv
 	$(BIN)/fehkit ew --examples --out fehkit-inspect/ew.csv
 
 lint: venv
-	$(BIN)/ruff check fehkit tests scripts
+	$(BIN)/ruff check fehkit tests scripts notebooks
 
 test: lint
 	$(BIN)/python -m pytest --nbval-lax -p no:cacheprovider

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fehkit.continuum import normalize
+from fehkit.display import html_summary, text_summary
 from fehkit.features import Features
 from fehkit.files import atomic_output, jsonable
 from fehkit.models.ensemble import FeHEnsemble
@@ -73,6 +74,23 @@ class BenchmarkRun:
     def ew(self) -> Any:
         """The EW table of every star (:class:`fehkit.ew.EWTable`), in the order of ``sim.truth``."""
         return self.features.ew
+
+    def _facts(self) -> list[tuple[str, object]]:
+        m = self.metrics
+        facts: list[tuple[str, object]] = [("stars", len(self.sim)), ("test stars", m.get("n_test", "?")),
+                                           ("upper limits", m.get("n_upper_limits", "?"))]
+        ens = (m.get("models") or {}).get("ensemble") or {}
+        if ens.get("mae") is not None:
+            facts.append(("ensemble MAE (headline)", f"{ens['mae']:.4f} dex"))
+        facts.append(("weights", ", ".join(f"{k} {v:.2f}" for k, v in (m.get("weights") or {}).items())))
+        return facts
+
+    def __repr__(self) -> str:
+        return text_summary("BenchmarkRun", [*self._facts(), ("synthetic", bool(self.metrics.get("synthetic")))])
+
+    def _repr_html_(self) -> str:
+        note = "SYNTHETIC benchmark: numbers about simulated spectra" if self.metrics.get("synthetic") else ""
+        return html_summary("BenchmarkRun", self._facts(), note=note)
 
 
 def run_benchmark(

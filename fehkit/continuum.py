@@ -26,6 +26,7 @@ import pandas as pd
 from numpy.polynomial import legendre
 from scipy.stats import norm
 
+from fehkit.display import counts, html_summary, text_summary
 from fehkit.errors import FehkitError
 from fehkit.lines import load_linelist
 from fehkit.spectra import CHIPS, SpectrumBatch
@@ -65,6 +66,16 @@ class Normalized:
 
     def __iter__(self):  # noqa: ANN204 -- lets ``batch, continuum, diagnostics = normalize(...)`` work
         return iter((self.batch, self.continuum, self.diagnostics))
+
+    def _facts(self) -> list[tuple[str, object]]:
+        return [("spectra", self.batch.n_spectra), ("pixels", self.batch.n_pixels),
+                ("detector fits", counts(self.diagnostics["flag"]) if "flag" in self.diagnostics else "none")]
+
+    def __repr__(self) -> str:
+        return text_summary("Normalized", self._facts())
+
+    def _repr_html_(self) -> str:
+        return html_summary("Normalized: continuum-normalized spectra", self._facts())
 
 
 def normalize(

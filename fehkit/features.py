@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fehkit.display import html_summary, text_summary
 from fehkit.errors import FehkitError, FehkitWarning
 from fehkit.ew import FLAGS, EWTable
 from fehkit.physics.cog import CurveOfGrowth
@@ -68,6 +69,20 @@ class Features:
     def mask(self) -> np.ndarray:
         """True where a feature value exists: (n_stars, n_features) bool."""
         return np.isfinite(self.X)
+
+    def _facts(self) -> list[tuple[str, object]]:
+        facts: list[tuple[str, object]] = [("stars", len(self.X)), ("features", len(self.names)),
+                                           ("missing values", int((~self.mask).sum()))]
+        if "cog_detected" in self.stars:
+            detected = self.stars["cog_detected"].fillna(False).astype(bool)
+            facts.append(("joint Fe signal >= 3 sigma", f"{int(detected.sum())} of {len(detected)}"))
+        return facts
+
+    def __repr__(self) -> str:
+        return text_summary("Features", self._facts())
+
+    def _repr_html_(self) -> str:
+        return html_summary("Features: the ensemble's input", self._facts())
 
     def frame(self) -> pd.DataFrame:
         """Return the features as a DataFrame (columns = :attr:`names`)."""

@@ -41,6 +41,7 @@ import pandas as pd
 from scipy.special import voigt_profile
 
 from fehkit.constants import SPEED_OF_LIGHT_KMS
+from fehkit.display import counts, html_summary, text_summary
 from fehkit.errors import FehkitError
 from fehkit.files import atomic_output
 from fehkit.io import DEFAULT_BAD_BITS, PIXMASK_BITS, bad_bits_value, write_apstar
@@ -49,7 +50,8 @@ from fehkit.physics import BackgroundLibrary, CurveOfGrowth
 from fehkit.physics.broadening import R_LSF, gaussian_sigma, lorentz_hwhm  # noqa: F401 -- R_LSF, lorentz_hwhm re-exported
 from fehkit.spectra import APOGEE_FLUX_UNIT, APSTAR_CDELT1, APSTAR_NPIX, CHIPS, SpectrumBatch, apstar_wavelength
 
-#: Columns of ``truth.csv`` (DESIGN.md), in order; the benchmark adds ``feh_ext``, ``split``, ``population``.
+#: Columns of the ``truth.csv`` that ``fehkit simulate`` writes, in order; the benchmark adds ``feh_ext``,
+#: ``split``, ``population``.
 TRUTH_COLUMNS = ("file", "star_id", "teff", "logg", "vmic", "feh", "alpha_fe", "snr", "rv_shift",
                  "teff_ref", "logg_ref", "vmic_ref", "feh_ref")
 
@@ -103,6 +105,22 @@ class Simulation:
 
     def __iter__(self):  # noqa: ANN204 -- lets ``batch, truth = simulate(...)`` work
         return iter((self.batch, self.truth))
+
+    def _facts(self) -> list[tuple[str, object]]:
+        t = self.truth
+        facts: list[tuple[str, object]] = [("stars", len(self)), ("lines", self.ew.shape[1])]
+        if len(t):
+            facts += [("[Fe/H]", f"{t['feh'].min():.2f} to {t['feh'].max():.2f}"),
+                      ("S/N", f"{t['snr'].min():.0f} to {t['snr'].max():.0f}")]
+        if "split" in t:
+            facts.append(("split", counts(t["split"])))
+        return facts
+
+    def __repr__(self) -> str:
+        return text_summary("Simulation", [*self._facts(), ("synthetic", True)])
+
+    def _repr_html_(self) -> str:
+        return html_summary("Simulation", self._facts(), note="SYNTHETIC: simulated spectra with known truth")
 
     def ew_table(self) -> pd.DataFrame:
         """Return the true EWs in long form: star_id, line_wave (vacuum A), ew_true_mA."""

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fehkit.constants import SPEED_OF_LIGHT_KMS
+from fehkit.display import counts, html_summary, text_summary
 from fehkit.errors import FehkitError
 from fehkit.files import atomic_output
 from fehkit.profiles import voigt
@@ -131,6 +132,16 @@ class EWTable:
     def n_lines(self) -> int:
         """Number of lines."""
         return int(self.ew_mA.shape[1])
+
+    def _facts(self) -> list[tuple[str, object]]:
+        return [("spectra", self.n_spectra), ("lines", self.n_lines),
+                ("flags", counts(self.flag.ravel())), ("backend", self.info.get("backend", "?"))]
+
+    def __repr__(self) -> str:
+        return text_summary("EWTable", self._facts())
+
+    def _repr_html_(self) -> str:
+        return html_summary("EWTable: equivalent widths", self._facts())
 
     @property
     def flag(self) -> np.ndarray:
