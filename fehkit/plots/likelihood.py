@@ -138,7 +138,7 @@ def update_likelihood_figure(
     curve = np.asarray(m2lnl, float)
     if grid.ndim != 1 or curve.shape != grid.shape:
         raise PlotInputError(f"m2lnl: expected one value per point of feh_grid, shape {grid.shape}; found shape "
-                         f"{curve.shape} (pass one star's row of likelihood_profile(...)['m2lnl'])")
+                             f"{curve.shape} (pass one star's row of likelihood_profile(...)['m2lnl'])")
     best = float(np.nanmin(curve)) if np.isfinite(curve).any() else 0.0
     delta = curve - best
     fig.select_one({"name": "m2lnl"}).data_source.data = {"feh": grid, "m2lnl": delta}

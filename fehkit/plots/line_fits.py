@@ -75,12 +75,7 @@ def line_fit_figure(
     >>> fig.above[-1].text.split("   ")[1]
     'flag: ok'
     """
-    if norm_batch.flux_unit != "":
-        raise PlotInputError(f"norm_batch: expected continuum-normalized spectra (flux_unit ''), found flux_unit "
-                         f"{norm_batch.flux_unit!r}; pass normalize(batch).batch, the batch measure_ew was given")
-    if table.n_spectra != norm_batch.n_spectra:
-        raise PlotInputError(f"table: expected one row per spectrum of norm_batch ({norm_batch.n_spectra}), found "
-                         f"{table.n_spectra}")
+    check_line_fit_inputs(norm_batch, table)
     line = table.lines.iloc[k]
     lam0 = float(line["wave_vac"])
     idx, inside = window_pixels(norm_batch.wave, table.lines.iloc[[k]],
@@ -195,7 +190,7 @@ def ew_comparison_figure(
     measured, err, true = (np.asarray(a, float).ravel() for a in (measured, err, true))
     if not measured.shape == err.shape == true.shape:
         raise PlotInputError(f"measured, err, true: expected the same number of values, found {measured.size}, "
-                         f"{err.size} and {true.size}")
+                             f"{err.size} and {true.size}")
     flags = (np.full(measured.size, "measured", dtype=object) if flag is None
              else np.asarray(flag, dtype=object).ravel())
     if flags.size != measured.size:
@@ -225,3 +220,13 @@ def ew_comparison_figure(
     legend.click_policy = "hide"
     fig.add_layout(legend, "right")  # outside the data, so it hides no point
     return fig
+
+
+def check_line_fit_inputs(norm_batch: SpectrumBatch, table: EWTable) -> None:
+    """Check that ``table`` was measured on ``norm_batch``: normalized spectra, one table row per spectrum."""
+    if norm_batch.flux_unit != "":
+        raise PlotInputError(f"norm_batch: expected continuum-normalized spectra (flux_unit ''), found flux_unit "
+                             f"{norm_batch.flux_unit!r}; pass normalize(batch).batch, the batch measure_ew was given")
+    if table.n_spectra != norm_batch.n_spectra:
+        raise PlotInputError(f"table: expected one row per spectrum of norm_batch ({norm_batch.n_spectra}), found "
+                             f"{table.n_spectra}")

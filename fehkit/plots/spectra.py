@@ -260,7 +260,7 @@ def continuum_figure(
         raise PlotInputError(f"continuum: expected shape {batch.flux.shape} (like batch.flux), found {continuum.shape}")
     if true_continuum is not None and np.shape(true_continuum) != batch.flux.shape:
         raise PlotInputError(f"true_continuum: expected shape {batch.flux.shape} (like batch.flux), found "
-                         f"{np.shape(true_continuum)}")
+                             f"{np.shape(true_continuum)}")
     if title is None:
         title = f"{spectrum_label(batch, index)}: continuum fit"
     fig = figure(

@@ -62,7 +62,7 @@ def model_column(model: str) -> str:
     if model == "feh" or model.startswith("feh_"):
         return model
     raise PlotInputError(f"model: expected one of {sorted(MODELS)} or a predictions column such as 'feh_rf', "
-                     f"found {model!r}")
+                         f"found {model!r}")
 
 
 def model_label(model: str) -> str:

@@ -55,7 +55,7 @@ class ContinuumExplorer(widgets.VBox):
     def __init__(self, batch: SpectrumBatch, true_continuum: np.ndarray | None = None) -> None:
         if true_continuum is not None and np.shape(true_continuum) != batch.flux.shape:
             raise PlotInputError(f"true_continuum: expected shape {batch.flux.shape} (like batch.flux), found "
-                             f"{np.shape(true_continuum)}")
+                                 f"{np.shape(true_continuum)}")
         self.batch = batch
         self.true_continuum = true_continuum
         labels = [spectrum_label(batch, i) for i in range(batch.n_spectra)]

@@ -72,13 +72,13 @@ class FeHExplorer(widgets.VBox):
         missing = [c for c in REQUIRED if c not in pred]
         if missing:
             raise PlotInputError(f"run.predictions: no column(s) {missing}; found {list(pred.columns)}; expected the "
-                             "predictions table of fehkit.benchmark.run_benchmark")
+                                 "predictions table of fehkit.benchmark.run_benchmark")
         stars = run.features.stars.reset_index(drop=True)
         rows = pd.Index(stars["star_id"].astype(str)).get_indexer(pred["star_id"].astype(str))
         if (rows < 0).any():
             raise PlotInputError(f"run.features: no row for the test star(s) "
-                             f"{pred['star_id'][rows < 0].astype(str).tolist()[:5]}; expected features of every "
-                             "star of run.predictions")
+                                 f"{pred['star_id'][rows < 0].astype(str).tolist()[:5]}; expected features of every "
+                                 "star of run.predictions")
         self.run = run
         self.predictions = pred
         self.synthetic = is_synthetic(pred)
@@ -118,7 +118,7 @@ class FeHExplorer(widgets.VBox):
         hits = np.flatnonzero(self.predictions["star_id"].astype(str).to_numpy() == str(star))
         if not hits.size:
             raise PlotInputError(f"star: {star!r} is not a test star of this run; expected one of "
-                             f"{self.predictions['star_id'].astype(str).tolist()[:5]} ...")
+                                 f"{self.predictions['star_id'].astype(str).tolist()[:5]} ...")
         return int(hits[0])
 
     def _label(self, i: int) -> str:
@@ -233,7 +233,7 @@ def _line_measurements(run: Any, n_stars: int) -> tuple[np.ndarray, ...]:
     if isinstance(table, EWTable):
         if table.n_spectra != n_stars:
             raise PlotInputError(f"run.ew: expected one row per star of run.features ({n_stars}), found "
-                             f"{table.n_spectra}")
+                                 f"{table.n_spectra}")
         ew = np.asarray(table.ew_mA, float)
         err = np.asarray(table.ew_err_mA, float)
         flag = np.asarray(table.flag, dtype=object)
@@ -245,7 +245,7 @@ def _line_measurements(run: Any, n_stars: int) -> tuple[np.ndarray, ...]:
     tags = [f"{w:.2f}" for w in wave]
     if not tags or any(f"ew_{t}" not in col for t in tags):
         raise PlotInputError("run.features: expected the per-line columns ew_<wave>, ew_err_<wave>, state_<wave> of "
-                         "fehkit.features.build_features, or run.ew (the EW table)")
+                             "fehkit.features.build_features, or run.ew (the EW table)")
     X = np.asarray(feats.X, float)
     ew = X[:, [col[f"ew_{t}"] for t in tags]]
     err = X[:, [col[f"ew_err_{t}"] for t in tags]]

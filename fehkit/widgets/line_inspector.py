@@ -10,7 +10,7 @@ from jupyter_bokeh import BokehModel
 
 from fehkit.errors import PlotInputError
 from fehkit.ew import EWTable
-from fehkit.plots.line_fits import line_fit_figure
+from fehkit.plots.line_fits import check_line_fit_inputs, line_fit_figure
 from fehkit.plots.spectra import spectrum_label
 from fehkit.spectra import SpectrumBatch
 
@@ -48,15 +48,10 @@ class LineInspector(widgets.VBox):
     """
 
     def __init__(self, norm_batch: SpectrumBatch, table: EWTable, truth_ew: np.ndarray | None = None) -> None:
-        if norm_batch.flux_unit != "":
-            raise PlotInputError(f"norm_batch: expected continuum-normalized spectra (flux_unit ''), found flux_unit "
-                             f"{norm_batch.flux_unit!r}; pass normalize(batch).batch, the batch measure_ew was given")
-        if table.n_spectra != norm_batch.n_spectra:
-            raise PlotInputError(f"table: expected one row per spectrum of norm_batch ({norm_batch.n_spectra}), found "
-                             f"{table.n_spectra}")
+        check_line_fit_inputs(norm_batch, table)
         if truth_ew is not None and np.shape(truth_ew) != table.ew_mA.shape:
             raise PlotInputError(f"truth_ew: expected shape {table.ew_mA.shape} (spectra x lines), found "
-                             f"{np.shape(truth_ew)}")
+                                 f"{np.shape(truth_ew)}")
         self.batch = norm_batch
         self.table = table
         self.truth_ew = truth_ew
