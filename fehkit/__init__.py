@@ -1,7 +1,21 @@
 """fehkit: iron abundances of extremely metal-poor stars from APOGEE H-band spectra.
 
-The science core is a batch-first numpy library; notebooks, the ``fehkit`` command, Dask and the HTTP
-service all call it the same way. See ``README.md`` and the notebooks for a tour.
+The science core is a batch-first numpy library that the notebooks and the ``fehkit`` command call the same way.
+Its modules follow the pipeline, in order:
+
+* :mod:`fehkit.spectra`, :mod:`fehkit.io` -- the :class:`SpectrumBatch` container; APOGEE readers and writer;
+* :mod:`fehkit.lines` -- the packaged Fe I line list;
+* :mod:`fehkit.continuum` -- continuum normalization (:func:`normalize`);
+* :mod:`fehkit.ew` -- batched Voigt equivalent widths (:func:`measure_ew`, :class:`EWTable`);
+* :mod:`fehkit.physics` -- curves of growth, line widths, the classical joint-likelihood abundance;
+* :mod:`fehkit.features` -- EWs and stellar parameters into the ensemble's input;
+* :mod:`fehkit.models` -- the random forest, XGBoost and MLP ensemble, saved in safe formats;
+* :mod:`fehkit.training` -- train and predict on a user's spectra; :mod:`fehkit.benchmark` -- ``fehkit demo``;
+* :mod:`fehkit.evaluate` -- metrics, bins, coverage and the targets;
+* :mod:`fehkit.synth` -- the synthetic benchmark; :mod:`fehkit.data` -- catalogs, downloads, cross-match;
+* :mod:`fehkit.plots`, :mod:`fehkit.report`, :mod:`fehkit.widgets` -- figures, HTML pages, notebook widgets.
+
+See ``README.md``, ``docs/`` and the notebooks for a tour.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from numpy.polynomial import legendre
-from scipy.stats import norm
+from scipy.special import ndtr
 
 from fehkit.display import counts, html_summary, text_summary
 from fehkit.errors import FehkitError
@@ -135,7 +135,7 @@ def normalize(
     for lam in np.asarray(lines["wave_vac"] if len(lines) else [], float):
         core |= np.abs(wave - lam) <= LINE_CORE_HALF_WIDTH_A
     # mean of a unit normal kept between -low and +high: the clipped fit sits this many sigma too high
-    bias = float((norm.pdf(low) - norm.pdf(high)) / (norm.cdf(high) - norm.cdf(-low)))
+    bias = float((_normal_pdf(low) - _normal_pdf(high)) / (ndtr(high) - ndtr(-low)))
 
     continuum = np.full(batch.flux.shape, np.nan, np.float32)
     rows = []
@@ -248,11 +248,16 @@ def _clipped_scale(resid: np.ndarray, keep: np.ndarray, low: float, high: float)
     scale of the noise that was clipped. Clipped to 0.3-10 so that one bad iteration cannot run away.
     """
     a, b = -low, high
-    z = norm.cdf(b) - norm.cdf(a)
-    tails = (a * norm.pdf(a) if np.isfinite(a) else 0.0) - (b * norm.pdf(b) if np.isfinite(b) else 0.0)
+    z = ndtr(b) - ndtr(a)
+    tails = (a * _normal_pdf(a) if np.isfinite(a) else 0.0) - (b * _normal_pdf(b) if np.isfinite(b) else 0.0)
     second_moment = 1.0 + tails / z
     n_kept = keep.sum(axis=1)
     with np.errstate(all="ignore"):
         rms = np.sqrt(np.where(keep, resid * resid, 0.0).sum(axis=1) / n_kept)
     scale = rms / np.sqrt(second_moment)
     return np.clip(np.where(np.isfinite(scale), scale, 1.0), 0.3, 10.0)
+
+
+def _normal_pdf(x: float | np.ndarray) -> float | np.ndarray:
+    """Return the standard normal density (all the continuum needs of scipy.stats, which is slow to import)."""
+    return np.exp(-0.5 * np.square(x)) / np.sqrt(2.0 * np.pi)
