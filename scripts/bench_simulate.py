@@ -2,7 +2,7 @@
 
     python scripts/bench_simulate.py [--n 1500] [--json bench-simulate.json]
 
-The target (issue 3) is >= 500 spectra/s on a 2-core machine, so the 1,500-star default benchmark builds in
+The target is >= 500 spectra/s on a 2-core machine, so that the 1,500-star default benchmark builds in
 seconds. The baseline in the same run calls simulate() once per star (no batching), on a subset.
 """
 

@@ -22,8 +22,8 @@ What it does, in order (each rule is a constant below; ``fehkit/linelists/README
 4. reject lines with a strong non-Fe neighbour closer than one LSF FWHM (~0.7 A); note weaker neighbours, strong
    lines anywhere in the window and nearby hydrogen Brackett lines in ``blend_note``;
 5. pick lines by decreasing strength, never two with overlapping windows (the stronger stays), until there are
-   30; the 7 Fe I lines of the EW table of REFERENCE.md section 3 go first, and the script prints whether each
-   would have been picked without that;
+   30; the 7 Fe I lines of the MOOG EW table in docs/information_limit.md go first, and the script prints whether
+   each would have been picked without that;
 6. write the CSV sorted by vacuum wavelength, with fixed number formats, so that a re-run writes the same bytes.
 """
 
@@ -63,7 +63,7 @@ FE_I = 26.0
 # Air wavelengths read from the source: the apStar grid (15100.8-16999.8 A vacuum) plus room for neighbours.
 AIR_RANGE_A = (15000.0, 17100.0)
 N_LINES = 30
-# Fe I lines of the MOOG EW table in REFERENCE.md section 3 (air A); the list must contain them.
+# Fe I lines of the MOOG EW table in docs/information_limit.md (air A); the list must contain them.
 REFERENCE_AIR_A = (15207.53, 15294.56, 15395.72, 15621.65, 15769.42, 16040.66, 16486.67)
 
 # Blends. A neighbour closer to the line centre than one FWHM of the line spread function (lambda / R,
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = selection.lines[["wave_vac", "wave_air", "chi", "loggf", "strength", "chip", "blend_note"]]
     print(f"{len(selection.lines)} Fe I lines -> {args.out}")
     print(shown.to_string(index=False))
-    print("\nreference lines (REFERENCE.md section 3):")
+    print("\nreference lines (the MOOG EW table of docs/information_limit.md):")
     print("\n".join(selection.reference_report))
     weakest = selection.lines["strength"].min()
     stronger = selection.rejected[selection.rejected["strength"] >= weakest]
@@ -281,7 +281,7 @@ def _screen_neighbours(atoms: pd.DataFrame, line: pd.Series) -> tuple[str, list[
 
 
 def _find_reference(fe: pd.DataFrame, wave_air: float) -> int:
-    """Index of the one Fe I line within 0.01 A of a REFERENCE.md air wavelength (given to 0.01 A)."""
+    """Index of the one Fe I line within 0.01 A of a reference air wavelength (given to 0.01 A)."""
     match = fe.index[(fe["wave_air"] - wave_air).abs() <= 0.0051]
     if len(match) != 1:
         raise SystemExit(f"reference line {wave_air}: expected one Fe I line in the source, found {len(match)}")

@@ -5,7 +5,8 @@ Two error sets: the benchmark's default (Teff 100 K, log g 0.2, vmic 0.2 km/s: s
 30 K / 0.1 / 0.1 (what the method's 0.02-0.04 dex would need). For each, `--seeds` independent benchmarks
 (1,500 stars: 1,050 train, 150 validation, 300 test). The per-bin table pools the held-out predictions of all
 seeds: the test stars and the out-of-fold predictions of the training stars (each predicted by a model that did
-not see it), against REFERENCE.md's information-limit table. Every number is about simulated spectra.
+not see it), against fehkit's information-limit table (docs/information_limit.md). Every number is about simulated
+spectra.
 
     python scripts/validate_feh.py --seeds 11 12 13 --json docs/feh_validation.json
 """
@@ -28,10 +29,11 @@ from fehkit.files import jsonable
 ERROR_SETS = {"100 K / 0.2 / 0.2": None, "30 K / 0.1 / 0.1": {"teff": 30.0, "logg": 0.1, "vmic": 0.1}}
 FEH_BINS = [(-4.5, -4.0), (-4.0, -3.5), (-3.5, -3.0), (-3.0, -2.5), (-2.5, -2.0), (-2.0, -1.0)]
 SNR_BINS = [(30, 60), (60, 120), (120, 301)]
-# REFERENCE.md "information limit", MAE with 100 K / 0.2 / 0.2 parameter errors (giants, true grid)
-REFERENCE_100K = {(-4.5, -4.0): (0.48, 0.34, 0.28), (-4.0, -3.5): (0.52, 0.38, 0.23), (-3.5, -3.0): (0.39, 0.24, 0.12),
-                  (-3.0, -2.5): (0.18, 0.087, 0.055), (-2.5, -2.0): (0.075, 0.061, 0.054),
-                  (-2.0, -1.0): (0.062, 0.047, 0.054)}
+# The information limit (docs/information_limit.md; recomputed by scripts/information_limit.py): MAE of the joint
+# likelihood on the true curve-of-growth grid with 100 K / 0.2 / 0.2 parameter errors, 3,000 giants, per S/N bin
+INFORMATION_LIMIT_100K = {(-4.5, -4.0): (0.48, 0.34, 0.28), (-4.0, -3.5): (0.52, 0.38, 0.23),
+                          (-3.5, -3.0): (0.39, 0.24, 0.12), (-3.0, -2.5): (0.18, 0.087, 0.055),
+                          (-2.5, -2.0): (0.075, 0.061, 0.054), (-2.0, -1.0): (0.062, 0.047, 0.054)}
 
 
 def held_out(run) -> pd.DataFrame:
@@ -159,9 +161,10 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
                     cells.append(f"{c['mae']:.3f} \\| {c['mae_cog']:.3f} \\| {c['upper_fraction']:.2f}")
             L.append(f"| {flo}..{fhi} | " + " | ".join(cells) + " |")
         L.append("")
-    L += ["REFERENCE.md's information limit (3,000 giants, true grid, joint likelihood, 100 K / 0.2 / 0.2 errors): "
+    L += ["The information limit (docs/information_limit.md: 3,000 giants, true grid, joint likelihood, "
+          "100 K / 0.2 / 0.2 errors): "
           "MAE " + "; ".join(f"{lo}..{hi}: " + "/".join(f"{v:.3g}" for v in vals)
-                            for (lo, hi), vals in REFERENCE_100K.items()) + " (S/N 30-60/60-120/120-300).", "",
+                            for (lo, hi), vals in INFORMATION_LIMIT_100K.items()) + " (S/N 30-60/60-120/120-300).", "",
           "Where the method's 0.02-0.04 dex holds: compare the two pooled tables. With 100 K Teff errors no cell "
           "above [Fe/H] -2.5 gets below ~0.045 dex (a 100 K error alone moves [Fe/H] by ~0.045 dex: the floor). "
           "With 30 K / 0.1 / 0.1 the same cells fall to ~0.03 dex at S/N >= 60 above [Fe/H] -2 and at S/N >= 120 "

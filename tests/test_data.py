@@ -258,8 +258,12 @@ def no_files_left(folder: Path) -> list[Path]:
 # manifest
 # ---------------------------------------------------------------------------------------------------------------
 def test_manifest_lists_every_remote_product_with_provenance():
-    raw = yaml.safe_load((REPO / "data_manifest.yaml").read_text())["products"]
+    packaged = REPO / "fehkit" / "data" / "data_manifest.yaml"
+    assert packaged.is_file() and not packaged.is_symlink()  # a real file, so that a wheel carries it
+    assert (REPO / "data_manifest.yaml").resolve() == packaged.resolve()  # the root name is a link to it
+    raw = yaml.safe_load(packaged.read_text())["products"]
     m = load_manifest()
+    assert Path(str(m.path)).resolve() == packaged.resolve()
     assert set(m.products) == set(raw)
     for name in ("apstar_dr17", "aspcapstar_dr17", "allstar_dr17", "apogee_dr17_vizier", "apogee_dr17_sql",
                  "galah_dr3_vizier", "galah_dr4_allstar", "jinabase_vizier", "montelius2026_vizier", "saga"):

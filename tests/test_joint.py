@@ -90,7 +90,8 @@ def test_noise_only_star_is_an_upper_limit_in_the_sensible_range(cog):
     # a 3-sigma threshold on pure noise: ~0.1% false detections (one-sided), certainly below 0.5%
     assert out["cog_detected"].sum() <= 5
     out = out[~out["cog_detected"]]
-    # 30 lines at 3 mA on a 4800 K giant: the 3-sigma limit sits between -4 and -2 (REFERENCE.md: ~ -3.5)
+    # 30 lines at 3 mA (S/N ~200) on a 4800 K giant: the 3-sigma limit sits between -4 and -2 (~ -3.5 at S/N 120-300
+    # in docs/information_limit.md)
     assert out["feh_cog_upper"].between(-4.0, -2.0).all(), out["feh_cog_upper"].describe()
     assert (out["feh_cog_upper"] > out["feh_cog"]).all()
 

@@ -20,7 +20,7 @@ from fehkit.lines import (
 )
 from fehkit.spectra import CHIPS, apstar_wavelength, chip_of
 
-# The MOOG EW table of REFERENCE.md section 3: air wavelength (A), chi (eV), log gf.
+# The lines of the MOOG EW table in docs/information_limit.md: air wavelength (A), chi (eV), log gf.
 REFERENCE_LINES = [
     (15207.53, 5.38, 0.231),
     (15294.56, 5.30, 0.622),

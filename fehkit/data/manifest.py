@@ -1,11 +1,12 @@
 """The data manifest, the cache, and the one pooch-based downloader every remote file goes through.
 
-``data_manifest.yaml`` (repository root) lists each remote product: kind, url or url template, sha256 where the
-file is fixed, size, licence and citation. :func:`fetch_product` fetches a product by name; :func:`download_file`
-is the single place where bytes arrive: pooch streams them to a temporary file in the cache folder, checks the
-sha256 when one is known, and only then renames the file into place, so a failed, truncated or corrupted download
-never leaves a file under its final name. Temporary failures (HTTP 5xx/429, dropped connections, a body shorter
-than announced) are retried with exponential backoff; a checksum mismatch is not (it would fail again).
+``data_manifest.yaml`` (package data of ``fehkit.data``; the repository root has a link to it) lists each remote
+product: kind, url or url template, sha256 where the file is fixed, size, licence and citation.
+:func:`fetch_product` fetches a product by name; :func:`download_file` is the single place where bytes arrive:
+pooch streams them to a temporary file in the cache folder, checks the sha256 when one is known, and only then
+renames the file into place, so a failed, truncated or corrupted download never leaves a file under its final name.
+Temporary failures (HTTP 5xx/429, dropped connections, a body shorter than announced) are retried with exponential
+backoff; a checksum mismatch is not (it would fail again).
 
 Overrides: ``FEHKIT_DATA_URL`` (a mirror base that replaces the scheme and host of every url; the path is kept)
 and ``FEHKIT_CACHE`` (the cache folder, default ``pooch.os_cache("fehkit")``); the ``mirror=`` and ``cache=``
@@ -23,6 +24,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -35,8 +38,8 @@ import yaml
 from fehkit.data.errors import ChecksumError, DownloadError, ManifestError, ServiceUnavailableError
 from fehkit.files import file_sha256
 
-#: The manifest at the repository root (the package is installed editable; pass ``manifest=`` otherwise).
-MANIFEST_PATH = Path(__file__).parent / "data_manifest.yaml"  # a link to the repository root's file; a copy in a wheel
+#: The packaged manifest, ``fehkit/data/data_manifest.yaml`` (package data, found wherever fehkit is installed).
+MANIFEST_PATH = resources.files("fehkit.data").joinpath("data_manifest.yaml")
 #: Environment variable naming the cache folder.
 ENV_CACHE = "FEHKIT_CACHE"
 #: Environment variable naming a mirror base url for every remote file.
@@ -121,7 +124,7 @@ class Product:
 class Manifest:
     """The parsed ``data_manifest.yaml``: products by name, and the packaged copies."""
 
-    path: Path
+    path: Path | Traversable
     products: dict[str, Product]
     examples: list[dict[str, Any]]
 
@@ -169,7 +172,7 @@ def load_manifest(path: str | os.PathLike[str] | None = None) -> Manifest:
     Parameters
     ----------
     path : path, optional
-        Default :data:`MANIFEST_PATH`: the repository root's ``data_manifest.yaml`` (packaged with fehkit).
+        Default :data:`MANIFEST_PATH`: the ``data_manifest.yaml`` packaged with fehkit.
 
     Returns
     -------

@@ -12,7 +12,10 @@ from xgboost import XGBRegressor
 
 #: The method's defaults (400 trees, learning rate 0.05); override through ``FeHEnsemble(xgb=...)``. Depth 4 and
 #: 64 histogram bins cross-validate as well as depth 6 / 256 bins on the training split, 5-10x faster; one
-#: thread, because OpenMP threads spin-wait and collapse on a shared 2-core machine (REFERENCE.md, pitfalls).
+#: thread, because idle OpenMP threads busy-wait ("spin") before they sleep (OMP_WAIT_POLICY,
+#: https://gcc.gnu.org/onlinedocs/libgomp/OMP_005fWAIT_005fPOLICY.html): with two threads on a 2-core machine
+#: where another process holds a core, they fight it for the CPU and throughput collapses (30x, measured with two
+#: torch OpenMP threads on such a machine while fehkit was built).
 XGB_DEFAULTS: dict[str, Any] = {"n_estimators": 400, "learning_rate": 0.05, "max_depth": 4, "max_bin": 64,
                                 "subsample": 0.8, "colsample_bytree": 0.8, "tree_method": "hist", "n_jobs": 1}
 

@@ -3,8 +3,8 @@
 Each line's measured EW (also a weak or negative one) is compared with the curve of growth at the star's Teff,
 log g and vmic for a fine grid of [Fe/H]; the Gaussian log-likelihoods of all usable lines add up. Lines too weak
 to be seen alone still pull together: thirty 1-sigma lines make a 5-sigma signal. Where the summed signal over "no
-iron at all" stays below 3 sigma, the spectrum holds no measurement, only an upper limit (REFERENCE.md,
-"information limit"), and that is what is reported.
+iron at all" stays below 3 sigma, the spectrum holds no measurement, only an upper limit
+(docs/information_limit.md), and that is what is reported.
 
 The per-line inversion with a sigma-clipped median -- the textbook way -- is kept beside it for comparison
 (:func:`per_line_median`). Both are vectorized over stars: arrays are shaped (n_stars, n_lines).
