@@ -51,7 +51,7 @@ def test_header_meta_of_the_real_files(examples):
 
 
 def test_chip_gaps_of_the_real_files(examples):
-    """Given the combined rows, the two detector gaps come out where REFERENCE.md puts them (+-2 A)."""
+    """Given the combined rows, the two detector gaps come out where docs/apogee_format.md puts them (+-2 A)."""
     for gaps in read_apogee(examples).data_gaps():
         assert len(gaps) == 2
         (lo1, hi1), (lo2, hi2) = gaps
@@ -64,7 +64,7 @@ def test_chip_gaps_of_the_real_files(examples):
 def test_masked_fraction_of_the_real_files(examples):
     batch = read_apogee(examples)
     nan_fraction = (~np.isfinite(batch.flux)).mean(axis=1)
-    assert np.all((nan_fraction > 0.085) & (nan_fraction < 0.095))  # the ~9% NaN of REFERENCE.md
+    assert np.all((nan_fraction > 0.085) & (nan_fraction < 0.095))  # the ~9% NaN of docs/apogee_format.md
     flagged = (batch.bitmask != 0).mean(axis=1)
     assert np.all((flagged > 0.12) & (flagged < 0.18))  # and its 12-18% non-zero bitmask
     frac = batch.masked_fraction()

@@ -13,8 +13,8 @@ from fehkit.lines import load_linelist
 from fehkit.physics import BackgroundLibrary, CurveOfGrowth
 from fehkit.spectra import APSTAR_NPIX
 
-# REFERENCE.md section 3: MOOG ewfind EWs (mA), Teff 4800, logg 1.5, xi 2, [alpha/Fe] +0.4
-REFERENCE_EW = {  # air wavelength: EW at [Fe/H] = -1, -2, -3, -4
+# The MOOG ewfind EW table of docs/information_limit.md (mA), Teff 4800, logg 1.5, xi 2, [alpha/Fe] +0.4
+MOOG_EW_TABLE = {  # air wavelength: EW at [Fe/H] = -1, -2, -3, -4
     15207.53: (168.6, 51.6, 6.7, 0.7),
     15294.56: (224.7, 104.8, 19.2, 2.1),
     15395.72: (81.4, 12.3, 1.3, 0.1),
@@ -37,7 +37,7 @@ def _index_by_air(cog: CurveOfGrowth, air: float) -> int:
     return int(cog.line_index([row.wave_vac])[0])
 
 
-def test_grid_covers_the_issue_ranges(cog):
+def test_grid_covers_the_documented_ranges(cog):
     assert cog.teff[0] <= 3900 and cog.teff[-1] >= 6600
     assert cog.logg[0] <= 0.0 and cog.logg[-1] >= 5.0
     assert cog.feh[0] <= -5.0 and cog.feh[-1] >= -0.5 and np.all(np.diff(cog.feh) <= 0.25 + 1e-9)
@@ -58,7 +58,7 @@ def test_shipped_files_are_small_and_documented():
 
 
 def test_reproduces_the_reference_ew_table_within_3_percent(cog):
-    for air, ews in REFERENCE_EW.items():
+    for air, ews in MOOG_EW_TABLE.items():
         i = _index_by_air(cog, air)
         got = cog.ew(4800, 1.5, [-1.0, -2.0, -3.0, -4.0], 2.0, 0.4, lines=[i])[:, 0]
         # the table prints 0.1 mA: compare within 3% or its rounding, whichever is larger

