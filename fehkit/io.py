@@ -261,7 +261,7 @@ def write_apstar(
     names : sequence of str, optional
         File names; default ``apStar-{star_id}.fits`` (``star_id`` from ``batch.meta``, else a running number).
     overwrite : bool
-        Replace existing files instead of raising ``FileExistsError``.
+        Replace existing files instead of raising :class:`~fehkit.errors.OutputError`.
 
     Returns
     -------

@@ -204,7 +204,7 @@ def test_the_half_detection_point_follows_the_data():
     assert half is not None and -3.75 < half < -3.25
 
 
-# -- end to end: the demo's outputs (docs/cli.md) -------------------------------------------------------------------------
+# -- end to end: the demo's outputs (docs/cli.md) ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     with warnings.catch_warnings():

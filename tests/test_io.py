@@ -12,6 +12,7 @@ import pytest
 import yaml
 from astropy.io import fits
 
+from fehkit.errors import OutputError
 from fehkit.io import (
     DEFAULT_BAD_BITS,
     PIXMASK_BITS,
@@ -211,7 +212,7 @@ def test_write_is_atomic(examples, tmp_path, monkeypatch):
 def test_write_refuses_to_overwrite_and_other_grids(examples, tmp_path):
     batch = read_apogee(examples[0])
     write_apstar(batch, tmp_path)
-    with pytest.raises(FileExistsError, match="overwrite=True"):
+    with pytest.raises(OutputError, match="overwrite=True"):
         write_apstar(batch, tmp_path)
     write_apstar(batch, tmp_path, overwrite=True)
     short = SpectrumBatch(batch.wave[:100], batch.flux[:, :100], batch.ivar[:, :100], batch.mask[:, :100])
