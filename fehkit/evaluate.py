@@ -207,7 +207,9 @@ def evaluate(
         out["weights"] = dict(ensemble.weights_)
         out["oof_mse"] = dict(ensemble.oof_mse_)
         out["calibration"] = dict(ensemble.calibration_)
-        out["ensemble_params"] = ensemble.get_params()
+        params = ensemble.get_params(deep=False)
+        out["ensemble_params"] = {k: dict(v or {}) if k in ("rf", "xgb", "dnn") else v
+                                  for k, v in params.items() if k != "progress"}
     err = p["feh_err"].to_numpy(float)
     resid = p["feh"].to_numpy(float) - truth
     out["coverage_68"] = float(np.mean(np.abs(resid[head]) <= err[head])) if head.any() else None

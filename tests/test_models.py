@@ -7,6 +7,7 @@ flags, errors, files), not the method's accuracy, which needs the full-size memb
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 
@@ -16,11 +17,13 @@ import pytest
 
 from fehkit.errors import FehkitWarning
 from fehkit.features import Features
-from fehkit.models import FeHEnsemble, MLPRegressor, grid_search
+from fehkit.files import MARKER, file_sha256
+from fehkit.models import FeHEnsemble, NotFittedError, TorchMLPRegressor, grid_search
 from fehkit.models import ensemble as ensemble_module
-from fehkit.models.ensemble import EnsembleError
+from fehkit.models.ensemble import EnsembleError, oof_mse_score
 from fehkit.models.persist import (
     CARD,
+    CHECKSUMS,
     FILES,
     IncompatibleModelError,
     ModelFileError,
@@ -32,7 +35,7 @@ from fehkit.training import reference_params, spectra_features, training_hash
 
 TINY = dict(rf={"n_estimators": 30}, xgb={"n_estimators": 30}, dnn={"max_epochs": 30, "hidden": (32, 16)},
             n_folds=3)
-#: The columns of FeHEnsemble.predict (DESIGN.md, ``fehkit predict``).
+#: The columns of FeHEnsemble.predict (as ``fehkit predict`` writes them, docs/cli.md).
 PREDICT_COLUMNS = ["feh", "feh_err", "feh_upper", "feh_rf", "feh_xgb", "feh_dnn", "feh_cog", "flag"]
 
 
@@ -73,10 +76,18 @@ def _copy(saved, tmp_path):
     return shutil.copytree(saved, tmp_path / "model")
 
 
-def _edit_card(path, edit) -> None:
+def _rehash(path) -> None:
+    """Rewrite checksums.sha256 over the folder's files, as a writer that got the card wrong (or an attacker) would."""
+    names = sorted(p.name for p in path.iterdir() if p.name not in (CHECKSUMS, MARKER))
+    (path / CHECKSUMS).write_text("".join(f"{file_sha256(path / n)}  {n}\n" for n in names))
+
+
+def _edit_card(path, edit, rehash: bool = False) -> None:
     card = json.loads((path / CARD).read_text())
     edit(card)
     (path / CARD).write_text(json.dumps(card))
+    if rehash:
+        _rehash(path)
 
 
 # -- the MLP member ----------------------------------------------------------------------------------------------------
@@ -84,7 +95,7 @@ def test_mlp_learns_a_simple_function_and_stops_early():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(500, 3)).astype(np.float32)
     y = X @ np.array([0.5, -1.0, 0.2]) + 0.3 * np.sin(X[:, 0])
-    m = MLPRegressor(hidden=(32, 16), max_epochs=500, patience=5, seed=1).fit(X[:400], y[:400])
+    m = TorchMLPRegressor(hidden=(32, 16), max_epochs=500, patience=5, seed=1).fit(X[:400], y[:400])
     assert np.mean(np.abs(m.predict(X[400:]) - y[400:])) < 0.1
     # the validation loss stops improving long before 500 epochs; the best weights are kept
     assert m.n_epochs_ < 500 and len(m.history_) == m.n_epochs_
@@ -96,7 +107,7 @@ def test_mlp_treats_nan_inputs_as_missing():
     X = rng.normal(size=(300, 3)).astype(np.float32)
     y = X[:, 0] - X[:, 1]
     X[::7, 2] = np.nan
-    m = MLPRegressor(hidden=(16,), max_epochs=50, seed=0).fit(X, y)
+    m = TorchMLPRegressor(hidden=(16,), max_epochs=50, seed=0).fit(X, y)
     assert list(m.missing_cols_) == [2]
     assert np.isfinite(m.predict(X)).all()
 
@@ -105,8 +116,8 @@ def test_mlp_with_a_validation_set_is_reproducible():
     rng = np.random.default_rng(2)
     X = rng.normal(size=(200, 4)).astype(np.float32)
     y = X.sum(axis=1)
-    a = MLPRegressor(hidden=(16,), max_epochs=20, seed=3).fit(X[:150], y[:150], X[150:], y[150:])
-    b = MLPRegressor(hidden=(16,), max_epochs=20, seed=3).fit(X[:150], y[:150], X[150:], y[150:])
+    a = TorchMLPRegressor(hidden=(16,), max_epochs=20, seed=3).fit(X[:150], y[:150], X_val=X[150:], y_val=y[150:])
+    b = TorchMLPRegressor(hidden=(16,), max_epochs=20, seed=3).fit(X[:150], y[:150], X_val=X[150:], y_val=y[150:])
     assert np.array_equal(a.predict(X), b.predict(X))
 
 
@@ -190,7 +201,7 @@ def test_missing_features_are_named(fitted, bench):
     fewer = bench["X_test"].drop(["vmic"])
     with pytest.raises(EnsembleError, match=r"missing \['vmic'\]"):
         fitted.predict(fewer)
-    with pytest.raises(EnsembleError, match=rf"{len(fitted.feature_names_)} names; X has {fewer.X.shape[1]} columns"):
+    with pytest.raises(EnsembleError, match=rf"{fitted.n_features_in_} names; X has {fewer.X.shape[1]} columns"):
         fitted.predict(fewer.X)
 
 
@@ -199,9 +210,70 @@ def test_predicting_before_fitting_raises():
         FeHEnsemble().predict(np.zeros((2, 3)))
 
 
+# -- scikit-learn estimators ------------------------------------------------------------------------------------------
+def test_the_ensemble_is_a_scikit_learn_estimator(fitted):
+    from sklearn.base import clone
+
+    ens = FeHEnsemble(rf={"n_estimators": 30}, members=("rf", "xgb"), n_folds=3)
+    assert repr(ens) == "FeHEnsemble(members=('rf', 'xgb'), n_folds=3, rf={'n_estimators': 30})"
+    params = ens.get_params()
+    assert params["rf"] == {"n_estimators": 30} and params["xgb"] is None and params["members"] == ("rf", "xgb")
+    twin = clone(ens)
+    assert twin is not ens and twin.get_params() == params and not hasattr(twin, "weights_")
+    # a nested member override replaces that member's overrides; the others stay
+    twin.set_params(rf={"n_estimators": 10}, seed=4)
+    assert twin.rf == {"n_estimators": 10} and twin.member_params("rf")["n_estimators"] == 10
+    assert twin.member_params("rf")["max_depth"] == 12 and ens.rf == {"n_estimators": 30} and twin.seed == 4
+    # a fitted ensemble: short repr with its summary, no arrays; clone gives an unfitted copy
+    text = repr(fitted)
+    assert len(text) < 400 and "array" not in text and "fitted on" in text
+    assert "weights rf " in fitted.summary() and not hasattr(clone(fitted), "members_")
+
+
+def test_predicting_unfitted_raises_fehkit_and_scikit_learn_not_fitted_errors():
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
+    from fehkit.errors import FehkitError
+
+    for est, X in ((FeHEnsemble(), np.zeros((2, 3))), (TorchMLPRegressor(), np.zeros((2, 3), np.float32))):
+        with pytest.raises(NotFittedError, match="not fitted yet") as info:
+            est.predict(X)
+        assert isinstance(info.value, FehkitError) and isinstance(info.value, SklearnNotFittedError)
+
+
+def test_the_mlp_is_a_scikit_learn_estimator():
+    from sklearn.base import clone
+
+    m = TorchMLPRegressor(hidden=[16], max_epochs=5)
+    assert m.hidden == [16] and clone(m).get_params() == m.get_params()
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(100, 2)).astype(np.float32)
+    assert m.fit(X, X[:, 0]) is m and m.n_features_in_ == 2 and m.hidden == [16]
+    assert -1 < m.score(X, X[:, 0]) <= 1  # RegressorMixin's R^2
+
+
+def test_grid_search_cv_runs_over_the_ensemble(bench):
+    from sklearn.model_selection import GridSearchCV
+
+    est = FeHEnsemble(xgb={"n_estimators": 10}, members=("xgb",), n_folds=2)
+    search = GridSearchCV(est, {"xgb": [{"n_estimators": 5}, {"n_estimators": 20}]}, cv=2, error_score="raise")
+    search.fit(bench["X"].frame(), bench["y"])
+    assert len(search.cv_results_["params"]) == 2 and np.isfinite(search.cv_results_["mean_test_score"]).all()
+    best = search.best_estimator_
+    assert best.xgb in ({"n_estimators": 5}, {"n_estimators": 20}) and set(best.weights_) == {"xgb"}
+    # score is the R^2 of the fused feh column
+    from sklearn.metrics import r2_score
+
+    frame = bench["X_test"].frame()
+    truth = bench["truth_test"]["feh_ref"].to_numpy()
+    assert best.score(frame, truth) == pytest.approx(r2_score(truth, best.predict(frame)["feh"]))
+
+
 @pytest.mark.parametrize("bad, match", [
     ({"members": ("rf", "svm")}, "members"),
     ({"members": ()}, "members"),
+    ({"members": ("rf", "rf")}, "members"),
+    ({"rf": 500}, "rf = 500"),
     ({"target": "log_feh"}, "target"),
     ({"train_on": "everything"}, "train_on"),
     ({"n_folds": 1}, "n_folds"),
@@ -258,6 +330,16 @@ def test_grid_search_keeps_the_members_other_overrides(bench, monkeypatch):
     assert seen and all(o.get("n_estimators") == 30 and o.get("max_depth") == 4 for o in seen), seen
 
 
+def test_grid_search_scores_each_candidate_by_its_out_of_fold_mse(bench):
+    best, table = grid_search(bench["X"], bench["y"], {"xgb": {"n_estimators": [3, 10]}}, n_folds=2, seed=2,
+                              label_error=0.05)
+    for n, cv_mse in zip(table["n_estimators"], table["cv_mse"], strict=True):
+        one = FeHEnsemble(xgb={"n_estimators": n}, members=("xgb",), n_folds=2, seed=2, label_error=0.05)
+        one.fit(bench["X"], bench["y"])
+        assert cv_mse == one.oof_mse_["xgb"] == -oof_mse_score(one)
+    assert best["xgb"]["n_estimators"] == table.loc[table["cv_mse"].idxmin(), "n_estimators"]
+
+
 # -- reproducibility --------------------------------------------------------------------------------------------------
 def test_a_fit_with_the_same_seed_is_reproducible(bench, held_out, fitted):
     again = FeHEnsemble(**TINY, seed=0).fit(bench["X"], bench["y"])
@@ -279,7 +361,8 @@ def test_the_model_card_records_what_the_model_is(saved, fitted, bench):
     card = read_card(saved)
     assert card["synthetic"] is True
     assert card["training_set_sha256"] == training_hash(bench["X"].X, bench["y"])
-    assert card["feature_names"] == fitted.feature_names_
+    assert card["feature_names"] == list(fitted.feature_names_in_)
+    assert card["members"] == ["rf", "xgb", "dnn"] and card["format_version"] == 2
     assert {"fehkit", "python", "numpy", "scikit-learn", "xgboost", "torch", "skops", "safetensors"} <= \
         set(card["versions"])
     assert set(card["files"]) == set(FILES.values())
@@ -332,19 +415,129 @@ def test_a_deleted_member_file_is_refused(saved, tmp_path):
 
 def test_a_card_with_fewer_feature_names_is_refused(saved, tmp_path):
     path = _copy(saved, tmp_path)
-    _edit_card(path, lambda c: c.update(feature_names=c["feature_names"][:-1]))  # member files still match
+    # the card's checksum updated too: the member files then disagree with the card
+    _edit_card(path, lambda c: c.update(feature_names=c["feature_names"][:-1]), rehash=True)
     with pytest.raises(IncompatibleModelError, match="features"):
         FeHEnsemble.load(path)
 
 
+# -- the whole folder is checked --------------------------------------------------------------------------------------
+def test_every_file_of_the_folder_is_checksummed(saved):
+    lines = (saved / CHECKSUMS).read_text().splitlines()
+    listed = {line.split("  ")[1]: line.split("  ")[0] for line in lines}
+    assert set(listed) == {CARD, *FILES.values()}
+    assert all(file_sha256(saved / n) == sha for n, sha in listed.items())
+    assert sorted(p.name for p in saved.iterdir()) == sorted([*listed, CHECKSUMS, MARKER])
+
+
+def test_an_edited_calibration_in_the_card_is_refused(saved, tmp_path):
+    path = _copy(saved, tmp_path)
+    _edit_card(path, lambda c: c["ensemble"]["calibration"].update(scale=0.5))
+    with pytest.raises(TamperedModelError, match=r"card\.json: SHA-256 differs"):
+        FeHEnsemble.load(path)
+
+
+@pytest.mark.parametrize("name", ["notes.txt", ".DS_Store"])
+def test_an_extra_file_is_refused(saved, tmp_path, name):
+    path = _copy(saved, tmp_path)
+    (path / name).write_text("x")
+    with pytest.raises(TamperedModelError, match=rf"{re.escape(name)}: is not listed in checksums\.sha256"):
+        FeHEnsemble.load(path)
+    _rehash(path)  # listed too: still not a file of this model
+    with pytest.raises(TamperedModelError, match=rf"{re.escape(name)}: is not a file of this model"):
+        FeHEnsemble.load(path)
+
+
+def test_a_missing_or_garbled_checksum_file_is_refused(saved, tmp_path):
+    path = _copy(saved, tmp_path)
+    sums = (path / CHECKSUMS).read_text()
+    (path / CHECKSUMS).write_text(sums.replace("  ", " ", 1))
+    with pytest.raises(TamperedModelError, match="line 1 is"):
+        FeHEnsemble.load(path)
+    (path / CHECKSUMS).unlink()
+    with pytest.raises(TamperedModelError, match=r"checksums\.sha256: missing"):
+        FeHEnsemble.load(path)
+
+
+def test_without_its_marker_a_model_folder_still_loads_and_can_be_replaced(saved, fitted, tmp_path, bench):
+    # the marker says who wrote the folder (it is written after the checksums, and not read when loading)
+    path = _copy(saved, tmp_path)
+    (path / MARKER).unlink()
+    assert np.allclose(FeHEnsemble.load(path).predict(bench["X_test"])["feh"], fitted.predict(bench["X_test"])["feh"])
+    fitted.save(path, overwrite=True, card={"synthetic": True})  # still recognised by its card
+    assert (path / MARKER).is_file() and read_card(path)["synthetic"] is True
+
+
+def test_a_folder_of_the_older_format_is_refused_with_a_hint_and_can_be_replaced(saved, fitted, tmp_path):
+    path = _copy(saved, tmp_path)
+    (path / MARKER).unlink()
+    (path / CHECKSUMS).unlink()
+    _edit_card(path, lambda c: c.update(format_version=1))
+    with pytest.raises(IncompatibleModelError, match="format_version 1: written by an older fehkit.*retrain"):
+        FeHEnsemble.load(path)
+    fitted.save(path, overwrite=True, card={"synthetic": True})
+    assert read_card(path)["format_version"] == 2
+
+
+def _set(*keys_and_value):
+    *keys, value = keys_and_value
+
+    def edit(card):
+        for k in keys[:-1]:
+            card = card[k]
+        card[keys[-1]] = value(card[keys[-1]]) if callable(value) else value
+    return edit
+
+
+@pytest.mark.parametrize("edit, match", [
+    (_set("ensemble", "weights", "rf", -0.1), "ensemble.weights"),
+    (_set("ensemble", "weights", "rf", float("nan")), "ensemble.weights"),
+    (_set("ensemble", "weights", lambda w: {k: 2 * v for k, v in w.items()}), "summing to 1"),
+    (_set("ensemble", "weights", lambda w: {"rf": 0.5, "xgb": 0.5}), "ensemble.weights"),
+    (_set("ensemble", "oof_mse", "dnn", 0), "ensemble.oof_mse"),
+    (_set("ensemble", "calibration", "scale", 0), r"ensemble\.calibration\.scale = 0; expected a finite number > 0"),
+    (_set("ensemble", "calibration", "scale", float("inf")), "ensemble.calibration.scale"),
+    (_set("ensemble", "calibration", "floor", "0.05"), "ensemble.calibration.floor"),
+    (_set("ensemble", "calibration", "floor", -0.05), "ensemble.calibration.floor"),
+    (_set("members", ["rf", "svm"]), "members"),
+    (_set("members", []), "members"),
+    (_set("members", ["rf", "xgb"]), "files"),
+    (_set("files", lambda f: {k: v for k, v in f.items() if k != "rf.skops"}), "files"),
+    (_set("feature_names", []), "feature_names"),
+    (_set("feature_names", lambda n: [n[0], *n[:-1]]), "feature_names"),
+    (_set("feature_names", lambda n: [1, *n[1:]]), "feature_names"),
+    (_set("synthetic", "yes"), "synthetic"),
+    (_set("format_version", "2"), "format_version '2'"),
+    (_set("format", "pickle"), "format 'pickle'"),
+    (_set("ensemble", "label_range", [0.0, -4.0]), "ensemble.label_range"),
+    (_set("ensemble", "label_range", [-4.0]), "ensemble.label_range"),
+    (_set("ensemble", "label_range", [-4.0, None]), "ensemble.label_range"),
+    (_set("ensemble", "params", "members", ["rf", "xgb"]), "ensemble.params"),
+    (_set("ensemble", "params", lambda p: {**p, "learning_rate": 1}), "ensemble.params"),
+    (_set("ensemble", "params", "target", "log_feh"), "ensemble.params"),
+    (_set("dnn", "y_scale", 0), "dnn.y_scale"),
+    (_set("dnn", "params", "hidden", [7]), r"dnn\.safetensors: does not fit"),
+])
+def test_card_values_are_checked_on_load(saved, tmp_path, edit, match):
+    path = _copy(saved, tmp_path)
+    _edit_card(path, edit, rehash=True)  # a consistent folder, so the values themselves are what is refused
+    with pytest.raises(IncompatibleModelError, match=match):
+        FeHEnsemble.load(path)
+
+
+def test_member_hashes_in_the_card_must_match_the_checksums(saved, tmp_path):
+    path = _copy(saved, tmp_path)
+    _edit_card(path, _set("files", "xgb.json", "0" * 64), rehash=True)
+    with pytest.raises(TamperedModelError, match=r"xgb\.json: the SHA-256 in card\.json differs"):
+        FeHEnsemble.load(path)
+
+
 def _swap_forest(path, est) -> None:
-    """Put another object into rf.skops and update its SHA-256, as an attacker who can edit the card would."""
+    """Put another object into rf.skops and update every SHA-256, as an attacker who can edit all files would."""
     from skops.io import dump
 
-    from fehkit.files import file_sha256
-
     dump(est, path / FILES["rf"])
-    _edit_card(path, lambda c: c["files"].update({FILES["rf"]: file_sha256(path / FILES["rf"])}))
+    _edit_card(path, lambda c: c["files"].update({FILES["rf"]: file_sha256(path / FILES["rf"])}), rehash=True)
 
 
 def test_a_forest_file_with_a_function_inside_is_refused_before_it_is_built(saved, tmp_path, bench):

@@ -14,21 +14,26 @@ and the classical 3-sigma upper limit (``feh_upper``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
-from sklearn.model_selection import ParameterGrid, StratifiedKFold
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.metrics import r2_score
+from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 
-from fehkit.errors import FehkitError
+from fehkit.files import jsonable
+from fehkit.models import persist
+from fehkit.models.base import MEMBERS, EnsembleError, NotFittedError, check_fitted
 from fehkit.models.boosting import XGB_DEFAULTS, make_boosting
 from fehkit.models.forest import RF_DEFAULTS, make_forest
-from fehkit.models.mlp import DNN_DEFAULTS, MLPRegressor
+from fehkit.models.mlp import DNN_DEFAULTS, TorchMLPRegressor
 
-#: Member names, in the order of the prediction columns ``feh_rf``, ``feh_xgb``, ``feh_dnn``.
-MEMBERS = ("rf", "xgb", "dnn")
+__all__ = ["MEMBERS", "EnsembleError", "FeHEnsemble", "NotFittedError", "grid_search", "oof_mse_score"]
 
 #: Columns the ensemble reads from the features by name (see :mod:`fehkit.features`).
 BASE_FEATURE, ERR_FEATURE, PARAM_ERR_FEATURE = "feh_cog", "feh_cog_err", "feh_cog_err_param"
@@ -37,13 +42,16 @@ SIGNAL_FEATURE, UPPER_FEATURE, N_LINES_FEATURE = "cog_signal_sigma", "feh_cog_up
 #: Largest number of hyperparameter combinations :func:`grid_search` tries per member.
 MAX_GRID_CANDIDATES = 16
 
+#: What :meth:`FeHEnsemble.predict` needs of a fitted (or loaded) ensemble.
+_FITTED = ("members_", "weights_", "calibration_", "feature_names_in_", "label_range_")
 
-class EnsembleError(FehkitError, ValueError):
-    """The ensemble got features or labels it cannot use."""
 
-
-class FeHEnsemble:
+class FeHEnsemble(RegressorMixin, BaseEstimator):
     """[Fe/H] from EW features by a random forest, XGBoost and a torch MLP fused by inverse OOF variance.
+
+    A scikit-learn estimator: ``get_params``, ``set_params`` (``set_params(rf={"n_estimators": 10})`` replaces
+    the forest's overrides), ``sklearn.base.clone`` and ``GridSearchCV`` work; :meth:`predict` returns a table
+    rather than an array, so :meth:`score` reads its ``feh`` column.
 
     Parameters
     ----------
@@ -70,6 +78,19 @@ class FeHEnsemble:
     progress : bool
         Show a progress bar (tqdm, notebook-aware).
 
+    Attributes
+    ----------
+    members_ : dict
+        The fitted members by name, in the order of ``members``.
+    weights_, oof_mse_ : dict
+        Each member's weight and out-of-fold MSE (stars with a detected joint signal).
+    calibration_ : dict
+        The error model ``feh_err^2 = scale^2 (sigma_cog^2 + sigma_param^2) + floor^2`` and its diagnostics.
+    feature_names_in_, n_features_in_
+        The features it was trained on (their order is checked at :meth:`predict`).
+    label_range_, n_train_, oof_predictions_
+        The training labels' range, the number of training stars, the OOF predictions.
+
     Examples
     --------
     >>> from fehkit.synth import make_benchmark
@@ -77,21 +98,25 @@ class FeHEnsemble:
     >>> sim = make_benchmark(120, seed=3)
     >>> feats = spectra_features(sim.batch, reference_params(sim.truth))
     >>> ens = FeHEnsemble(rf={"n_estimators": 20}, xgb={"n_estimators": 20}, dnn={"max_epochs": 5}, n_folds=3)
+    >>> ens
+    FeHEnsemble(dnn={'max_epochs': 5}, n_folds=3, rf={'n_estimators': 20}, xgb={'n_estimators': 20})
     >>> ens = ens.fit(feats, sim.truth["feh_ref"])
     >>> sorted(ens.weights_)
     ['dnn', 'rf', 'xgb']
     >>> list(ens.predict(feats).columns[:3])
     ['feh', 'feh_err', 'feh_upper']
+    >>> ens.summary()[:30]
+    'FeHEnsemble fitted on 76 stars'
     """
 
     def __init__(self, rf: Mapping[str, Any] | None = None, xgb: Mapping[str, Any] | None = None,
                  dnn: Mapping[str, Any] | None = None, members: Sequence[str] = MEMBERS, n_folds: int = 5,
                  target: str = "residual", train_on: str = "detected", label_error: float = 0.0,
                  detection_sigma: float = 3.0, seed: int = 0, progress: bool = False) -> None:
-        self.rf = dict(rf or {})
-        self.xgb = dict(xgb or {})
-        self.dnn = dict(dnn or {})
-        self.members = tuple(members)
+        self.rf = rf
+        self.xgb = xgb
+        self.dnn = dnn
+        self.members = members
         self.n_folds = n_folds
         self.target = target
         self.train_on = train_on
@@ -100,24 +125,37 @@ class FeHEnsemble:
         self.seed = seed
         self.progress = progress
 
-    # ---- configuration -------------------------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        """Return the constructor arguments (JSON-able)."""
-        return {"rf": self.rf, "xgb": self.xgb, "dnn": self.dnn, "members": list(self.members),
-                "n_folds": self.n_folds, "target": self.target, "train_on": self.train_on,
-                "label_error": self.label_error, "detection_sigma": self.detection_sigma, "seed": self.seed}
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN features are masked lines
+        return tags
 
+    def __repr__(self, N_CHAR_MAX: int = 700) -> str:
+        text = super().__repr__(N_CHAR_MAX)
+        return f"{text}  # {self.summary().removeprefix('FeHEnsemble ')}" if hasattr(self, "weights_") else text
+
+    def summary(self) -> str:
+        """One line: what the ensemble was fitted on, its weights and its error calibration."""
+        if not hasattr(self, "weights_"):
+            return "FeHEnsemble, not fitted"
+        weights = ", ".join(f"{m} {w:.2f}" for m, w in self.weights_.items())
+        c = self.calibration_
+        return (f"FeHEnsemble fitted on {self.n_train_} stars, {self.n_features_in_} features; weights {weights}; "
+                f"feh_err scale {c['scale']:.3g}, floor {c['floor']:.3g} dex")
+
+    # ---- configuration -------------------------------------------------------------------------------------
     def member_params(self, name: str) -> dict[str, Any]:
         """Return one member's hyperparameters: its defaults updated by this ensemble's overrides."""
         defaults = {"rf": RF_DEFAULTS, "xgb": XGB_DEFAULTS, "dnn": DNN_DEFAULTS}[name]
-        return {**defaults, **getattr(self, name)}
+        return {**defaults, **(getattr(self, name) or {})}
 
     def _make(self, name: str, seed: int) -> Any:
+        overrides = getattr(self, name) or {}
         if name == "rf":
-            return make_forest(seed, **self.rf)
+            return make_forest(seed, **overrides)
         if name == "xgb":
-            return make_boosting(seed, **self.xgb)
-        return MLPRegressor(**{**DNN_DEFAULTS, **self.dnn, "seed": seed})
+            return make_boosting(seed, **overrides)
+        return TorchMLPRegressor(**{**DNN_DEFAULTS, **overrides, "seed": seed})
 
     # ---- fitting ---------------------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any, *, feature_names: Sequence[str] | None = None, X_val: Any = None,
@@ -126,7 +164,7 @@ class FeHEnsemble:
 
         Parameters
         ----------
-        X : Features or (n, n_features) array
+        X : Features, DataFrame or (n, n_features) array
             Training features (with ``feature_names`` when an array).
         y : (n,) array_like
             Training labels ([Fe/H], dex).
@@ -135,13 +173,13 @@ class FeHEnsemble:
         """
         Xa, names = _matrix(X, feature_names)
         y = _labels(y, len(Xa), "y")
-        self._check_config()
-        self.feature_names_ = list(names)
-        self._col = {n: i for i, n in enumerate(names)}
+        members = self._check_config()
         for need in (BASE_FEATURE, ERR_FEATURE, PARAM_ERR_FEATURE, SIGNAL_FEATURE, UPPER_FEATURE):
-            if need not in self._col:
+            if need not in names:
                 raise EnsembleError(f"features: no column {need!r}; expected the classical method's columns "
                                     "from fehkit.features.build_features")
+        self.feature_names_in_ = np.asarray(names, dtype=object)
+        self.n_features_in_ = len(names)
         self.label_range_ = (float(np.min(y)), float(np.max(y)))
         detected = self._detected(Xa)
         rows = np.flatnonzero(detected) if self.train_on == "detected" else np.arange(len(y))
@@ -152,7 +190,7 @@ class FeHEnsemble:
         t = yt - self._base(Xt)
         Xv = yv = None
         if X_val is not None:
-            Xv, _ = _matrix(X_val, self.feature_names_)
+            Xv, _ = _matrix(X_val, names)
             yv = _labels(y_val, len(Xv), "y_val")
             keep = self._detected(Xv) if self.train_on == "detected" else np.ones(len(Xv), bool)
             Xv, yv = Xv[keep], yv[keep]
@@ -161,10 +199,10 @@ class FeHEnsemble:
 
         strata = np.digitize(yt, np.quantile(yt, np.linspace(0, 1, 6)[1:-1]))
         folds = list(StratifiedKFold(self.n_folds, shuffle=True, random_state=self.seed).split(Xt, strata))
-        oof = {m: np.full(len(yt), np.nan) for m in self.members}
-        steps = [(k, m) for k in range(len(folds)) for m in self.members] + [(-1, m) for m in self.members]
+        oof = {m: np.full(len(yt), np.nan) for m in members}
+        steps = [(k, m) for k in range(len(folds)) for m in members] + [(-1, m) for m in members]
         bar = _progress(len(steps), self.progress, "fitting ensemble")
-        self.members_ = {}
+        fitted = {}
         for k, m in steps:
             if k >= 0:
                 tr, te = folds[k]
@@ -174,24 +212,25 @@ class FeHEnsemble:
             else:
                 est = self._make(m, self.seed)
                 if m == "dnn" and Xv is not None:
-                    est.fit(Xt, t, Xv, yv - self._base(Xv))
+                    est.fit(Xt, t, X_val=Xv, y_val=yv - self._base(Xv))
                 else:
                     est.fit(Xt, t)
-                self.members_[m] = est
+                fitted[m] = est
             bar.update(1)
         bar.close()
+        self.members_ = fitted
 
         # weights and error calibration from the OOF predictions of stars with a detected signal
         base = self._base(Xt)
         det = detected[rows]
-        self.oof_predictions_ = pd.DataFrame({"row": rows, **{f"feh_{m}": base + oof[m] for m in self.members}})
+        self.oof_predictions_ = pd.DataFrame({"row": rows, **{f"feh_{m}": base + oof[m] for m in members}})
         label_var = self.label_error ** 2
         floor = 1e-6
         self.oof_mse_ = {m: float(max(np.mean((base + oof[m] - yt)[det] ** 2) - label_var, floor))
-                         for m in self.members}
+                         for m in members}
         inv = {m: 1.0 / v for m, v in self.oof_mse_.items()}
         self.weights_ = {m: float(v / sum(inv.values())) for m, v in inv.items()}
-        fused = sum(self.weights_[m] * self.oof_predictions_[f"feh_{m}"].to_numpy() for m in self.members)
+        fused = sum(self.weights_[m] * self.oof_predictions_[f"feh_{m}"].to_numpy() for m in members)
         self.oof_predictions_["feh"] = fused
         self.calibration_ = self._calibrate(fused - yt, self._err_terms(Xt), det, label_var)
         self.oof_predictions_["feh_err"] = self._feh_err(Xt)
@@ -233,82 +272,145 @@ class FeHEnsemble:
         (joint Fe signal below 3 sigma) or ``no_lines`` (no usable line at all: no measurement and no limit), one
         row per star.
         """
-        self._check_fitted()
+        check_fitted(self, _FITTED, "call fit(X, y) or FeHEnsemble.load(folder)")
+        expected = list(self.feature_names_in_)
         # a Features or DataFrame brings its own names (checked, order included); a plain array gets the model's
-        Xa, names = _matrix(X, self.feature_names_ if feature_names is None else feature_names)
-        if names != self.feature_names_:
-            extra = sorted(set(names) - set(self.feature_names_))
-            missing = sorted(set(self.feature_names_) - set(names))
+        Xa, names = _matrix(X, expected if feature_names is None else feature_names)
+        if names != expected:
+            extra = sorted(set(names) - set(expected))
+            missing = sorted(set(expected) - set(names))
             raise EnsembleError(f"features do not match the trained model: missing {missing[:5]}, unexpected "
-                                f"{extra[:5]} (expected the {len(self.feature_names_)} features it was "
-                                "trained on, in the same order)")
+                                f"{extra[:5]} (expected the {len(expected)} features it was trained on, in the "
+                                "same order)")
         base = self._base(Xa)
         out = pd.DataFrame(index=range(len(Xa)))
-        preds = {m: base + self.members_[m].predict(Xa) for m in self.members}
-        out["feh"] = sum(self.weights_[m] * preds[m] for m in self.members)
+        preds = {m: base + est.predict(Xa) for m, est in self.members_.items()}
+        out["feh"] = sum(self.weights_[m] * preds[m] for m in preds)
         out["feh_err"] = self._feh_err(Xa)
         upper = ~self._detected(Xa)
         # no usable line at all: nothing measured and nothing excluded (no limit either)
-        none = np.nan_to_num(Xa[:, self._col[N_LINES_FEATURE]]) == 0 if N_LINES_FEATURE in self._col else \
+        none = np.nan_to_num(self._column(Xa, N_LINES_FEATURE)) == 0 if N_LINES_FEATURE in expected else \
             np.zeros(len(Xa), bool)
-        out["feh_upper"] = np.where(upper & ~none, Xa[:, self._col[UPPER_FEATURE]], np.nan)
+        out["feh_upper"] = np.where(upper & ~none, Xa[:, self._index(UPPER_FEATURE)], np.nan)
         for m in MEMBERS:
-            out[f"feh_{m}"] = preds[m] if m in preds else np.nan
-        out["feh_cog"] = Xa[:, self._col[BASE_FEATURE]].astype(float)
+            out[f"feh_{m}"] = preds.get(m, np.nan)
+        out["feh_cog"] = self._column(Xa, BASE_FEATURE)
         out["flag"] = np.where(none, "no_lines", np.where(upper, "upper_limit", "ok"))
         return out
 
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """R^2 of the fused ``feh`` against ``y`` over all stars (upper limits included): higher is better.
+
+        Replaces :class:`~sklearn.base.RegressorMixin`'s, which expects :meth:`predict` to return an array; it is
+        what ``GridSearchCV`` maximizes when given no ``scoring`` (:func:`grid_search` scores by OOF MSE instead).
+        """
+        return float(r2_score(np.asarray(y, float).ravel(), self.predict(X)["feh"].to_numpy(),
+                              sample_weight=sample_weight))
+
     # ---- helpers ---------------------------------------------------------------------------------------------
+    def _index(self, name: str) -> int:
+        return list(self.feature_names_in_).index(name)
+
+    def _column(self, Xa: np.ndarray, name: str) -> np.ndarray:
+        return Xa[:, self._index(name)].astype(float)
+
     def _base(self, Xa: np.ndarray) -> np.ndarray:
         if self.target == "feh":
             return np.zeros(len(Xa))
-        base = Xa[:, self._col[BASE_FEATURE]].astype(float)
+        base = self._column(Xa, BASE_FEATURE)
         # the classical value is the starting point; beyond the training labels (non-detections fall to the bottom
         # of the likelihood grid) it is clipped to their range, and where it does not exist the labels' middle
         lo, hi = self.label_range_
         return np.where(np.isfinite(base), np.clip(base, lo, hi), 0.5 * (lo + hi))
 
     def _detected(self, Xa: np.ndarray) -> np.ndarray:
-        return np.nan_to_num(Xa[:, self._col[SIGNAL_FEATURE]].astype(float)) >= self.detection_sigma
+        return np.nan_to_num(self._column(Xa, SIGNAL_FEATURE)) >= self.detection_sigma
 
     def _err_terms(self, Xa: np.ndarray) -> np.ndarray:
-        e = Xa[:, self._col[ERR_FEATURE]].astype(float)
-        p = Xa[:, self._col[PARAM_ERR_FEATURE]].astype(float)
+        e, p = self._column(Xa, ERR_FEATURE), self._column(Xa, PARAM_ERR_FEATURE)
         return np.nan_to_num(e, nan=1.0) ** 2 + np.nan_to_num(p, nan=0.0) ** 2
 
     def _feh_err(self, Xa: np.ndarray) -> np.ndarray:
         c = self.calibration_
         return np.sqrt(c["scale"] ** 2 * self._err_terms(Xa) + c["floor"] ** 2)
 
-    def _check_config(self) -> None:
-        bad = [m for m in self.members if m not in MEMBERS]
-        if bad or not self.members:
-            raise EnsembleError(f"members {list(self.members)}: expected a non-empty subset of {list(MEMBERS)}")
+    def _check_config(self) -> tuple[str, ...]:
+        """Check the settings fit needs; return the member names."""
+        members = (self.members,) if isinstance(self.members, str) else tuple(self.members)
+        bad = [m for m in members if m not in MEMBERS]
+        if bad or not members or len(set(members)) != len(members):
+            raise EnsembleError(f"members {self.members!r}: expected a non-empty subset of {list(MEMBERS)}, "
+                                "each at most once")
         if self.train_on not in ("detected", "all"):
             raise EnsembleError(f"train_on {self.train_on!r}: expected 'detected' or 'all'")
         if self.target not in ("residual", "feh"):
             raise EnsembleError(f"target {self.target!r}: expected 'residual' or 'feh'")
         if int(self.n_folds) < 2:
             raise EnsembleError(f"n_folds = {self.n_folds}: expected at least 2")
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "members_"):
-            raise EnsembleError("this FeHEnsemble is not fitted yet: call fit(X, y) or FeHEnsemble.load(dir)")
-        self._col = {n: i for i, n in enumerate(self.feature_names_)}
+        for name in MEMBERS:
+            if not isinstance(getattr(self, name), Mapping | None):
+                raise EnsembleError(f"{name} = {getattr(self, name)!r}: expected a mapping of {name} overrides "
+                                    "(or None)")
+        return members
 
     # ---- persistence (fehkit.models.persist) -------------------------------------------------------------------
-    def save(self, directory: Any, *, card: Mapping[str, Any] | None = None, overwrite: bool = False) -> Any:
-        """Write the model to a folder in safe formats (see :func:`fehkit.models.persist.save_ensemble`)."""
-        from fehkit.models.persist import save_ensemble
+    def save(self, directory: str | os.PathLike[str], *, card: Mapping[str, Any] | None = None,
+             overwrite: bool = False) -> Path:
+        """Write the model to a folder in safe formats, with a checked model card (:mod:`fehkit.models.persist`).
 
-        return save_ensemble(self, directory, card=card, overwrite=overwrite)
+        ``card`` adds entries to the model card: ``synthetic`` (True for a model trained on simulated spectra),
+        ``training_set_sha256``, ``metrics``, ...
+        """
+        check_fitted(self, _FITTED, "fit it before saving")
+        ensemble_card = {
+            "synthetic": None,
+            "feature_names": [str(n) for n in self.feature_names_in_],
+            "ensemble": {
+                "params": {k: v for k, v in self.get_params(deep=False).items() if k != "progress"},
+                "weights": self.weights_,
+                "oof_mse": self.oof_mse_,
+                "calibration": self.calibration_,
+                "label_range": list(self.label_range_),
+                "n_train": getattr(self, "n_train_", None),
+                "member_params": {m: jsonable(self.member_params(m)) for m in self.members_},
+            },
+            **jsonable(dict(card or {})),
+        }
+        return persist.write_model_folder(directory, self.members_, ensemble_card, overwrite=overwrite)
 
     @classmethod
-    def load(cls, directory: Any, *, device: str = "cpu") -> FeHEnsemble:
-        """Read a model written by :meth:`save`, checking every file against the model card."""
-        from fehkit.models.persist import load_ensemble
+    def load(cls, directory: str | os.PathLike[str], *, device: str = "cpu") -> FeHEnsemble:
+        """Read a model written by :meth:`save`; every file and the card's values are checked first."""
+        members, card = persist.read_model_folder(directory, device=device)
+        where = Path(directory) / persist.CARD
+        e = card["ensemble"]
+        try:
+            ens = cls().set_params(**e["params"])
+            if list(ens._check_config()) != list(members):
+                raise EnsembleError(f"members {ens.members!r} differ from the folder's {list(members)}")
+        except (EnsembleError, TypeError, ValueError) as exc:
+            raise persist.IncompatibleModelError(where, f"ensemble.params: {exc}; expected FeHEnsemble's "
+                                                        "settings") from None
+        ens.feature_names_in_ = np.asarray(card["feature_names"], dtype=object)
+        ens.n_features_in_ = len(card["feature_names"])
+        ens.weights_ = {m: float(e["weights"][m]) for m in members}
+        ens.oof_mse_ = {m: float(e["oof_mse"][m]) for m in members}
+        ens.calibration_ = dict(e["calibration"])
+        ens.label_range_ = (float(e["label_range"][0]), float(e["label_range"][1]))
+        ens.n_train_ = e.get("n_train")
+        ens.card_ = card
+        ens.members_ = members
+        return ens
 
-        return load_ensemble(directory, device=device)
+
+def oof_mse_score(estimator: FeHEnsemble, X: Any = None, y: Any = None) -> float:
+    """Scorer for ``GridSearchCV``: minus the mean out-of-fold MSE (``oof_mse_``) of a fitted ensemble's members.
+
+    ``oof_mse_`` comes from the ensemble's own k-fold cross-validation inside ``fit`` (folds stratified in [Fe/H];
+    the MSE over stars with a detected joint signal, less the labels' variance): the number that sets a member's
+    weight. ``X`` and ``y`` are ignored.
+    """
+    return -float(np.mean(list(estimator.oof_mse_.values())))
 
 
 def grid_search(X: Any, y: Any, grids: Mapping[str, Mapping[str, Iterable[Any]]], *,
@@ -317,12 +419,19 @@ def grid_search(X: Any, y: Any, grids: Mapping[str, Mapping[str, Iterable[Any]]]
     """Run a bounded grid search: each member's candidates scored by the same k-fold CV MSE the ensemble uses.
 
     ``grids`` maps a member name to a parameter grid (``{"rf": {"max_depth": [8, 12, 16]}}``); a grid with more
-    than ``max_candidates`` combinations is refused rather than run for hours. Returns the best overrides per
-    member (pass them to :class:`FeHEnsemble`) and a table of every candidate's CV MSE. Run it on the training
-    set only.
+    than ``max_candidates`` combinations is refused rather than run for hours. Each candidate is a single-member
+    :class:`FeHEnsemble` (``ensemble_kwargs`` with the member's own overrides updated by the candidate) run
+    through scikit-learn's ``GridSearchCV`` and scored by :func:`oof_mse_score`: its out-of-fold MSE from its own
+    ``n_folds``-fold cross-validation on the stars with a detected joint signal. That cross-validation happens
+    inside ``fit``, so ``GridSearchCV`` gets one split (fit and score on every star given) and does not refit.
+
+    Returns the best overrides per member (pass them to :class:`FeHEnsemble`) and a table of every candidate:
+    ``member``, its parameters, ``cv_mse``. Run it on the training set only.
     """
     Xa, names = _matrix(X, feature_names)
     y = _labels(y, len(Xa), "y")
+    frame = pd.DataFrame(Xa, columns=names)
+    every = np.arange(len(y))
     best: dict[str, dict[str, Any]] = {}
     rows = []
     for member, grid in grids.items():
@@ -330,14 +439,15 @@ def grid_search(X: Any, y: Any, grids: Mapping[str, Mapping[str, Iterable[Any]]]
         if len(cands) > max_candidates:
             raise EnsembleError(f"grid for {member!r}: {len(cands)} combinations; expected at most "
                                 f"{max_candidates} (raise max_candidates to allow more)")
-        scores = []
-        for cand in cands:
-            cand = {**ensemble_kwargs.get(member, {}), **cand}
-            ens = FeHEnsemble(**{**ensemble_kwargs, member: cand}, members=(member,), n_folds=n_folds, seed=seed)
-            ens.fit(Xa, y, feature_names=names)
-            scores.append(ens.oof_mse_[member])
-            rows.append({"member": member, **{k: v for k, v in cand.items()}, "cv_mse": scores[-1]})
-        best[member] = cands[int(np.argmin(scores))]
+        fixed = dict(ensemble_kwargs.get(member) or {})
+        one = FeHEnsemble(**ensemble_kwargs, members=(member,), n_folds=n_folds, seed=seed)
+        search = GridSearchCV(one, {member: [{**fixed, **c} for c in cands]}, scoring=oof_mse_score,
+                              cv=[(every, every)], refit=False, error_score="raise")
+        search.fit(frame, y)
+        mse = -np.asarray(search.cv_results_["mean_test_score"], float)
+        rows += [{"member": member, **p[member], "cv_mse": float(s)}
+                 for p, s in zip(search.cv_results_["params"], mse, strict=True)]
+        best[member] = cands[int(np.argmin(mse))]
     return best, pd.DataFrame(rows)
 
 

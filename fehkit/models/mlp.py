@@ -13,7 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, RegressorMixin
 from torch import nn
+
+from fehkit.models.base import check_fitted
 
 #: The method's defaults; override through ``FeHEnsemble(dnn=...)``.
 DNN_DEFAULTS: dict[str, Any] = {"hidden": (256, 128, 64), "lr": 1e-3, "weight_decay": 1e-4,
@@ -42,8 +45,8 @@ def build_network(n_in: int, hidden: Sequence[int], dropout: float = 0.0) -> nn.
     return nn.Sequential(*layers)
 
 
-class MLPRegressor:
-    """A scikit-learn-style regressor around a torch MLP.
+class TorchMLPRegressor(RegressorMixin, BaseEstimator):
+    """A scikit-learn regressor around a torch MLP (``get_params``, ``set_params``, ``clone`` and ``score`` work).
 
     Parameters
     ----------
@@ -67,7 +70,7 @@ class MLPRegressor:
     >>> rng = np.random.default_rng(0)
     >>> X = rng.normal(size=(400, 3)).astype(np.float32)
     >>> y = X @ np.array([0.5, -1.0, 0.2])
-    >>> m = MLPRegressor(hidden=(32, 16), max_epochs=200).fit(X, y)
+    >>> m = TorchMLPRegressor(hidden=(32, 16), max_epochs=200).fit(X, y)
     >>> bool(np.mean(np.abs(m.predict(X) - y)) < 0.1)
     True
     """
@@ -75,7 +78,7 @@ class MLPRegressor:
     def __init__(self, hidden: Sequence[int] = (256, 128, 64), lr: float = 1e-3, weight_decay: float = 1e-4,
                  batch_size: int = 64, max_epochs: int = 400, patience: int = 10, val_fraction: float = 0.15,
                  dropout: float = 0.0, device: str = "cpu", seed: int = 0) -> None:
-        self.hidden = tuple(int(h) for h in hidden)
+        self.hidden = hidden
         self.lr = lr
         self.weight_decay = weight_decay
         self.batch_size = batch_size
@@ -86,15 +89,14 @@ class MLPRegressor:
         self.device = device
         self.seed = seed
 
-    def get_params(self) -> dict[str, Any]:
-        """Return the hyperparameters (JSON-able)."""
-        return {"hidden": list(self.hidden), "lr": self.lr, "weight_decay": self.weight_decay,
-                "batch_size": self.batch_size, "max_epochs": self.max_epochs, "patience": self.patience,
-                "val_fraction": self.val_fraction, "dropout": self.dropout, "device": self.device, "seed": self.seed}
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN is a missing value: imputed, with an indicator column
+        return tags
 
     # ---- fitting ----------------------------------------------------------------------------------------
-    def fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None,
-            y_val: np.ndarray | None = None) -> MLPRegressor:
+    def fit(self, X: np.ndarray, y: np.ndarray, *, X_val: np.ndarray | None = None,
+            y_val: np.ndarray | None = None) -> TorchMLPRegressor:
         """Fit on (X, y); stop early on (X_val, y_val), or on a held-out ``val_fraction`` of the rows."""
         X = np.asarray(X, np.float32)
         y = np.asarray(y, np.float32).ravel()
@@ -148,12 +150,13 @@ class MLPRegressor:
     # ---- prediction ----------------------------------------------------------------------------------------
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predictions for each row of X: (n,) float64."""
+        check_fitted(self, ["module_"], "call fit(X, y) first")
         dev = next(self.module_.parameters()).device
         with torch.no_grad():
             out = self.module_(self._tensor(np.asarray(X, np.float32), dev)).squeeze(1)
         return out.cpu().numpy().astype(float) * self.y_scale_ + self.y_mean_
 
-    def to(self, device: str) -> MLPRegressor:
+    def to(self, device: str) -> TorchMLPRegressor:
         """Move the network to another device (for inference)."""
         self.device = device
         self.module_ = self.module_.to(torch.device(device))
