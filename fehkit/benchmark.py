@@ -22,14 +22,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fehkit import __version__
 from fehkit.continuum import normalize
 from fehkit.display import html_summary, text_summary
 from fehkit.features import Features
-from fehkit.files import atomic_output, jsonable
+from fehkit.files import atomic_folder, jsonable, write_table
 from fehkit.models.ensemble import FeHEnsemble
 from fehkit.spectra import SpectrumBatch, is_synthetic
 from fehkit.synth import Simulation, make_benchmark
-from fehkit.training import reference_params, spectra_features, training_hash
+from fehkit.training import PREDICT_COLUMNS, reference_params, spectra_features, training_hash
 
 #: The demo's split of the 1,500-star benchmark: 1,050 train + 150 validation (1,200 train+validation) and 300
 #: test stars, as the method used; stratified in 0.5 dex [Fe/H] bins.
@@ -172,34 +173,51 @@ def run_benchmark(
                        oof=_oof_table(ens, feats.select(tr), truth[tr].reset_index(drop=True)))
     metrics["n_train"], metrics["n_val"] = int(tr.sum()), int(va.sum())
     metrics["label"] = label
+    metrics["seed"] = int(seed)
+    metrics["fehkit_version"] = __version__
+    metrics["command"] = (f"fehkit.benchmark.run_benchmark(n_stars={n_stars}, seed={seed}, split={tuple(split)}, "
+                          f"ref_errors={dict(ref_errors) if ref_errors else None}, label={label!r}, cannon={cannon}, "
+                          f"ablation={ablation})")
     timings["evaluate"] = time.perf_counter() - t0
     metrics["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     return BenchmarkRun(sim, feats, ens, pred, metrics, timings, norm)
 
 
-def write_outputs(run: BenchmarkRun, out: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
-    """Write ``metrics.json``, ``predictions.csv``, ``report.html`` and ``model/``: what ``fehkit demo`` promises."""
+def write_outputs(run: BenchmarkRun, out: str | os.PathLike[str], *, overwrite: bool = True,
+                  command: str | None = None) -> Path:
+    """Write ``metrics.json``, ``predictions.csv``, ``report.html`` and ``model/``: what ``fehkit demo`` promises.
+
+    Everything is written into one temporary folder renamed into place when complete
+    (:func:`fehkit.files.atomic_folder`, kind ``"demo"``), so an interrupt leaves the old results or the new ones,
+    never new metrics beside an old report or model. An existing ``out`` is replaced only with ``overwrite`` and
+    only when fehkit wrote it (it holds the marker file) or it is empty. ``command`` (the command line as run) is
+    recorded in ``metrics.json`` beside ``seed`` and ``fehkit_version``; by default the library call is.
+    """
     from fehkit.report.results import feh_report
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out / "metrics.json") as tmp:
-        Path(tmp).write_text(json.dumps(jsonable(run.metrics), indent=2) + "\n")
-    with atomic_output(out / "predictions.csv") as tmp, open(tmp, "w") as fh:
-        if run.metrics.get("synthetic"):
-            fh.write("# SYNTHETIC benchmark (simulated spectra, not observations): fehkit demo test-set predictions\n")
-        run.predictions.to_csv(fh, index=False, float_format="%.5g")
-    feh_report(run.metrics, run.predictions, out / "report.html")
-    train = run.features.select(run.sim.truth["split"].to_numpy() == "train")
-    run.ensemble.save(out / "model", overwrite=overwrite, card={
-        "synthetic": bool(run.metrics.get("synthetic", True)),
-        "training_data": "fehkit synthetic benchmark (make_benchmark)" if run.metrics.get("synthetic") else "real",
-        "training_set_sha256": training_hash(train.X, run.sim.truth.loc[run.sim.truth["split"] == "train",
-                                                                        run.metrics.get("label", "feh_ref")]),
-        "metrics": {k: run.metrics[k] for k in ("headline_subset", "n_test", "coverage_68", "weights")
-                    if k in run.metrics} | {"models": run.metrics.get("models", {})},
-    })
-    return out
+    metrics = dict(run.metrics)
+    metrics.setdefault("fehkit_version", __version__)
+    if command is not None:
+        metrics["command"] = command
+    about = {k: metrics[k] for k in ("command", "seed", "synthetic") if k in metrics}
+    with atomic_folder(out, kind="demo", overwrite=overwrite, about=about) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2) + "\n")
+        comment = ("SYNTHETIC benchmark (simulated spectra, not observations): fehkit demo test-set predictions"
+                   if metrics.get("synthetic") else None)
+        first = [c for c in PREDICT_COLUMNS if c in run.predictions]  # the columns of fehkit predict lead
+        predictions = run.predictions[first + [c for c in run.predictions if c not in first]]
+        write_table(predictions, tmp / "predictions.csv", comment=comment)
+        feh_report(metrics, run.predictions, tmp / "report.html")
+        train = run.features.select(run.sim.truth["split"].to_numpy() == "train")
+        run.ensemble.save(tmp / "model", card={
+            "synthetic": bool(metrics.get("synthetic", True)),
+            "training_data": "fehkit synthetic benchmark (make_benchmark)" if metrics.get("synthetic") else "real",
+            "training_set_sha256": training_hash(train.X, run.sim.truth.loc[run.sim.truth["split"] == "train",
+                                                                            metrics.get("label", "feh_ref")]),
+            "metrics": {k: metrics[k] for k in ("headline_subset", "n_test", "coverage_68", "weights")
+                        if k in metrics} | {"models": metrics.get("models", {})},
+        })
+    return Path(out)
 
 
 def _prediction_table(pred: pd.DataFrame, feats: Features, truth: pd.DataFrame, synthetic: bool) -> pd.DataFrame:

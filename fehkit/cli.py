@@ -1,51 +1,152 @@
-"""The ``fehkit`` command.
+"""The ``fehkit`` command: one subcommand per job, with the file contracts of docs/cli.md.
 
-``fehkit simulate`` writes a synthetic benchmark (apStar-format files, truth.csv) made by :mod:`fehkit.synth`.
+``fehkit inspect`` summarizes and plots APOGEE spectrum files (``summary.csv``, ``inspect.html``).
+``fehkit ew`` measures the EWs of the packaged Fe I lines (one CSV row per star and line).
+``fehkit simulate`` writes a SYNTHETIC benchmark folder (apStar-format files, ``truth.csv``, ``truth_ew.csv``).
+``fehkit demo`` runs the main job on the embedded SYNTHETIC benchmark (``metrics.json``, ``predictions.csv``,
+``report.html``, ``model/``). ``fehkit train``, ``predict`` and ``evaluate`` train the [Fe/H] ensemble, apply it to
+spectrum files and score it on a benchmark folder. ``fehkit fetch`` lists and fetches the remote data products of
+``data_manifest.yaml`` into the cache.
 
-``fehkit fetch list|product|spectra`` lists and fetches the remote products of ``data_manifest.yaml`` into the
-cache (:mod:`fehkit.data`).
-
-``fehkit ew`` normalizes the continuum of APOGEE spectrum files and measures the EW of every packaged Fe I line
-(:mod:`fehkit.continuum`, :mod:`fehkit.ew`), writing one row per (star, line) to a CSV file.
-
-``fehkit inspect`` reads APOGEE spectrum files (or the packaged real examples), prints one line per spectrum
-(id, S/N, visits, wavelength range, masked fraction, chip gaps) and writes ``summary.csv`` and an HTML page with
-a plot of each spectrum. Errors a user can cause are printed as one line naming the file and exit with status 2.
+Every error a user can cause (a bad file, a missing column, a bad number, an output that cannot be written) is a
+:class:`~fehkit.errors.FehkitError`, printed as one line ``fehkit COMMAND: error: ...`` with exit status 2, and
+found before the work starts where it can be. fehkit's warnings are collected and printed at the end, each kind
+once with a count. Folders are written whole and only ever replace a folder fehkit wrote (docs/cli.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
+import shlex
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from fehkit import __version__
-from fehkit.errors import FehkitError, FehkitWarning
+from fehkit.errors import FehkitError, FehkitWarning, InputTableError, UsageError
+
+#: Exit status of a run that failed on bad input (argparse uses the same for a bad command line).
+EXIT_ERROR = 2
+
+OVERWRITE_HELP = ("replace OUT if it exists; only a folder fehkit wrote (it holds .fehkit-output.json) or an empty "
+                  "one is ever replaced, whole")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``fehkit`` command line; return the exit status."""
+    """Run the ``fehkit`` command line; return the exit status (0 done, 1 partly done, 2 bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _CommandLineError as err:
+        print(f"{err.prog}: error: {err.message} (see {err.prog} --help)", file=sys.stderr)
+        return EXIT_ERROR
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    try:
-        return int(args.func(args) or 0)
-    except FehkitError as err:
-        print(f"fehkit {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    name = f"fehkit {args.command}"
+    args.command_line = "fehkit " + shlex.join(argv)
+    args.reported = set()  # warnings a command already printed itself (skipped files), not repeated at the end
+    error = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FehkitWarning)
+        try:
+            status = int(args.func(args) or 0)
+        except FehkitError as err:
+            status, error = EXIT_ERROR, str(err)
+        except OSError as err:  # the disk filled up, a permission changed while working: still one line
+            status, error = EXIT_ERROR, _os_error(err)
+        except KeyboardInterrupt:
+            status, error = 130, "interrupted; outputs are left as they were before this run"
+    for line in warning_lines(name, caught, skip=args.reported):
+        print(line, file=sys.stderr)
+    if error is not None:
+        print(f"{name}: error: {' '.join(error.split())}", file=sys.stderr)
+    return status
+
+
+def warning_lines(name: str, caught: Iterable[warnings.WarningMessage], skip: Iterable[str] = ()) -> list[str]:
+    """One line per kind of warning: ``fehkit CMD: warning (N times): message``.
+
+    Warnings of one category whose messages differ only in their numbers are one kind; the first message is
+    shown, with ``first shown`` when the others differ from it. Other libraries' warnings carry their category.
+    """
+    skip = set(skip)
+    groups: dict[tuple[str, str], list[str]] = {}
+    for w in caught:
+        message = " ".join(str(w.message).split())
+        if message in skip:
+            continue
+        category = "" if issubclass(w.category, FehkitWarning) else f"{w.category.__name__}: "
+        key = (category, re.sub(r"[-+]?\d+(\.\d*)?([eE][-+]?\d+)?", "#", message))
+        groups.setdefault(key, []).append(message)
+    lines = []
+    for (category, _), messages in groups.items():
+        n = len(messages)
+        count = "" if n == 1 else f" ({n} times)" if len(set(messages)) == 1 else f" ({n} times, first shown)"
+        lines.append(f"{name}: warning{count}: {category}{messages[0]}")
+    return lines
+
+
+def _os_error(err: OSError) -> str:
+    if err.filename is None:
+        return str(err)
+    where = f"{err.filename} -> {err.filename2}" if err.filename2 else str(err.filename)
+    return f"{where}: {err.strerror or err}"
+
+
+class _CommandLineError(Exception):
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog, self.message = prog, message
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line, like every other error of the command."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Raise instead of printing the usage and exiting: :func:`main` prints one line and returns 2."""
+        raise _CommandLineError(self.prog, message)
+
+
+def _number(kind: type, low: float, high: float | None = None, *, above: bool = False) -> Callable[[str], float]:
+    """Make an argparse type: a finite int or float at least ``low`` (above it when ``above``), at most ``high``."""
+    what = "a whole number" if kind is int else "a number"
+    bound = f"> {low:g}" if above else f">= {low:g}"
+    if high is not None:
+        bound = f"from {low:g} to {high}"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}; expected {what} {bound}") from None
+        if not math.isfinite(value) or value < low or (above and value == low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text}: out of range; expected {what} {bound}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+_SEED = _number(int, 0, 2**32 - 1)
+_COUNT = _number(int, 0)
+_POSITIVE_COUNT = _number(int, 1)
+_NON_NEGATIVE = _number(float, 0)
+_POSITIVE = _number(float, 0, above=True)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fehkit", description="[Fe/H] of extremely metal-poor stars from APOGEE H-band spectra."
+    parser = _ArgumentParser(
+        prog="fehkit", description="[Fe/H] of extremely metal-poor stars from APOGEE H-band spectra. Errors a user "
+        "can cause exit with status 2 and one line naming the input; docs/cli.md describes every file written.",
     )
     parser.add_argument("--version", action="version", version=f"fehkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -54,8 +155,8 @@ def _parser() -> argparse.ArgumentParser:
         "inspect",
         help="summarize and plot APOGEE spectrum files",
         description="Print id, S/N, visits, wavelength range, masked fraction and chip gaps of each spectrum, and "
-        "write OUT/summary.csv and OUT/inspect.html (a Bokeh plot per spectrum, masked pixels and Fe I fit "
-        "windows marked).",
+        "write the folder OUT: summary.csv (one row per spectrum) and inspect.html (a Bokeh plot per spectrum, "
+        "masked pixels and Fe I fit windows marked). OUT is written whole; an existing OUT needs --overwrite.",
     )
     p.add_argument("files", nargs="*", type=Path, help="apStar/asStar, aspcapStar or apVisit FITS files (.gz ok)")
     p.add_argument("--examples", action="store_true", help="add the packaged real DR17 example spectra")
@@ -63,24 +164,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default="auto", choices=["auto", "apStar", "aspcapStar", "apVisit"])
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"], help="stop at, or skip, a bad file")
     p.add_argument("--out", type=Path, default=Path("fehkit-inspect"), help="output folder (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--no-html", action="store_true", help="do not write the HTML page")
-    p.add_argument("--max-plots", type=int, default=50, help="plot at most this many spectra (default %(default)s)")
+    p.add_argument("--max-plots", type=_COUNT, default=50, help="plot at most this many spectra (default %(default)s)")
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser(
         "simulate",
-        help="write a SYNTHETIC benchmark: apStar-format FITS files and truth.csv",
+        help="write a SYNTHETIC benchmark folder: apStar-format FITS files and truth.csv",
         description="Draw an EMP halo population, simulate its APOGEE spectra from the MOOG curve-of-growth grid "
-        "(fehkit.synth) and write OUT/apStar-*.fits (marked SYNTHETI in their headers), OUT/truth.csv (true "
-        "parameters, noisy reference labels, split), OUT/truth_ew.csv (true EWs) and OUT/simulate.html (simulated "
-        "spectra beside the real example spectra). All of it is synthetic.",
+        "(fehkit.synth) and write the folder OUT: apStar-*.fits (marked SYNTHETI in their headers), truth.csv (true "
+        "parameters, noisy reference labels, split), truth_ew.csv (true EWs) and simulate.html (simulated spectra "
+        "beside the real example spectra). All of it is synthetic. OUT is written whole; an existing OUT needs "
+        "--overwrite.",
     )
-    p.add_argument("--n", type=int, default=100, help="number of stars (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    p.add_argument("--n", type=_POSITIVE_COUNT, default=100, help="number of stars (default %(default)s)")
+    p.add_argument("--seed", type=_SEED, default=0, help="random seed, 0 to 2**32-1 (default %(default)s)")
     p.add_argument("--out", type=Path, default=Path("fehkit-simulate"), help="output folder (default %(default)s)")
-    p.add_argument("--split", type=float, nargs=3, default=(0.70, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"),
-                   help="split fractions, stratified by [Fe/H] (default 0.70 0.15 0.15)")
-    p.add_argument("--overwrite", action="store_true", help="replace files already in OUT")
+    p.add_argument("--split", type=_NON_NEGATIVE, nargs=3, default=(0.70, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"),
+                   help="split fractions summing to 1, stratified by [Fe/H] (default 0.70 0.15 0.15)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--no-html", action="store_true", help="do not write simulate.html")
     p.set_defaults(func=_simulate)
 
@@ -88,21 +191,21 @@ def _parser() -> argparse.ArgumentParser:
         "ew",
         help="measure the EWs of the Fe I lines in APOGEE spectrum files",
         description="Normalize the continuum and fit every packaged Fe I line of every spectrum (batched Voigt fits) "
-        "and write one row per (star, line): star_id, line_wave (vacuum A), ew_mA (also below detection), "
-        "ew_err_mA, ew_upper_mA (3-sigma upper limit), flag (ok, upper_limit, masked, fit_failed, blend_suspect), "
-        "then fit details.",
+        "and write the CSV file OUT, one row per (star, line): star_id, line_wave (vacuum A, as in the line list), "
+        "ew_mA (also below detection), ew_err_mA, ew_upper_mA (3-sigma upper limit), flag (ok, upper_limit, masked, "
+        "fit_failed, blend_suspect), then fit details. An existing file OUT is replaced.",
     )
     p.add_argument("files", nargs="*", type=Path, help="apStar/asStar, aspcapStar or apVisit FITS files (.gz ok)")
     p.add_argument("--examples", action="store_true", help="add the packaged real DR17 example spectra")
-    p.add_argument("--out", type=Path, default=Path("ew.csv"), help="output CSV (default %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("ew.csv"), help="output CSV file (default %(default)s)")
     p.add_argument("--params", type=Path, help="CSV of stellar parameters (star_id or file; teff, logg, vmic, feh) "
                    "for the expected line widths and damping; default a metal-poor giant")
     p.add_argument("--linelist", type=Path, help="a line list CSV (default: the packaged Fe I list)")
     p.add_argument("--backend", default="numpy", choices=["numpy", "torch"])
-    p.add_argument("--device", help="torch device (default cuda when available, else cpu)")
-    p.add_argument("--mc-draws", type=int, default=100, help="Monte Carlo draws for the resampled errors "
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default cuda when available, else cpu)")
+    p.add_argument("--mc-draws", type=_COUNT, default=100, help="Monte Carlo draws for the resampled errors "
                    "(0 to skip; default %(default)s)")
-    p.add_argument("--rv-tolerance", type=float, default=10.0, help="largest line-centre offset in km/s "
+    p.add_argument("--rv-tolerance", type=_POSITIVE, default=10.0, help="largest line-centre offset in km/s "
                    "(default %(default)s)")
     p.add_argument("--rows", default="combined", choices=["combined", "visits", "all"], help="apStar rows to read")
     p.add_argument("--kind", default="auto", choices=["auto", "apStar", "aspcapStar", "apVisit"])
@@ -114,13 +217,19 @@ def _parser() -> argparse.ArgumentParser:
         help="the main job on the embedded SYNTHETIC benchmark: train, evaluate, report",
         description="Simulate the SYNTHETIC EMP benchmark (1,500 stars: 1,050 train, 150 validation, 300 test), "
         "normalize, measure EWs, train the ensemble (random forest, XGBoost, MLP) with 5-fold inverse-variance "
-        "weights, run the classical curve-of-growth methods and The Cannon, and write OUT/metrics.json, "
-        "OUT/predictions.csv, OUT/report.html and OUT/model/. All numbers are about simulated spectra.",
+        "weights, run the classical curve-of-growth methods and The Cannon, and write the folder OUT: metrics.json "
+        "(the metrics, with seed, command and fehkit_version), predictions.csv (the test stars), report.html and "
+        "model/. All numbers are about simulated spectra. OUT is written whole. A folder an earlier fehkit demo "
+        "wrote is replaced without --overwrite (so the demo can be run again); any other existing folder needs "
+        "--overwrite.",
     )
     p.add_argument("--out", type=Path, default=Path("fehkit-demo"), help="output folder (default %(default)s)")
-    p.add_argument("--n-stars", type=int, default=1500, help="benchmark size (default %(default)s)")
-    p.add_argument("--seed", type=int, default=11, help="seed of the benchmark and the models (default %(default)s)")
-    p.add_argument("--param-errors", type=float, nargs=3, metavar=("TEFF", "LOGG", "VMIC"),
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP + " (not needed for a folder fehkit demo "
+                   "wrote)")
+    p.add_argument("--n-stars", type=_POSITIVE_COUNT, default=1500, help="benchmark size, at least 50 (default "
+                   "%(default)s)")
+    p.add_argument("--seed", type=_SEED, default=11, help="seed of the benchmark and the models (default %(default)s)")
+    p.add_argument("--param-errors", type=_NON_NEGATIVE, nargs=3, metavar=("TEFF", "LOGG", "VMIC"),
                    help="1-sigma errors of the reference Teff (K), log g, vmic (km/s) (default 100 0.2 0.2)")
     p.add_argument("--no-cannon", action="store_true", help="skip The Cannon peer")
     p.add_argument("--no-ablation", action="store_true", help="skip the ablation without log g and vmic")
@@ -132,41 +241,45 @@ def _parser() -> argparse.ArgumentParser:
         help="train the [Fe/H] ensemble on a benchmark folder or a table of real stars",
         description="Measure EWs and train the ensemble. DATA is a benchmark folder (truth.csv + apStar files, from "
         "fehkit simulate; trains on split 'train', stops the MLP on 'val') or a CSV/Parquet table of real stars with "
-        "columns file, feh_ref, feh_ref_err, teff, logg, vmic (exploratory recalibration). Writes MODEL/ in safe "
-        "formats with a model card.",
+        "columns file, feh_ref, feh_ref_err, teff, logg, vmic (exploratory recalibration). Writes the model folder "
+        "OUT in safe formats with a model card (card.json); an existing OUT needs --overwrite.",
     )
     p.add_argument("--data", type=Path, required=True, help="benchmark folder or training table")
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
-    p.add_argument("--seed", type=int, default=0, help="seed of folds and members (default %(default)s)")
+    p.add_argument("--seed", type=_SEED, default=0, help="seed of folds and members (default %(default)s)")
     p.add_argument("--grid-search", metavar="JSON", help="a bounded grid per member scored by cross-validation on "
                    "the training stars, e.g. '{\"rf\": {\"max_depth\": [8, 12, 16]}}' (at most 16 combinations "
                    "per member)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
         "predict",
         help="[Fe/H] of APOGEE spectrum files with a trained model",
-        description="Normalize, measure EWs and predict [Fe/H]; writes one row per spectrum: star_id, feh, feh_err, "
-        "feh_upper (3-sigma limit where flag is upper_limit), feh_rf, feh_xgb, feh_dnn, feh_cog, n_lines, flag.",
+        description="Normalize, measure EWs and predict [Fe/H]; writes the CSV file OUT, one row per spectrum: "
+        "star_id, feh, feh_err, feh_upper (3-sigma limit where flag is upper_limit), feh_rf, feh_xgb, feh_dnn, "
+        "feh_cog, n_lines, flag (ok, upper_limit, no_lines). An existing file OUT is replaced.",
     )
     p.add_argument("files", nargs="+", type=Path, help="apStar/asStar, aspcapStar or apVisit FITS files (.gz ok)")
-    p.add_argument("--model", type=Path, required=True, help="model folder (fehkit train / fehkit demo)")
+    p.add_argument("--model", type=Path, required=True, help="model folder (fehkit train, or model/ of fehkit demo)")
     p.add_argument("--params", type=Path, required=True, help="CSV of stellar parameters (star_id or file; teff, "
-                   "logg, vmic, optionally alpha_fe, teff_err, logg_err, vmic_err)")
-    p.add_argument("--out", type=Path, default=Path("results.csv"), help="output CSV (default %(default)s)")
+                   "logg, vmic, optionally alpha_fe, teff_err, logg_err, vmic_err), a row for every spectrum")
+    p.add_argument("--out", type=Path, default=Path("results.csv"), help="output CSV file (default %(default)s)")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser(
         "evaluate",
         help="score a trained model on a benchmark folder's test stars",
-        description="Predict the test split of a benchmark folder (all its stars when it has no split) and write "
-        "the metrics (metrics.json keys of DESIGN.md) against its truth.",
+        description="Predict the test split of a benchmark folder (all its stars when none is marked test) and write "
+        "the JSON file OUT: per model MAE, bias, scatter, r with confidence intervals, binned metrics, upper limits "
+        "and coverage against the folder's truth.csv (the keys of metrics.json of fehkit demo). An existing file OUT "
+        "is replaced.",
     )
     p.add_argument("--model", type=Path, required=True, help="model folder")
-    p.add_argument("--data", type=Path, required=True, help="benchmark folder (truth.csv + apStar files)")
-    p.add_argument("--out", type=Path, default=Path("metrics.json"), help="output JSON (default %(default)s)")
+    p.add_argument("--data", type=Path, required=True, help="benchmark folder (truth.csv + apStar files, from "
+                   "fehkit simulate)")
+    p.add_argument("--out", type=Path, default=Path("metrics.json"), help="output JSON file (default %(default)s)")
     p.set_defaults(func=_evaluate)
 
     _add_fetch_parser(sub)
@@ -176,21 +289,23 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     import json
 
+    from fehkit.files import check_output_folder
     from fehkit.training import train_model
 
-    if args.out.exists() and not args.overwrite:
-        raise FehkitError(f"{args.out}: already exists; expected a new folder or --overwrite")
     search = None
     if args.grid_search:
         try:
             search = json.loads(args.grid_search)
         except json.JSONDecodeError as err:
-            raise FehkitError(f"--grid-search: not valid JSON ({err}); expected e.g. "
-                              '\'{"rf": {"max_depth": [8, 12]}}\'') from None
+            raise UsageError(f"--grid-search: not valid JSON ({err}); expected e.g. "
+                             '\'{"rf": {"max_depth": [8, 12]}}\'') from None
         bad = [k for k in (search if isinstance(search, dict) else {}) if k not in ("rf", "xgb", "dnn")]
         if not isinstance(search, dict) or bad or not all(isinstance(v, dict) for v in search.values()):
-            raise FehkitError(f"--grid-search: {args.grid_search!r}; expected an object mapping rf, xgb or dnn to "
-                              "{parameter: [values]}")
+            raise UsageError(f"--grid-search: {args.grid_search!r}; expected an object mapping rf, xgb or dnn to "
+                             "{parameter: [values]}")
+    if not args.data.exists():
+        raise UsageError(f"--data {args.data}: not found; expected a benchmark folder or a CSV/Parquet table")
+    check_output_folder(args.out, args.overwrite)
     ens = train_model(args.data, args.out, seed=args.seed, search=search, overwrite=args.overwrite,
                       progress=not args.quiet)
     print(f"trained on {ens.n_train_} stars with a detected Fe signal; weights " +
@@ -199,23 +314,19 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from fehkit.files import atomic_output
+    from fehkit.files import check_output_file, write_table
     from fehkit.io import read_apogee
     from fehkit.models import FeHEnsemble
     from fehkit.training import predict_spectra
 
+    required = ("teff", "logg", "vmic")
+    check_output_file(args.out)
+    table = _load_params(args.params, extra=("alpha_fe", "teff_err", "logg_err", "vmic_err"), required=required)
     ens = FeHEnsemble.load(args.model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FehkitWarning)
-        batch = read_apogee(args.files)
-        params = _read_params(args.params, batch.meta, extra=("alpha_fe", "teff_err", "logg_err", "vmic_err"))
-        for col in ("teff", "logg", "vmic"):
-            if col not in params or params[col].isna().any():
-                raise FehkitError(f"{args.params}: no {col} for some spectra; expected teff, logg and vmic for "
-                                  "every file")
-        out = predict_spectra(ens, batch, params)
-    with atomic_output(args.out) as tmp:
-        out.to_csv(tmp, index=False, float_format="%.5g")
+    batch = read_apogee(args.files)
+    params = _match_params(table, args.params, batch.meta, required=required)
+    out = predict_spectra(ens, batch, params)
+    write_table(out, args.out)
     card = getattr(ens, "card_", {})
     if card.get("synthetic"):
         print("note: this model was trained on SYNTHETIC spectra", file=sys.stderr)
@@ -228,19 +339,34 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from fehkit.benchmark import TRUTH_OUT
     from fehkit.evaluate import evaluate
-    from fehkit.files import atomic_output, jsonable
+    from fehkit.files import atomic_output, check_output_file, jsonable
     from fehkit.models import FeHEnsemble
     from fehkit.training import predict_spectra, read_training_data
 
+    check_output_file(args.out)
+    if not args.data.is_dir():
+        found = "is a file" if args.data.exists() else "not found"
+        raise UsageError(f"--data {args.data}: {found}; expected a benchmark folder (truth.csv + apStar files, from "
+                         "fehkit simulate): evaluate scores against its true [Fe/H]")
+    truth_path = args.data / "truth.csv"
+    if not truth_path.is_file():
+        raise InputTableError(f"{args.data}: no truth.csv; expected a benchmark folder written by fehkit simulate")
+    try:
+        columns = pd.read_csv(truth_path, comment="#", nrows=0).columns
+    except (OSError, ValueError) as err:
+        raise InputTableError(f"{truth_path}: cannot read it ({' '.join(str(err).split())}); expected fehkit "
+                              "simulate's truth.csv") from None
+    missing = [c for c in (*TRUTH_OUT, "snr") if c not in columns]
+    if missing:
+        raise InputTableError(f"{truth_path}: no column(s) {missing}; expected the true parameters of fehkit "
+                              "simulate's truth.csv (feh, teff, logg, vmic, snr)")
     ens = FeHEnsemble.load(args.model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FehkitWarning)
-        batch, params, labels, synthetic = read_training_data(args.data)
-        truth = pd.read_csv(args.data / "truth.csv", comment="#")
-        test = (labels["split"] == "test").to_numpy()
-        test = test if test.any() else np.ones(len(labels), bool)
-        idx = np.flatnonzero(test)
-        pred = predict_spectra(ens, batch.select(idx), params.iloc[idx])
+    batch, params, labels, synthetic = read_training_data(args.data, need_train=False)
+    truth = pd.read_csv(truth_path, comment="#")
+    test = (labels["split"] == "test").to_numpy()
+    test = test if test.any() else np.ones(len(labels), bool)
+    idx = np.flatnonzero(test)
+    pred = predict_spectra(ens, batch.select(idx), params.iloc[idx])
     t = truth.iloc[idx].reset_index(drop=True)
     for src, dst in TRUTH_OUT.items():
         pred[dst] = t[src].to_numpy()
@@ -248,6 +374,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if "feh_ext" in t:
         pred["feh_ext"] = t["feh_ext"].to_numpy()
     metrics = evaluate(pred, ensemble=ens, synthetic=synthetic)
+    metrics["command"] = args.command_line
+    metrics["fehkit_version"] = __version__
     with atomic_output(args.out) as tmp:
         Path(tmp).write_text(json.dumps(jsonable(metrics), indent=2) + "\n")
     e = metrics["models"].get("ensemble", {})
@@ -260,9 +388,13 @@ def _demo(args: argparse.Namespace) -> int:
     import time
 
     from fehkit.benchmark import run_benchmark, write_outputs
+    from fehkit.files import check_output_folder, read_marker
 
     if args.n_stars < 50:
-        raise FehkitError(f"--n-stars {args.n_stars}: expected at least 50 (5-fold cross-validation needs stars)")
+        raise UsageError(f"--n-stars {args.n_stars}: expected at least 50 (5-fold cross-validation needs stars)")
+    # the demo may be run again into the folder it wrote before; any other existing folder needs --overwrite
+    overwrite = args.overwrite or (read_marker(args.out) or {}).get("kind") == "demo"
+    check_output_folder(args.out, overwrite)
     errors = dict(zip(("teff", "logg", "vmic"), args.param_errors, strict=True)) if args.param_errors else None
     cannon = not args.no_cannon
     if cannon:
@@ -275,11 +407,9 @@ def _demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     print(f"fehkit demo: SYNTHETIC benchmark of {args.n_stars} simulated stars (seed {args.seed}); "
           "results describe simulated spectra, not survey data")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FehkitWarning)
-        run = run_benchmark(args.n_stars, args.seed, ref_errors=errors, cannon=cannon,
-                            ablation=not args.no_ablation, progress=not args.quiet)
-        write_outputs(run, args.out)
+    run = run_benchmark(args.n_stars, args.seed, ref_errors=errors, cannon=cannon, ablation=not args.no_ablation,
+                        progress=not args.quiet)
+    write_outputs(run, args.out, overwrite=overwrite, command=args.command_line)
     m = run.metrics
     print(f"test stars: {m['n_test']}, upper limits: {m['n_upper_limits']}, headline subset: {m['n_headline']} "
           f"({m['headline_subset']})")
@@ -300,19 +430,21 @@ def _demo(args: argparse.Namespace) -> int:
 def _ew(args: argparse.Namespace) -> int:
     from fehkit.ew import measure_ew
     from fehkit.examples import example_paths
+    from fehkit.files import check_output_file
     from fehkit.io import read_apogee
     from fehkit.lines import load_linelist
 
     paths = list(args.files) + (example_paths() if args.examples else [])
     if not paths:
-        raise FehkitError("no input: expected FILE arguments or --examples")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FehkitWarning)
-        batch = read_apogee(paths, kind=args.kind, rows=args.rows, on_error=args.on_error, progress=len(paths) >= 50)
-    for _, reason in batch.skipped:
-        print(f"skipped: {reason}", file=sys.stderr)
+        raise UsageError("no input: expected FILE arguments or --examples")
+    check_output_file(args.out)
+    if args.backend == "torch":
+        _check_device(args.device)
     lines = load_linelist(args.linelist) if args.linelist else None
-    params = _read_params(args.params, batch.meta) if args.params else None
+    param_table = _load_params(args.params) if args.params else None
+    batch = read_apogee(paths, kind=args.kind, rows=args.rows, on_error=args.on_error, progress=len(paths) >= 50)
+    _report_skipped(args, batch)
+    params = _match_params(param_table, args.params, batch.meta) if args.params else None
     table = measure_ew(batch, lines, backend=args.backend, device=args.device, params=params,
                        mc_draws=args.mc_draws, rv_tolerance=args.rv_tolerance)
     table.write_csv(args.out)
@@ -327,75 +459,130 @@ def _ew(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_params(path: Path, meta: pd.DataFrame, extra: Sequence[str] = ()) -> pd.DataFrame:
-    """Stellar parameters of each spectrum from a CSV, matched on star_id, or on the file name."""
+def _check_device(device: str | None) -> None:
+    """Refuse a torch device that does not exist here, before any work."""
+    if device is None:
+        return
+    import torch
+
     try:
-        table = pd.read_csv(path)
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device!r}: not a torch device; expected e.g. cpu, cuda or cuda:0") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index or 0) >= n:
+            raise UsageError(f"--device {device}: this machine has {n} CUDA device(s); expected cpu"
+                             + (f" or cuda:0..cuda:{n - 1}" if n else ""))
+
+
+def _report_skipped(args: argparse.Namespace, batch: object) -> None:
+    """Print each skipped file once (its warning is not repeated at the end)."""
+    for _, reason in batch.skipped:
+        print(f"skipped: {reason}", file=sys.stderr)
+        args.reported.add(" ".join(f"skipped {reason}".split()))
+
+
+def _load_params(path: Path, extra: Sequence[str] = (), required: Sequence[str] = ()) -> pd.DataFrame:
+    """Read and check a CSV of stellar parameters (before any spectrum is read).
+
+    ``required`` columns must be there; every parameter column must hold numbers (empty cells allowed here).
+    """
+    try:
+        table = pd.read_csv(path, comment="#")
     except (OSError, ValueError) as err:
-        raise FehkitError(f"{path}: cannot read the parameter CSV ({err}); expected a CSV file") from err
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())
+        raise InputTableError(f"{path}: cannot read the parameter CSV ({reason}); expected a CSV file with star_id "
+                              "or file and teff, logg, vmic") from None
+    missing = [c for c in required if c not in table]
+    if missing:
+        raise InputTableError(f"{path}: no column {', '.join(missing)}; expected star_id or file, and "
+                              f"{', '.join(required)}")
     wanted = [c for c in ("teff", "logg", "vmic", "feh") if c in table]
     if not wanted:
-        raise FehkitError(f"{path}: no column teff, logg, vmic or feh; expected at least one of them")
+        raise InputTableError(f"{path}: no column teff, logg, vmic or feh; expected at least one of them")
+    if "star_id" not in table and "file" not in table:
+        raise InputTableError(f"{path}: expected a star_id or file column to match the spectra, found "
+                              f"{list(table.columns)}")
+    cols = wanted + [c for c in extra if c in table]
+    for col in cols:
+        values = pd.to_numeric(table[col], errors="coerce")
+        bad = values.isna() & table[col].notna()
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputTableError(f"{path}: column {col!r} holds {table[col].iloc[i]!r} (row {i + 1}); expected a "
+                                  "number")
+        table[col] = values.astype(float)
+    return table[[c for c in ("star_id", "file") if c in table] + cols]
+
+
+def _match_params(table: pd.DataFrame, path: Path, meta: pd.DataFrame, required: Sequence[str] = ()) -> pd.DataFrame:
+    """One row of ``table`` per spectrum of ``meta``, matched on star_id, else on the file name."""
+    cols = [c for c in table if c not in ("star_id", "file")]
     for key in ("star_id", "file"):
         if key in table and key in meta:
-            left = meta[key].astype(str) if key == "star_id" else meta[key].astype(str).map(lambda f: Path(f).name)
-            right = table.assign(**{key: table[key].astype(str) if key == "star_id"
-                                    else table[key].astype(str).map(lambda f: Path(f).name)})
-            right = right.drop_duplicates(key)
-            cols = wanted + [c for c in extra if c in table]
-            return pd.DataFrame({key: left}).merge(right[[key, *cols]], on=key, how="left")[cols]
-    raise FehkitError(f"{path}: expected a star_id or file column to match the spectra, found {list(table.columns)}")
+            def name(values: pd.Series, key: str = key) -> pd.Series:
+                return values.astype(str) if key == "star_id" else values.astype(str).map(lambda f: Path(f).name)
+
+            right = table.assign(**{key: name(table[key])}).drop_duplicates(key)
+            found = pd.DataFrame({key: name(meta[key])}).merge(right[[key, *cols]], on=key, how="left")[cols]
+            for col in required:
+                lacking = ~np.isfinite(found[col].to_numpy(float))
+                if lacking.any():
+                    i = int(np.flatnonzero(lacking)[0])
+                    raise InputTableError(
+                        f"{path}: no {col} for {int(lacking.sum())} of {len(found)} spectra (first: "
+                        f"{meta[key].iloc[i]}, matched on {key}); expected a row with {', '.join(required)} for "
+                        "every spectrum")
+            return found
+    raise InputTableError(f"{path}: expected a star_id or file column to match the spectra, found "
+                          f"{list(table.columns)}")
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from fehkit.synth import make_benchmark
+    from fehkit.files import check_output_folder
+    from fehkit.synth import make_benchmark, write_benchmark
 
-    if args.n < 1:
-        raise FehkitError(f"--n {args.n}: expected a positive number of stars")
-    if args.out.exists() and any(args.out.glob("apStar-*.fits")) and not args.overwrite:
-        raise FehkitError(f"{args.out}: already holds apStar files; expected an empty folder or --overwrite")
-    sim = make_benchmark(args.n, args.seed, args.out, split=args.split, overwrite=args.overwrite)
+    check_output_folder(args.out, args.overwrite)
+    sim = make_benchmark(args.n, args.seed, split=args.split)
+    write_benchmark(sim, args.out, overwrite=args.overwrite, html=not args.no_html,
+                    about={"command": args.command_line, "seed": args.seed})
     t = sim.truth
     counts = t.split.value_counts().reindex(["train", "val", "test"], fill_value=0)
     print(f"SYNTHETIC benchmark: {len(t)} stars (seed {args.seed}); [Fe/H] {t.feh.min():.2f}..{t.feh.max():.2f} "
           f"({(t.feh < -2.5).mean():.0%} below -2.5); Teff {t.teff.min():.0f}..{t.teff.max():.0f} K; "
           f"S/N {t.snr.min():.0f}..{t.snr.max():.0f}; split " +
           ", ".join(f"{k} {v}" for k, v in counts.items()))
-    written = [f"{len(t)} apStar files", args.out / "truth.csv", args.out / "truth_ew.csv"]
-    if not args.no_html:
-        from fehkit.report.spectra import realism_page
-
-        written.append(realism_page(sim, args.out / "simulate.html"))
-    print(f"wrote to {args.out}: " + ", ".join(str(w) for w in written))
+    written = [f"{len(t)} apStar files", "truth.csv", "truth_ew.csv"] + ([] if args.no_html else ["simulate.html"])
+    print(f"wrote to {args.out}: " + ", ".join(written))
     return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
     from fehkit.examples import example_paths
-    from fehkit.files import atomic_output
+    from fehkit.files import atomic_folder, check_output_folder, write_table
     from fehkit.io import read_apogee
     from fehkit.lines import load_linelist
 
     paths = list(args.files) + (example_paths() if args.examples else [])
     if not paths:
-        raise FehkitError("no input: expected FILE arguments or --examples")
-    with warnings.catch_warnings():  # skipped files are listed below, once
-        warnings.simplefilter("ignore", FehkitWarning)
-        batch = read_apogee(paths, kind=args.kind, rows=args.rows, on_error=args.on_error, progress=len(paths) >= 50)
+        raise UsageError("no input: expected FILE arguments or --examples")
+    check_output_folder(args.out, args.overwrite)
+    batch = read_apogee(paths, kind=args.kind, rows=args.rows, on_error=args.on_error, progress=len(paths) >= 50)
     summary = batch.summary()
     print(_format_summary(summary))
-    for _, reason in batch.skipped:
-        print(f"skipped: {reason}", file=sys.stderr)
+    _report_skipped(args, batch)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    with atomic_output(args.out / "summary.csv") as tmp:
-        summary.to_csv(tmp, index=False)
-    written = [args.out / "summary.csv"]
-    if not args.no_html:
-        from fehkit.report.spectra import inspect_page
+    written = ["summary.csv"]
+    with atomic_folder(args.out, kind="inspect", overwrite=args.overwrite,
+                       about={"command": args.command_line}) as tmp:
+        write_table(summary, tmp / "summary.csv")
+        if not args.no_html:
+            from fehkit.report.spectra import inspect_page
 
-        written.append(inspect_page(batch, args.out / "inspect.html", lines=load_linelist(), max_plots=args.max_plots))
-    print("wrote " + ", ".join(str(w) for w in written))
+            inspect_page(batch, tmp / "inspect.html", lines=load_linelist(), max_plots=args.max_plots)
+            written.append("inspect.html")
+    print(f"wrote {args.out}: " + ", ".join(written))
     return 0
 
 
@@ -418,15 +605,17 @@ def _add_fetch_parser(sub: argparse._SubParsersAction) -> None:
         description="Fetch the remote products listed in data_manifest.yaml into the cache with pooch (sha256 "
         "checked where fixed, retried with backoff on HTTP 5xx and truncated downloads). Files already cached are "
         "not downloaded again, so an interrupted fetch is resumed by running it again. --cache and --mirror "
-        "override FEHKIT_CACHE and FEHKIT_DATA_URL.",
+        "override FEHKIT_CACHE and FEHKIT_DATA_URL. Exit status 1 when some files of 'fetch spectra --on-error "
+        "skip' failed.",
     )
     what = p.add_subparsers(dest="fetch_command", metavar="WHAT", required=True)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _ArgumentParser(add_help=False)
     common.add_argument("--cache", type=Path, help="cache folder (default $FEHKIT_CACHE, else the OS cache folder)")
     common.add_argument("--mirror", help="mirror base url that replaces every file's host (default $FEHKIT_DATA_URL)")
     common.add_argument("--manifest", type=Path, help="another data manifest (default data_manifest.yaml)")
-    common.add_argument("--retries", type=int, default=3, help="retries on temporary failures (default %(default)s)")
-    common.add_argument("--backoff", type=float, default=1.0,
+    common.add_argument("--retries", type=_COUNT, default=3, help="retries on temporary failures (default "
+                        "%(default)s)")
+    common.add_argument("--backoff", type=_NON_NEGATIVE, default=1.0,
                         help="seconds before the first retry, doubled each time (default %(default)s)")
     what.add_parser("list", parents=[common], help="list the products: kind, size, sha256, licence, citation")
     q = what.add_parser("product", parents=[common], help="fetch one file product by name")
@@ -437,10 +626,10 @@ def _add_fetch_parser(sub: argparse._SubParsersAction) -> None:
                         help="fetch the spectrum files of an allStar-like table (TELESCOPE, FIELD, FILE columns)")
     q.add_argument("table", type=Path, help="CSV or FITS table, e.g. rows saved from fehkit.data.query_apogee")
     q.add_argument("--kind", default="apStar", choices=["apStar", "aspcapStar"], help="which file of each star")
-    q.add_argument("--workers", type=int, default=4, help="parallel downloads (default %(default)s)")
+    q.add_argument("--workers", type=_POSITIVE_COUNT, default=4, help="parallel downloads (default %(default)s)")
     q.add_argument("--on-error", default="raise", choices=["raise", "skip"],
                    help="fail, or report the failed files and keep the others (default %(default)s)")
-    q.add_argument("--out", type=Path, help="write the table with url, path and fetch_status columns (CSV)")
+    q.add_argument("--out", type=Path, help="write the table with url, path and fetch_status columns (CSV file)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_fetch)
 
@@ -463,26 +652,25 @@ def _fetch(args: argparse.Namespace) -> int:
         for item in args.field:
             key, sep, value = item.partition("=")
             if not sep or not key:
-                raise FehkitError(f"--field {item!r}: expected KEY=VALUE, e.g. telescope=apo25m")
+                raise UsageError(f"--field {item!r}: expected KEY=VALUE, e.g. telescope=apo25m")
             fields[key] = value
         path = fetch_product(args.name, manifest=manifest, cache=args.cache, mirror=args.mirror, progress=True,
                              **retry, **fields)
         print(path)
         return 0
-    from fehkit.files import atomic_output
+    from fehkit.files import check_output_file, write_table
 
-    with warnings.catch_warnings():  # failures are counted below, once
-        warnings.simplefilter("ignore", FehkitWarning)
-        rows = fetch_spectra(args.table, kind=args.kind, cache=args.cache, mirror=args.mirror, manifest=manifest,
-                             workers=args.workers, progress=not args.no_progress, on_error=args.on_error, **retry)
+    if args.out:
+        check_output_file(args.out)
+    rows = fetch_spectra(args.table, kind=args.kind, cache=args.cache, mirror=args.mirror, manifest=manifest,
+                         workers=args.workers, progress=not args.no_progress, on_error=args.on_error, **retry)
     status = rows["fetch_status"].str.split(":").str[0].value_counts()
     print(f"{len(rows)} rows: {status.get('downloaded', 0)} downloaded, {status.get('cached', 0)} already cached, "
           f"{status.get('failed', 0)} failed; cache {cache_dir(args.cache)}")
     for reason in rows.loc[rows["path"].isna(), "fetch_status"]:
         print(reason, file=sys.stderr)
     if args.out:
-        with atomic_output(args.out) as tmp:
-            rows.to_csv(tmp, index=False)
+        write_table(rows, args.out)
         print(f"wrote {args.out}")
     return 0 if rows["path"].notna().all() else 1
 

@@ -96,3 +96,14 @@ class PlotInputError(FehkitError, ValueError):
 
 class OutputError(FehkitError):
     """An output cannot be written where asked, or would replace a file or folder that fehkit did not write."""
+
+
+class InputTableError(FehkitError, ValueError):
+    """A table handed in (stellar parameters, training stars, truth.csv) cannot be used.
+
+    It cannot be read, lacks a column, matches no spectrum, or holds values that are not numbers.
+    """
+
+
+class UsageError(FehkitError, ValueError):
+    """An argument fehkit cannot use: a negative seed or count, a file where a folder is expected, an unknown device."""

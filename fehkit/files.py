@@ -90,6 +90,67 @@ def is_fehkit_folder(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / MARKER).is_file()
 
 
+def read_marker(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Return the :data:`MARKER` content of a folder fehkit wrote (``kind``, ``command``, ...); None without one."""
+    try:
+        marker = json.loads((Path(path) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def _check_parent(path: str | os.PathLike[str], target: Path) -> None:
+    """Refuse an output whose nearest existing parent is a file or cannot be written."""
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{path}: {parent} is a file; expected a folder to write in")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write in {parent} (permission denied); expected a writable location")
+
+
+def check_output_file(path: str | os.PathLike[str]) -> Path:
+    """Check, before any work is done, that a file can be written at ``path``; return it resolved.
+
+    Refused with :class:`~fehkit.errors.OutputError`: a path that is a folder, a parent that is a file, a folder
+    that cannot be written. An existing file is replaced (atomically, by :func:`atomic_output`).
+    """
+    target = Path(path).expanduser().resolve()
+    if target.is_dir():
+        raise OutputError(f"{path}: is a folder; expected a file name for the output, e.g. {Path(path) / 'out.csv'}")
+    _check_parent(path, target)
+    if target.exists() and not os.access(target.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot be replaced (permission denied)")
+    return target
+
+
+#: Float columns written at full precision (the shortest text that reads back to the same number), because they
+#: identify a row (a line's vacuum wavelength) and are joined on; every other float column gets 6 significant digits.
+EXACT_COLUMNS = frozenset({"line_wave", "wave_vac", "wave_air", "window_lo", "window_hi", "wave_min", "wave_max"})
+
+
+def write_table(frame: Any, path: str | os.PathLike[str], *, comment: str | None = None,
+                digits: int = 6, exact: frozenset[str] | set[str] = EXACT_COLUMNS) -> Path:
+    """Write a DataFrame as CSV, atomically, with one precision rule for every CSV fehkit writes.
+
+    Float columns get ``digits`` significant digits (0.001 mA for an EW below 1000 mA, 1e-5 dex for a [Fe/H]
+    between -10 and -1), except the ``exact`` columns (wavelengths that identify a line, :data:`EXACT_COLUMNS`),
+    which are written at full precision so that they read back to the same number. NaN is an empty field.
+    ``comment`` is written first, each of its lines prefixed by ``# `` (read back with ``comment="#"``).
+    """
+    out = frame.copy()
+    for col in out.columns:
+        if col in exact and out[col].dtype.kind == "f":
+            values = out[col].to_numpy(np.float64)
+            out[col] = np.array(["" if np.isnan(v) else repr(v) for v in values.tolist()], dtype=object)
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
+        if comment:
+            fh.writelines(f"# {line}\n" for line in comment.splitlines())
+        out.to_csv(fh, index=False, float_format=f"%.{digits}g")
+    return Path(path)
+
+
 def check_output_folder(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
     """Check, before any work is done, that a folder can be written at ``path``; return it resolved.
 
@@ -104,11 +165,7 @@ def check_output_folder(path: str | os.PathLike[str], overwrite: bool = False) -
     if target == cwd or target in cwd.parents:
         raise OutputError(f"{path}: is the current folder (or holds it); expected the name of a new subfolder, "
                           "e.g. --out results")
-    parent = target.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: cannot write in {parent} (permission denied); expected a writable location")
+    _check_parent(path, target)
     if target.is_dir():
         if not overwrite:
             raise OutputError(f"{path}: exists; pass --overwrite (overwrite=True) to replace it")

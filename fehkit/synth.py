@@ -43,7 +43,7 @@ from scipy.special import voigt_profile
 from fehkit.constants import SPEED_OF_LIGHT_KMS
 from fehkit.display import counts, html_summary, text_summary
 from fehkit.errors import FehkitError
-from fehkit.files import atomic_output
+from fehkit.files import atomic_folder, write_table
 from fehkit.io import DEFAULT_BAD_BITS, PIXMASK_BITS, bad_bits_value, write_apstar
 from fehkit.lines import load_linelist
 from fehkit.physics import BackgroundLibrary, CurveOfGrowth
@@ -514,7 +514,7 @@ def make_benchmark(
     ref_errors : mapping, optional
         Override the reference-label errors (:data:`REF_ERRORS`), e.g. ``{"teff": 30, "logg": 0.1, "vmic": 0.1}``.
     overwrite : bool
-        Replace files in ``out``.
+        Replace an existing ``out`` folder that fehkit wrote (:func:`write_benchmark`).
 
     Returns
     -------
@@ -539,23 +539,31 @@ def make_benchmark(
     return sim
 
 
-def write_benchmark(sim: Simulation, out: str | os.PathLike[str], overwrite: bool = False) -> Path:
-    """Write apStar-format FITS files, ``truth.csv`` and ``truth_ew.csv`` (all marked synthetic) to ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def write_benchmark(sim: Simulation, out: str | os.PathLike[str], overwrite: bool = False, *, html: bool = False,
+                    about: Mapping[str, Any] | None = None) -> Path:
+    """Write the benchmark folder: apStar-format FITS files, ``truth.csv`` and ``truth_ew.csv``, all marked synthetic.
+
+    ``html`` adds ``simulate.html`` (simulated spectra beside the real example spectra). The folder is written
+    whole (:func:`fehkit.files.atomic_folder`, kind ``"benchmark"``; ``about`` goes into its marker file): an
+    interrupt leaves the old folder or the new one, never a new ``truth.csv`` beside old spectra. An existing
+    folder is replaced only with ``overwrite``, and only when fehkit wrote it or it is empty.
+    """
     names = list(sim.truth["file"]) if "file" in sim.truth else None
-    write_apstar(sim.batch, out, names=names, overwrite=overwrite)
     truth = sim.truth.copy()
     if "file" not in truth:
         truth.insert(0, "file", [f"apStar-{s}.fits" for s in truth["star_id"]])
     cols = [c for c in TRUTH_COLUMNS if c in truth] + [c for c in truth if c not in TRUTH_COLUMNS]
     truth = truth[cols]
     truth.insert(len(cols), "synthetic", True)
-    header = "# SYNTHETIC benchmark made by fehkit.synth (not observations); true parameters and reference labels\n"
-    with atomic_output(out / "truth.csv") as tmp, open(tmp, "w") as fh:
-        fh.write(header)
-        truth.to_csv(fh, index=False, float_format="%.6g")
-    with atomic_output(out / "truth_ew.csv") as tmp, open(tmp, "w") as fh:
-        fh.write("# SYNTHETIC: true equivalent widths (mA) of the Fe I lines drawn into each spectrum\n")
-        sim.ew_table().to_csv(fh, index=False, float_format="%.6g")
-    return out
+    info = {"synthetic": True, "n_stars": len(truth), **(about or {})}
+    with atomic_folder(out, kind="benchmark", overwrite=overwrite, about=info) as tmp:
+        write_apstar(sim.batch, tmp, names=names)
+        write_table(truth, tmp / "truth.csv", comment="SYNTHETIC benchmark made by fehkit.synth (not observations); "
+                    "true parameters and reference labels")
+        write_table(sim.ew_table(), tmp / "truth_ew.csv",
+                    comment="SYNTHETIC: true equivalent widths (mA) of the Fe I lines drawn into each spectrum")
+        if html:
+            from fehkit.report.spectra import realism_page
+
+            realism_page(sim, tmp / "simulate.html")
+    return Path(out)

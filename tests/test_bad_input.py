@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import warnings
 
 import numpy as np
@@ -213,3 +214,54 @@ def test_skip_with_only_bad_files_raises(tmp_path):
 def test_unknown_bad_bit_is_named():
     with pytest.raises(FehkitError, match="unknown APOGEE_PIXMASK bit 'BADPX'"):
         read_apogee([], bad_bits=["BADPX"])
+
+
+# ---- FeHEnsemble.predict with features it cannot use: a FehkitError that says what is wrong ----------------------
+@pytest.fixture(scope="module")
+def small_model():
+    """A one-member ensemble fitted in seconds on 60 synthetic stars, and the features of those stars."""
+    from fehkit.models import FeHEnsemble
+    from fehkit.synth import make_benchmark
+    from fehkit.training import reference_params, spectra_features
+
+    sim = make_benchmark(60, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        feats = spectra_features(sim.batch, reference_params(sim.truth))
+        ens = FeHEnsemble(members=("rf",), rf={"n_estimators": 10}, n_folds=3, seed=0).fit(
+            feats, sim.truth["feh_ref"].to_numpy(float))
+    return ens, feats
+
+
+def test_predict_with_infinite_features_names_the_column(small_model):
+    ens, feats = small_model
+    frame = feats.frame()
+    frame.loc[2, "teff"] = np.inf
+    with pytest.raises(FehkitError) as info:
+        ens.predict(frame)
+    message = str(info.value)
+    assert "teff" in message and ("inf" in message or "finite" in message), message
+
+
+def test_predict_with_no_stars_is_clear(small_model):
+    """An empty table: an empty result with the predict columns, or a FehkitError saying there are no stars."""
+    ens, feats = small_model
+    empty = feats.select(np.zeros(len(feats.X), bool))
+    try:
+        out = ens.predict(empty)
+    except FehkitError as err:
+        assert re.search(r"\b(0|no) (stars?|rows?)\b|empty", str(err)), str(err)
+    else:
+        assert len(out) == 0 and {"feh", "feh_err", "flag"} <= set(out.columns)
+
+
+def test_predict_with_reordered_columns_says_the_order_differs(small_model):
+    ens, feats = small_model
+    frame = feats.frame()
+    names = list(frame.columns)
+    swapped = [names[1], names[0], *names[2:]]
+    with pytest.raises(FehkitError) as info:
+        ens.predict(frame[swapped])
+    message = str(info.value)
+    assert "order" in message and "missing []" not in message, message
+    assert "position" in message and names[0] in message and names[1] in message, message

@@ -7,7 +7,9 @@ import json
 import pandas as pd
 import pytest
 
+from fehkit import __version__
 from fehkit.cli import main
+from fehkit.files import read_marker
 
 PREDICT_COLUMNS = ["star_id", "feh", "feh_err", "feh_upper", "feh_rf", "feh_xgb", "feh_dnn", "feh_cog", "n_lines",
                    "flag"]
@@ -98,6 +100,10 @@ def test_demo_writes_every_file_of_the_contract(tmp_path, capsys):
     for name in ("metrics.json", "predictions.csv", "report.html", "model/card.json"):
         assert (out / name).is_file(), name
     m = json.loads((out / "metrics.json").read_text())
+    assert m["seed"] == 2 and m["fehkit_version"] == __version__
+    assert m["command"] == f"fehkit demo --out {out} --n-stars 150 --seed 2 --no-cannon --no-ablation --quiet"
+    assert read_marker(out)["kind"] == "demo" and read_marker(out)["command"] == m["command"]
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"], "no temporary folder left behind"
     pred = pd.read_csv(out / "predictions.csv", comment="#")
     assert m["n_test"] == len(pred)
     assert (out / "predictions.csv").read_text().startswith("# SYNTHETIC")
@@ -148,3 +154,38 @@ def test_a_bad_or_unbounded_grid_is_refused(bench, tmp_path, capsys, grid, expec
     root, _ = bench
     assert main(["train", "--data", str(root / "bench"), "--out", str(tmp_path / "m"), "--grid-search", grid]) == 2
     assert expected in capsys.readouterr().err
+
+
+def test_predict_on_the_real_examples_reports_the_grid_edge_clipping_once(bench, tmp_path, capsys, examples):
+    """The M giant's Teff (3677 K) is below the curve-of-growth grid: clipped, and the command says so, once."""
+    root, _ = bench
+    params = tmp_path / "p.csv"
+    params.write_text("star_id,teff,logg,vmic\n2M17335483-2753043,3677,0.8,2.0\n2M19485057+5005279,5200,4.4,1.0\n")
+    assert main(["predict", *map(str, examples), "--model", str(root / "model"), "--params", str(params),
+                 "--out", str(tmp_path / "r.csv")]) == 0
+    err = capsys.readouterr().err
+    clipped = [line for line in err.splitlines() if "clipped to the grid edge" in line]
+    assert len(clipped) == 1, err
+    assert clipped[0].startswith("fehkit predict: warning") and "teff" in clipped[0] and "3900" in clipped[0]
+    assert "Traceback" not in err
+    res = pd.read_csv(tmp_path / "r.csv")
+    assert list(res.columns) == PREDICT_COLUMNS and len(res) == 2
+
+
+def test_predict_results_keep_their_precision(bench, tmp_path, capsys):
+    root, truth = bench
+    files = [str(root / "bench" / f) for f in truth["file"][:2]]
+    out = tmp_path / "r.csv"
+    assert main(["predict", *files, "--model", str(root / "model"), "--params", str(root / "params.csv"),
+                 "--out", str(out)]) == 0
+    feh = pd.read_csv(out, dtype=str)["feh"]
+    assert feh.map(lambda v: len(v.split(".")[-1])).min() >= 4  # 1e-4 dex or better, not %.5g of -1.4754
+
+
+def test_train_overwrite_refuses_a_folder_it_did_not_write(bench, tmp_path, capsys):
+    root, _ = bench
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "notes.txt").write_text("mine")
+    assert main(["train", "--data", str(root / "bench"), "--out", str(tmp_path / "m"), "--overwrite"]) == 2
+    assert "not written by fehkit" in capsys.readouterr().err
+    assert (tmp_path / "m" / "notes.txt").read_text() == "mine"

@@ -19,7 +19,7 @@ import pandas as pd
 from fehkit.constants import SPEED_OF_LIGHT_KMS
 from fehkit.display import counts, html_summary, text_summary
 from fehkit.errors import FehkitError
-from fehkit.files import atomic_output
+from fehkit.files import write_table
 from fehkit.profiles import voigt
 
 #: Flag names, in order of priority, and their codes in :attr:`EWTable.flag_code`.
@@ -210,9 +210,12 @@ class EWTable:
         return out
 
     def write_csv(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`to_frame` as CSV, atomically (a temporary file renamed into place)."""
-        with atomic_output(path) as tmp:
-            self.to_frame().to_csv(tmp, index=False, float_format="%.5g")
+        """Write :meth:`to_frame` as CSV, atomically (a temporary file renamed into place).
+
+        ``line_wave`` is written at full precision, so that it reads back to the line list's ``wave_vac`` and can be
+        joined on; EWs and the other floats get 6 significant digits (:func:`fehkit.files.write_table`).
+        """
+        write_table(self.to_frame(), path)
 
     def error_agreement(self) -> dict[str, float]:
         """Compare the Jacobian and Monte Carlo errors of the usable lines.
