@@ -276,12 +276,9 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
         expected = list(self.feature_names_in_)
         # a Features or DataFrame brings its own names (checked, order included); a plain array gets the model's
         Xa, names = _matrix(X, expected if feature_names is None else feature_names)
-        if names != expected:
-            extra = sorted(set(names) - set(expected))
-            missing = sorted(set(expected) - set(names))
-            raise EnsembleError(f"features do not match the trained model: missing {missing[:5]}, unexpected "
-                                f"{extra[:5]} (expected the {len(expected)} features it was trained on, in the "
-                                "same order)")
+        _check_predict_input(Xa, names, expected)
+        if len(Xa) == 0:
+            return pd.DataFrame({c: pd.Series(dtype=object if c == "flag" else float) for c in PREDICT_COLUMNS})
         base = self._base(Xa)
         out = pd.DataFrame(index=range(len(Xa)))
         preds = {m: base + est.predict(Xa) for m, est in self.members_.items()}
@@ -480,3 +477,26 @@ def _progress(total: int, show: bool, desc: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not show, desc=desc, leave=False)
+
+
+#: Columns of :meth:`FeHEnsemble.predict`, in order.
+PREDICT_COLUMNS = ("feh", "feh_err", "feh_upper", "feh_rf", "feh_xgb", "feh_dnn", "feh_cog", "flag")
+
+
+def _check_predict_input(Xa: np.ndarray, names: list[str], expected: list[str]) -> None:
+    """Refuse features the trained model cannot read: other names, another order, infinite values."""
+    if names != expected:
+        extra = sorted(set(names) - set(expected))
+        missing = sorted(set(expected) - set(names))
+        if not extra and not missing and len(names) == len(expected):
+            k = next(i for i, (a, b) in enumerate(zip(names, expected, strict=True)) if a != b)
+            raise EnsembleError(f"features: the columns are in another order than the model was trained on: "
+                                f"position {k} holds {names[k]!r}, expected {expected[k]!r}; reorder them as "
+                                "model.feature_names_in_")
+        raise EnsembleError(f"features do not match the trained model: missing {missing[:5]}, unexpected "
+                            f"{extra[:5]} (expected the {len(expected)} features it was trained on)")
+    infinite = np.isinf(Xa)
+    if infinite.any():
+        rows, cols = np.nonzero(infinite)
+        raise EnsembleError(f"features: column {names[cols[0]]!r} holds an infinite value (row {rows[0]}; "
+                            f"{int(infinite.sum())} in all); expected finite numbers, or NaN for a missing value")
