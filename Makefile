@@ -29,7 +29,7 @@ demo: venv
 
 # A look at the packaged real DR17 spectra: summary, plot and their Fe I EWs.
 inspect: venv
-	$(BIN)/fehkit inspect --examples --out fehkit-inspect
+	$(BIN)/fehkit inspect --examples --out fehkit-inspect --overwrite
 	$(BIN)/fehkit ew --examples --out fehkit-inspect/ew.csv
 
 lint: venv
