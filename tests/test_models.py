@@ -186,14 +186,14 @@ def test_features_in_another_order_raise(fitted, bench):
     order = list(range(len(f.names)))
     order[0], order[1] = order[1], order[0]
     swapped = Features(f.X[:, order], [f.names[i] for i in order], f.stars)
-    with pytest.raises(EnsembleError, match="same order"):
+    with pytest.raises(EnsembleError, match="another order"):
         fitted.predict(swapped)
 
 
 def test_a_dataframe_with_columns_in_another_order_raises(fitted, bench):
     frame = bench["X_test"].frame()
     shuffled = frame[frame.columns[::-1]]
-    with pytest.raises(EnsembleError, match="same order"):
+    with pytest.raises(EnsembleError, match="another order"):
         fitted.predict(shuffled)
 
 
