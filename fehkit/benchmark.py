@@ -104,6 +104,7 @@ def run_benchmark(
     label: str = "feh_ref",
     cannon: bool = True,
     ablation: bool = True,
+    robustness: bool = True,
     progress: bool = False,
 ) -> BenchmarkRun:
     """Make the synthetic benchmark, measure it, train the ensemble, run the baselines and evaluate.
@@ -124,6 +125,9 @@ def run_benchmark(
         ``feh``.
     cannon, ablation : bool
         Run The Cannon peer (needs ``fehkit[peers]``) and the ablation without log g and vmic.
+    robustness : bool
+        Score the trained model on test spectra made with physics the analysis does not know
+        (:func:`fehkit.robustness.run_robustness`: as many stars as the test split, the same stars per scenario).
     """
     from fehkit.evaluate import evaluate
 
@@ -162,6 +166,12 @@ def run_benchmark(
         t0 = time.perf_counter()
         extra["ablation"] = _ablation(sim, norm, truth, tr, va, te, y, kwargs)
         timings["ablation"] = time.perf_counter() - t0
+    if robustness:
+        from fehkit.robustness import run_robustness
+
+        t0 = time.perf_counter()
+        extra["robustness"] = run_robustness(ens, n=max(int(te.sum()), 10), seed=seed + 1, ref_errors=ref_errors)
+        timings["robustness"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     # detection involves no training: the lowest [Fe/H] reached is measured on every star of the benchmark
@@ -173,11 +183,13 @@ def run_benchmark(
                        oof=_oof_table(ens, feats.select(tr), truth[tr].reset_index(drop=True)))
     metrics["n_train"], metrics["n_val"] = int(tr.sum()), int(va.sum())
     metrics["label"] = label
+    if "robustness" in extra:
+        metrics["robustness"] = extra["robustness"]
     metrics["seed"] = int(seed)
     metrics["fehkit_version"] = __version__
     metrics["command"] = (f"fehkit.benchmark.run_benchmark(n_stars={n_stars}, seed={seed}, split={tuple(split)}, "
                           f"ref_errors={dict(ref_errors) if ref_errors else None}, label={label!r}, cannon={cannon}, "
-                          f"ablation={ablation})")
+                          f"ablation={ablation}, robustness={robustness})")
     timings["evaluate"] = time.perf_counter() - t0
     metrics["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     return BenchmarkRun(sim, feats, ens, pred, metrics, timings, norm)

@@ -233,6 +233,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="1-sigma errors of the reference Teff (K), log g, vmic (km/s) (default 100 0.2 0.2)")
     p.add_argument("--no-cannon", action="store_true", help="skip The Cannon peer")
     p.add_argument("--no-ablation", action="store_true", help="skip the ablation without log g and vmic")
+    p.add_argument("--no-robustness", action="store_true", help="skip the robustness scenarios (test spectra "
+                   "made with physics the analysis does not know)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
 
@@ -408,7 +410,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"fehkit demo: SYNTHETIC benchmark of {args.n_stars} simulated stars (seed {args.seed}); "
           "results describe simulated spectra, not survey data")
     run = run_benchmark(args.n_stars, args.seed, ref_errors=errors, cannon=cannon, ablation=not args.no_ablation,
-                        progress=not args.quiet)
+                        robustness=not args.no_robustness, progress=not args.quiet)
     write_outputs(run, args.out, overwrite=overwrite, command=args.command_line)
     m = run.metrics
     print(f"test stars: {m['n_test']}, upper limits: {m['n_upper_limits']}, headline subset: {m['n_headline']} "
@@ -423,6 +425,14 @@ def _demo(args: argparse.Namespace) -> int:
         value = t["value"] if isinstance(t["value"], str) else round(t["value"], 4)
         note = f" -- {t['note']}" if t["note"] and not t["met"] else ""
         print(f"  [{'met' if t['met'] else 'MISSED'}] {t['name']}: {value} (target {t['target']}){note}")
+    if m.get("robustness"):
+        print("robustness (test spectra with physics the analysis does not know; ensemble | classical):")
+        for name, r in m["robustness"].items():
+            if r.get("skipped"):
+                print(f"  {name:16s} skipped: {r['skipped']}")
+            elif r.get("mae") is not None:
+                print(f"  {name:16s} n {r['n']:4d}  MAE {r['mae']:.4f} bias {r['bias']:+.4f} | "
+                      f"MAE {r['mae_cog']:.4f} bias {r['bias_cog']:+.4f}")
     print(f"wrote {args.out}/metrics.json, predictions.csv, report.html, model/ in {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -141,6 +141,43 @@ class Simulation:
                           self.continuum[idx], self.lines)
 
 
+@dataclass(frozen=True)
+class Perturbation:
+    """Physics the forward model may use that the analysis does not know: the knobs of a robustness test.
+
+    The analysis (continuum normalization, EW fits, the classical curve of growth) assumes the packaged MOOG grid,
+    the line list's log gf values, a Gaussian line-spread function at R = 22,500, the damping widths of
+    :mod:`fehkit.physics.broadening` and a continuum that one cubic per detector describes. Each field breaks one
+    of those assumptions in the simulated spectra; the default breaks none.
+
+    Attributes
+    ----------
+    loggf_scatter, loggf_offset : float
+        Per-line log gf errors (dex): each line's EW is drawn as if its log gf were off by N(offset, scatter),
+        one draw per line shared by every star (as a line list's error is).
+    resolution : (float, float), optional
+        Per-star resolving power drawn uniformly in this range instead of 22,500.
+    lsf_wing_hwhm : float
+        A Lorentzian wing (A, HWHM) added to every line's profile: a line-spread function with non-Gaussian wings.
+    damping_scale : (float, float), optional
+        Per-star factor, drawn log-uniformly in this range, on the Lorentzian (damping) widths.
+    continuum_ripple : (float, float), optional
+        Amplitude range (fraction of the continuum) of a sinusoidal ripple with a period of 40-200 A: a
+        continuum shape outside the normalizer's per-detector polynomial family.
+    cog : CurveOfGrowth, optional
+        Draw the EWs from this curve-of-growth grid (e.g. another radiative-transfer code) instead of the
+        default one.
+    """
+
+    loggf_scatter: float = 0.0
+    loggf_offset: float = 0.0
+    resolution: tuple[float, float] | None = None
+    lsf_wing_hwhm: float = 0.0
+    damping_scale: tuple[float, float] | None = None
+    continuum_ripple: tuple[float, float] | None = None
+    cog: CurveOfGrowth | None = None
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the forward model
 # ---------------------------------------------------------------------------------------------------------------
@@ -157,6 +194,7 @@ def simulate(
     rv_sigma: float = 1.0,
     cog: CurveOfGrowth | None = None,
     library: BackgroundLibrary | None = None,
+    perturb: Perturbation | None = None,
 ) -> Simulation:
     """Simulate APOGEE apStar spectra for the given stars (all **synthetic**).
 
@@ -178,6 +216,9 @@ def simulate(
         Scatter (km/s) of the residual RV shift drawn for stars without ``rv_shift``.
     cog, library : optional
         Curve-of-growth grid and background library (default: the packaged ones).
+    perturb : Perturbation, optional
+        Physics the analysis does not know (robustness tests, :mod:`fehkit.robustness`); its random draws come
+        from a stream of their own, so the unperturbed spectra of the same seed stay the same.
 
     Returns
     -------
@@ -199,9 +240,13 @@ def simulate(
     wave = apstar_wavelength()
     line_idx = cog.line_index(lines["wave_vac"].to_numpy(float))
 
-    ew = cog.ew(truth.teff, truth.logg, truth.feh, truth.vmic, truth.alpha_fe, lines=line_idx)
     # every random quantity per star is drawn up front, so a star's spectrum does not depend on the chunking
     draws = [_star_draws(r) for r in rng.spawn(n)]
+    shape = _perturbed_shape(perturb, n, lines, rng)
+    if perturb is not None and perturb.cog is not None:
+        cog = perturb.cog
+        line_idx = cog.line_index(lines["wave_vac"].to_numpy(float))
+    ew = _draw_ew(cog, truth, line_idx, shape["dloggf"])
     flux = np.empty((n, APSTAR_NPIX), np.float32)
     ivar = np.empty((n, APSTAR_NPIX), np.float32)
     bitmask = np.zeros((n, APSTAR_NPIX), np.int64)
@@ -211,7 +256,8 @@ def simulate(
     def run(start: int) -> None:
         sl = slice(start, min(start + _CHUNK, n))
         flux[sl], ivar[sl], bitmask[sl], cont[sl] = _simulate_chunk(
-            wave, truth.iloc[sl], ew[sl], lines["wave_vac"].to_numpy(float), draws[sl], library, parts)
+            wave, truth.iloc[sl], ew[sl], lines["wave_vac"].to_numpy(float), draws[sl], library, parts,
+            {k: v[sl] for k, v in shape.items() if k != "dloggf"})
 
     # numpy and scipy release the GIL in the array work, so threads share the cores
     with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 4)) as pool:
@@ -231,13 +277,17 @@ def simulate(
 
 def _simulate_chunk(
     wave: np.ndarray, t: pd.DataFrame, ew: np.ndarray, centres: np.ndarray, draws: list[dict[str, Any]],
-    library: BackgroundLibrary, parts: dict[str, bool],
+    library: BackgroundLibrary, parts: dict[str, bool], shape: dict[str, np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     d = {k: np.array([dr[k] for dr in draws]) for k in draws[0] if k != "noise_rng"}
-    model = _fe_lines(wave, centres, ew, t)
+    model = _fe_lines(wave, centres, ew, t, shape)
     if parts["background"]:
         model *= _shift(np.exp(-library.tau(t.teff, t.logg, t.feh, warn=False)), t.rv_shift.to_numpy())
     c = _continuum(wave, t.teff.to_numpy(), d) if parts["continuum"] else np.ones_like(model)
+    if "ripple_amp" in shape:
+        # a continuum shape no cubic per detector follows (the analysis does not know it is there)
+        phase = 2 * np.pi * wave[None, :] / shape["ripple_period"][:, None] + shape["ripple_phase"][:, None]
+        c = c * (1.0 + shape["ripple_amp"][:, None] * np.sin(phase)).astype(np.float32)
     telluric_depth = np.zeros(model.shape, np.float32)
     if parts["tellurics"]:
         tell, telluric_depth = _telluric(d, t.vhelio.to_numpy())
@@ -326,8 +376,16 @@ def _continuum(wave: np.ndarray, teff: np.ndarray, d: dict[str, np.ndarray]) -> 
     return resp
 
 
-def _fe_lines(wave: np.ndarray, centres: np.ndarray, ew_ma: np.ndarray, t: pd.DataFrame) -> np.ndarray:
-    """Product of (1 - EW x Voigt) over the lines, each drawn over +-32 pixels around its shifted centre."""
+def _fe_lines(wave: np.ndarray, centres: np.ndarray, ew_ma: np.ndarray, t: pd.DataFrame,
+              shape: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Product of (1 - EW x Voigt) over the lines, each drawn over +-32 pixels around its shifted centre.
+
+    ``shape`` (from :func:`_perturbed_shape`) may change the resolution, the damping widths and add an LSF wing.
+    """
+    shape = shape or {}
+    resolution = shape.get("resolution", R_LSF)
+    damping = shape.get("damping", 1.0)
+    wing = shape.get("wing", 0.0)
     n = len(t)
     out = np.zeros((n, wave.size), np.float64)  # sum of ln(1 - depth)
     z = 1 + t.rv_shift.to_numpy() / SPEED_OF_LIGHT_KMS
@@ -335,8 +393,8 @@ def _fe_lines(wave: np.ndarray, centres: np.ndarray, ew_ma: np.ndarray, t: pd.Da
     offsets = np.arange(-_HALF_WIDTH_PIX, _HALF_WIDTH_PIX + 1)
     for k, lam0 in enumerate(centres):
         lam = lam0 * z                                                  # (n,)
-        sigma = gaussian_sigma(lam, teff, vmic)
-        gamma = lorentz_hwhm(lam, teff, logg, feh)
+        sigma = gaussian_sigma(lam, teff, vmic, resolution)
+        gamma = lorentz_hwhm(lam, teff, logg, feh) * damping + wing
         centre_pix = int(np.round(np.log10(lam0 / wave[0]) / APSTAR_CDELT1))
         idx = np.clip(centre_pix + offsets, 0, wave.size - 1)
         x = wave[idx][None, :] - lam[:, None]
@@ -344,6 +402,40 @@ def _fe_lines(wave: np.ndarray, centres: np.ndarray, ew_ma: np.ndarray, t: pd.Da
         out[:, idx] += np.log1p(-np.minimum(depth, 0.999))
     return np.exp(out).astype(np.float32)
 
+
+
+def _draw_ew(cog: CurveOfGrowth, truth: pd.DataFrame, line_idx: np.ndarray, dloggf: np.ndarray | None) -> np.ndarray:
+    """Return the true EWs (mA), (n_stars, n_lines); a line whose log gf is off by d has the EW of [Fe/H] + d."""
+    args = (truth.teff, truth.logg, truth.feh, truth.vmic, truth.alpha_fe)
+    if dloggf is None:
+        return cog.ew(*args, lines=line_idx)
+    out = np.empty((len(truth), len(line_idx)))
+    for k, (i, d) in enumerate(zip(line_idx, dloggf, strict=True)):
+        out[:, k] = cog.ew(truth.teff, truth.logg, truth.feh + d, truth.vmic, truth.alpha_fe, lines=[i])[:, 0]
+    return out
+
+
+def _perturbed_shape(perturb: Perturbation | None, n: int, lines: pd.DataFrame,
+                     rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Draw what a :class:`Perturbation` changes, per line and per star, from a random stream of its own."""
+    out: dict[str, Any] = {"dloggf": None}
+    if perturb is None:
+        return out
+    (r,) = rng.spawn(1)  # a separate stream: the unperturbed draws of this seed stay as they are
+    if perturb.loggf_scatter or perturb.loggf_offset:
+        out["dloggf"] = perturb.loggf_offset + r.normal(0.0, perturb.loggf_scatter, len(lines))
+    if perturb.resolution is not None:
+        out["resolution"] = r.uniform(*perturb.resolution, n)
+    if perturb.damping_scale is not None:
+        lo, hi = np.log(perturb.damping_scale)
+        out["damping"] = np.exp(r.uniform(lo, hi, n))
+    if perturb.lsf_wing_hwhm:
+        out["wing"] = np.full(n, float(perturb.lsf_wing_hwhm))
+    if perturb.continuum_ripple is not None:
+        out["ripple_amp"] = r.uniform(*perturb.continuum_ripple, n)
+        out["ripple_period"] = r.uniform(40.0, 200.0, n)
+        out["ripple_phase"] = r.uniform(0.0, 2 * np.pi, n)
+    return out
 
 def _shift(model: np.ndarray, rv: np.ndarray) -> np.ndarray:
     """Shift each spectrum by its RV (km/s): a constant pixel offset on the log-linear grid (linear interp.)."""
