@@ -11,6 +11,7 @@ or huge (apStar gives unusable pixels errors of 1e10 or more), or the APOGEE_PIX
 
 Every malformed file raises a subclass of :class:`~fehkit.errors.SpectrumFileError` naming the file, what was
 found and what was expected; ``read_apogee(..., on_error="skip")`` reads every good file and reports the others.
+:func:`check_spectrum_file` makes only the structural checks (FITS blocks, HDUs), e.g. on a download.
 """
 
 from __future__ import annotations
@@ -232,6 +233,40 @@ def read_apvisit(
     See :func:`read_apogee` for the parameters and :func:`resample_to_apstar` for the method.
     """
     return _read_one(os.fspath(path), kind="apVisit", rows="combined", bad=bad_bits_value(bad_bits), rv=rv)
+
+
+def check_spectrum_file(path: str | os.PathLike[str], kind: Kind = "auto", name: str | None = None) -> str:
+    """Check a spectrum file's structure without reading its spectra; return its kind.
+
+    The checks the readers make first: gzip integrity, FITS structure in whole 2880-byte blocks (every data unit
+    is read), and the HDUs the kind needs (numeric images). Used on each download before it enters the cache.
+
+    Parameters
+    ----------
+    path : path
+        The file (FITS, optionally gzipped).
+    kind : {"auto", "apStar", "aspcapStar", "apVisit"}
+        As in :func:`read_apogee`; ``"auto"`` decides from ``name`` (or the file name), else from the HDUs.
+    name : str, optional
+        The name to decide the kind from, when ``path`` is a temporary file.
+
+    Returns
+    -------
+    str
+        "apStar", "aspcapStar" or "apVisit".
+
+    Raises
+    ------
+    SpectrumFileError
+        Naming ``path``, what was found and what was expected.
+    """
+    path = os.fspath(path)
+    with _open_fits(path) as hdul:
+        kind = _detect_kind(name or path, hdul) if kind == "auto" else kind
+        if kind not in _NEEDED_HDUS:
+            raise FehkitError(f"kind: expected 'auto', 'apStar', 'aspcapStar' or 'apVisit', found {kind!r}")
+        _require_hdus(path, hdul, *_NEEDED_HDUS[kind])
+    return kind
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -488,8 +523,16 @@ def _header_meta(header: fits.Header) -> dict[str, Any]:
     return meta
 
 
+#: HDUs each kind needs: how many, and what they hold (for the messages).
+_NEEDED_HDUS: dict[str, tuple[int, str]] = {
+    "apStar": (4, "header, flux, error, bitmask"),
+    "aspcapStar": (3, "header, normalized flux, error"),
+    "apVisit": (5, "header, flux, error, bitmask, wavelength"),
+}
+
+
 def _read_apstar(path: str, hdul: fits.HDUList, rows: Rows, bad: int) -> SpectrumBatch:
-    _require_hdus(path, hdul, 4, "header, flux, error, bitmask")
+    _require_hdus(path, hdul, *_NEEDED_HDUS["apStar"])
     flux, err, bits = (np.atleast_2d(hdul[k].data) for k in (1, 2, 3))
     if not (flux.shape == err.shape == bits.shape):
         raise ShapeMismatchError(
@@ -545,7 +588,7 @@ def _select_rows(path: str, rows: Rows, flux: np.ndarray, nvisits: int) -> list[
 
 
 def _read_aspcapstar(path: str, hdul: fits.HDUList) -> SpectrumBatch:
-    _require_hdus(path, hdul, 3, "header, normalized flux, error")
+    _require_hdus(path, hdul, *_NEEDED_HDUS["aspcapStar"])
     flux, err = np.atleast_2d(hdul[1].data), np.atleast_2d(hdul[2].data)
     if flux.shape != err.shape:
         raise ShapeMismatchError(path, f"flux {flux.shape} and error {err.shape} differ; expected one shape")
@@ -571,7 +614,7 @@ def _read_aspcapstar(path: str, hdul: fits.HDUList) -> SpectrumBatch:
 
 
 def _read_apvisit(path: str, hdul: fits.HDUList, bad: int, rv: float | None) -> SpectrumBatch:
-    _require_hdus(path, hdul, 5, "header, flux, error, bitmask, wavelength")
+    _require_hdus(path, hdul, *_NEEDED_HDUS["apVisit"])
     flux, err, bits, wave = (np.atleast_2d(hdul[k].data) for k in (1, 2, 3, 4))
     if not (flux.shape == err.shape == bits.shape == wave.shape):
         raise ShapeMismatchError(

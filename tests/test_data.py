@@ -63,8 +63,9 @@ FAST = {"backoff": 0.01, "retries": 3}  # keep the retry tests quick
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class Route:
-    """What the server answers on one path: a body, after ``fail`` answers of ``fail_status`` and ``truncate``
-    answers cut in half (the Content-Length still announcing the whole body)."""
+    """What the server answers on one path: a body, after ``fail`` answers of ``fail_status``, ``truncate``
+    answers cut in half (the Content-Length still announcing the whole body) and ``wrong`` whole answers of status
+    200 with ``wrong_body`` (a mirror's error page) instead."""
 
     body: bytes = b""
     content_type: str = "application/octet-stream"
@@ -72,6 +73,9 @@ class Route:
     fail: int = 0
     fail_status: int = 503
     truncate: int = 0
+    wrong: int = 0
+    wrong_body: bytes = b"<!DOCTYPE html>\n<html><head><title>Maintenance</title></head><body>Back soon</body></html>\n"
+    wrong_type: str = "text/html; charset=utf-8"
     hits: int = 0
 
 
@@ -126,6 +130,8 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return None
+        if n <= route.fail + route.truncate + route.wrong:
+            return self._send(200, route.wrong_body, route.wrong_type)
         return self._send(route.status, route.body, route.content_type)
 
     def _send(self, status, body, content_type):
@@ -417,6 +423,153 @@ def test_a_damaged_cached_file_is_fetched_again(server, cache, apstar_files):
     again = fetch_spectra(rows, cache=cache, mirror=server.url, progress=False)
     assert again["fetch_status"].iloc[0] == "downloaded"
     assert path.read_bytes() == apstar_files[GIANT]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what arrives is checked before it enters the cache
+# ---------------------------------------------------------------------------------------------------------------
+OTHER = f"{STARS}/apo25m/TEST+01/apStar-dr17-2M00000001+0000001.fits"  # a file without a known sha256
+
+
+def test_html_page_with_status_200_is_retried_then_failed_and_never_cached(server, cache, apstar_files):
+    rows = serve_sas(server, apstar_files).iloc[[2]]
+    route = server.routes[OTHER]
+    route.wrong = 99
+    with pytest.raises(DownloadError, match=r"apStar-dr17-2M00000001\+0000001.fits: failed 4 times .*\(last: "
+                                            r"received an HTML page \(text/html; charset=utf-8, 91 bytes, starting "
+                                            r"'<!DOCTYPE html>.*; expected the APOGEE spectrum .*Nothing was cached"):
+        fetch_spectra(rows, cache=cache, mirror=server.url, progress=False, **FAST)
+    assert route.hits == 4  # the first try and 3 retries
+    assert no_files_left(cache) == []  # no file, no sha256 beside it, no temporary file
+
+
+def test_truncated_fits_of_the_announced_length_is_failed_not_cached(server, cache, apstar_files):
+    rows = serve_sas(server, apstar_files).iloc[[2]]
+    server.routes[OTHER] = Route(apstar_files[GIANT][:5000])  # Content-Length 5000: the HTTP answer is whole
+    with pytest.raises(DownloadError, match=r"failed 4 times .*received a file that is not a usable spectrum: 5000 "
+                                            r"bytes, not a whole number of 2880-byte FITS blocks.*expected the "
+                                            r"APOGEE spectrum apStar-dr17-2M00000001\+0000001.fits: FITS in whole"):
+        fetch_spectra(rows, cache=cache, mirror=server.url, progress=False, **FAST)
+    assert server.routes[OTHER].hits == 4
+    assert no_files_left(cache) == []
+
+    # cut at a block boundary, or without the HDUs an apStar needs: refused the same way
+    one_hdu = io.BytesIO()
+    fits.PrimaryHDU().writeto(one_hdu)
+    for body, match in ((apstar_files[GIANT][: 2880 * 100], "File may have been truncated"),
+                        (one_hdu.getvalue(), r"has 1 HDUs; expected at least 4 \(header, flux, error, bitmask\)")):
+        server.routes[OTHER] = Route(body)
+        with pytest.raises(DownloadError, match=match):
+            fetch_spectra(rows, cache=cache, mirror=server.url, progress=False, retries=0)
+        assert no_files_left(cache) == []
+
+
+def test_a_good_file_after_a_bad_answer_is_cached_once(server, cache, apstar_files):
+    rows = serve_sas(server, apstar_files).iloc[[2, 0]]
+    route, giant = server.routes[OTHER], server.routes[f"{STARS}/apo25m/000+02/{GIANT}"]
+    route.wrong = 1
+    giant.wrong, giant.wrong_body = 1, apstar_files[GIANT][:-2880]  # a known sha256 too: checked before the hash
+    got = fetch_spectra(rows, cache=cache, mirror=server.url, progress=False, **FAST)
+    assert got["fetch_status"].tolist() == ["downloaded", "downloaded"]
+    assert route.hits == 2 and giant.hits == 2
+    path = Path(got["path"].iloc[0])
+    assert path.read_bytes() == apstar_files[GIANT]
+    sidecar = path.with_name(path.name + ".sha256")
+    assert sidecar.read_text().strip() == hashlib.sha256(apstar_files[GIANT]).hexdigest()
+    again = fetch_spectra(rows, cache=cache, mirror=server.url, progress=False)
+    assert again["fetch_status"].tolist() == ["cached", "cached"] and route.hits == 2 and giant.hits == 2
+
+
+@pytest.mark.parametrize("poison", ["html", "truncated", "cut at a block", "corrupt gzip"])
+def test_a_cached_file_that_fails_the_check_is_fetched_again(server, cache, apstar_files, poison):
+    """A file cached by an earlier version without the check, its sha256 recorded beside it: it is not reused."""
+    rows = serve_sas(server, apstar_files).iloc[[2]]
+    path = cache / OTHER.lstrip("/")
+    body = {
+        "html": Route().wrong_body,
+        "truncated": apstar_files[GIANT][:5000],
+        "cut at a block": apstar_files[GIANT][: 2880 * 10],
+        "corrupt gzip": gzip.compress(apstar_files[GIANT])[:-100],
+    }[poison]
+    path.parent.mkdir(parents=True)
+    path.write_bytes(body)
+    path.with_name(path.name + ".sha256").write_text(hashlib.sha256(body).hexdigest() + "\n")
+    got = fetch_spectra(rows, cache=cache, mirror=server.url, progress=False)
+    assert got["fetch_status"].iloc[0] == "downloaded" and server.routes[OTHER].hits == 1
+    assert path.read_bytes() == apstar_files[GIANT]
+    assert path.with_name(path.name + ".sha256").read_text().strip() == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_file_products_are_checked_as_fits_tables(server, cache, tmp_path, apstar_files, caplog):
+    body = apstar_files[DWARF]
+    m = _manifest_with(tmp_path, server, body[:5000], None, None)
+    with pytest.raises(DownloadError, match=r"table.fits: failed 4 times .*received a truncated FITS file: 5000 "
+                                            r"bytes, not a multiple of 2880\); expected the FITS file table.fits"):
+        fetch_product("table", manifest=m, cache=cache, mirror=server.url, **FAST)
+    assert server.routes["/data/table.fits"].hits == 4
+    m = _manifest_with(tmp_path, server, body, None, None)
+    server.routes["/data/table.fits"].wrong = 99
+    server.routes["/data/table.fits"].wrong_type = "application/octet-stream"  # the page says it, not the header
+    with pytest.raises(DownloadError, match=r"received an HTML page \(application/octet-stream, 91 bytes"):
+        fetch_product("table", manifest=m, cache=cache, mirror=server.url, **FAST)
+    assert no_files_left(cache) == []
+    route = server.routes["/data/table.fits"] = Route(body, wrong=1)
+    path = fetch_product("table", manifest=m, cache=cache, mirror=server.url, **FAST)
+    assert path.read_bytes() == body and route.hits == 2
+
+    for cut, why in ((2880 * 3, "a primary header only"), (2880 * 20, "File may have been truncated")):
+        path.write_bytes(body[:cut])  # damaged in the cache, its sha256 recorded beside it by an earlier version
+        path.with_name("table.fits.sha256").write_text(hashlib.sha256(body[:cut]).hexdigest())
+        with caplog.at_level("WARNING", logger="fehkit.data"):
+            assert fetch_product("table", manifest=m, cache=cache, mirror=server.url).read_bytes() == body
+        assert why in caplog.text and "fetching it again" in caplog.text
+    assert route.hits == 2 + 2
+
+
+def test_fehkit_fetch_reports_a_bad_answer_as_one_line(server, cache, apstar_files, tmp_path, capsys):
+    rows = serve_sas(server, apstar_files).iloc[[0, 2]]
+    server.routes[OTHER].wrong = 99
+    table = tmp_path / "rows.csv"
+    rows.to_csv(table, index=False)
+    args = ["fetch", "spectra", str(table), "--cache", str(cache), "--mirror", server.url, "--no-progress",
+            "--backoff", "0.01", "--retries", "1"]
+    assert main(args) == 2  # one file failed: the error, one line
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    err = [line for line in lines if ": error: " in line]
+    assert len(err) == 1 and lines[-1] == err[0] and err[0].startswith("fehkit fetch: error: http://127.0.0.1:")
+    assert "failed 2 times" in err[0] and "received an HTML page (text/html" in err[0]
+    assert "expected the APOGEE spectrum apStar-dr17-2M00000001+0000001.fits" in err[0]
+    assert sorted(p.name for p in no_files_left(cache)) == [GIANT, GIANT + ".sha256"]
+
+    out = tmp_path / "fetched.csv"
+    assert main(args + ["--on-error", "skip", "--out", str(out)]) == 1  # partly done
+    captured = capsys.readouterr()
+    assert "2 rows: 0 downloaded, 1 already cached, 1 failed" in captured.out
+    failed = [line for line in captured.err.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 1 and "received an HTML page" in failed[0]
+    assert pd.read_csv(out)["path"].isna().tolist() == [False, True]
+    assert sorted(p.name for p in no_files_left(cache)) == [GIANT, GIANT + ".sha256"]
+
+
+def test_check_spectrum_file_checks_structure_only(tmp_path, apstar_files):
+    from fehkit.errors import CorruptFileError, MissingHDUError, NotFITSError
+    from fehkit.io import check_spectrum_file
+
+    assert [check_spectrum_file(p) for p in example_paths()] == ["apStar", "apStar"]
+    tmp = tmp_path / "tmp1234"  # a download's temporary name: the kind comes from name=
+    tmp.write_bytes(apstar_files[GIANT])
+    assert check_spectrum_file(tmp, name=GIANT) == "apStar"
+    assert check_spectrum_file(REPO / "tests" / "data" / "apVisit-r13-5095-55844-128.fits.gz") == "apVisit"
+    tmp.write_bytes(gzip.compress(apstar_files[GIANT])[:-8])
+    with pytest.raises(CorruptFileError, match="tmp1234: corrupt or truncated gzip stream"):
+        check_spectrum_file(tmp, name=GIANT)
+    tmp.write_bytes(b"<html><body>Not here</body></html>")
+    with pytest.raises(NotFITSError, match="does not start with a FITS header"):
+        check_spectrum_file(tmp, name=GIANT)
+    with fits.open(io.BytesIO(apstar_files[GIANT])) as hdul:
+        fits.HDUList([hdul[0].copy(), hdul[1].copy()]).writeto(tmp, overwrite=True)
+    with pytest.raises(MissingHDUError, match=r"has 2 HDUs; expected at least 3 \(header, normalized flux, error\)"):
+        check_spectrum_file(tmp, kind="aspcapStar")
 
 
 def test_rows_without_the_needed_columns_are_refused(cache):

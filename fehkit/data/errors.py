@@ -20,6 +20,9 @@ class ManifestError(DataAccessError, ValueError):
 class DownloadError(DataAccessError):
     """A file could not be downloaded (after the retries), or a product cannot be downloaded at all.
 
+    Raised too when every answer was not the file asked for (an HTML page sent with status 200, a truncated FITS
+    file of the announced length): the message names what arrived and what was expected, and nothing is cached.
+
     Parameters
     ----------
     url : str

@@ -2,9 +2,11 @@
 
 An apStar (APO) or asStar (LCO) file lives on the SAS at ``.../stars/{TELESCOPE}/{FIELD}/{FILE}``: the three
 allStar columns name it, so paths are always built from them, never guessed from the APOGEE id. Files land in the
-cache under the url's path; each one is written under a temporary name and renamed only when complete, and its
-sha256 is recorded beside it, so a batch that was interrupted (or that lost some files to a failing server) is
-simply run again: files already cached and intact are not downloaded a second time.
+cache under the url's path; each one is written under a temporary name and renamed only when complete and checked
+(it opens as FITS, in whole 2880-byte blocks, with the HDUs its kind needs: a mirror's HTML error page or a cut
+file sent with status 200 is retried, then reported failed, never cached), and its sha256 is recorded beside it.
+So a batch that was interrupted (or that lost some files to a failing server) is simply run again: files already
+cached, intact and passing the check are not downloaded a second time; the others are fetched again.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def fetch_spectra(
     timeout: float = 60.0,
     on_error: Literal["raise", "skip"] = "raise",
 ) -> pd.DataFrame:
-    """Download the spectrum file of every row into the cache (files already there are reused).
+    """Download the spectrum file of every row into the cache (files already there and passing the check are reused).
 
     Parameters
     ----------
@@ -82,7 +84,8 @@ def fetch_spectra(
     Raises
     ------
     DownloadError, ChecksumError, ServiceUnavailableError
-        One file failed (``on_error="raise"``).
+        One file failed (``on_error="raise"``): missing, or every answer was cut short or was not the spectrum
+        (an HTML page, a truncated FITS file; the message names what arrived and what was expected).
     BatchDownloadError
         Several files failed (``on_error="raise"``); ``.failures`` lists them.
     """

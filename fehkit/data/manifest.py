@@ -3,10 +3,18 @@
 ``data_manifest.yaml`` (package data of ``fehkit.data``; the repository root has a link to it) lists each remote
 product: kind, url or url template, sha256 where the file is fixed, size, licence and citation.
 :func:`fetch_product` fetches a product by name; :func:`download_file` is the single place where bytes arrive:
-pooch streams them to a temporary file in the cache folder, checks the sha256 when one is known, and only then
-renames the file into place, so a failed, truncated or corrupted download never leaves a file under its final name.
-Temporary failures (HTTP 5xx/429, dropped connections, a body shorter than announced) are retried with exponential
-backoff; a checksum mismatch is not (it would fail again).
+pooch streams them to a temporary file in the cache folder, checks what arrived, checks the sha256 when one is
+known, and only then renames the file into place and records its sha256 beside it, so a failed, truncated or
+corrupted download never leaves a file under its final name.
+
+What arrived is checked by the file's name before it enters the cache: an APOGEE spectrum (apStar, asStar,
+aspcapStar, apVisit) must pass :func:`fehkit.io.check_spectrum_file` (gzip intact, FITS in whole 2880-byte blocks,
+the HDUs its kind needs); another ``.fits`` file must be FITS in whole 2880-byte blocks whose headers all parse;
+no file may be an HTML page (a mirror's error page sent with status 200). A cached file is checked the same way
+each time it is reused, and fetched again when it fails.
+
+Temporary failures (HTTP 5xx/429, dropped connections, a body shorter than announced, a body that fails the check)
+are retried with exponential backoff; a checksum mismatch is not (it would fail again).
 
 Overrides: ``FEHKIT_DATA_URL`` (a mirror base that replaces the scheme and host of every url; the path is kept)
 and ``FEHKIT_CACHE`` (the cache folder, default ``pooch.os_cache("fehkit")``); the ``mirror=`` and ``cache=``
@@ -15,12 +23,15 @@ arguments override both.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import re
 import string
 import threading
 import time
+import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +47,7 @@ import requests
 import yaml
 
 from fehkit.data.errors import ChecksumError, DownloadError, ManifestError, ServiceUnavailableError
+from fehkit.errors import SpectrumFileError
 from fehkit.files import file_sha256
 
 #: The packaged manifest, ``fehkit/data/data_manifest.yaml`` (package data, found wherever fehkit is installed).
@@ -313,14 +325,37 @@ class IncompleteDownload(requests.exceptions.RequestException):
     """The body had fewer (or more) bytes than announced or expected: retried like a dropped connection."""
 
 
-class _CheckedDownloader(pooch.HTTPDownloader):
-    """pooch's HTTP downloader, plus a size check and the sha256 of what arrived (for the error message)."""
+class InvalidDownload(requests.exceptions.RequestException):
+    """The body arrived whole but is not the file asked for (an HTML page, a cut FITS file): retried.
 
-    def __init__(self, size: int | None, hash_it: bool, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    Parameters
+    ----------
+    found, expected : str
+        What arrived and what the file should be.
+    """
+
+    def __init__(self, found: str, expected: str) -> None:
+        self.found = found
+        self.expected = expected
+        super().__init__(f"received {found}; expected {expected}")
+
+
+class _CheckedDownloader(pooch.HTTPDownloader):
+    """pooch's HTTP downloader, plus size and content checks and the sha256 of what arrived (for the error message).
+
+    ``name`` is the file's final name: what arrives in pooch's temporary file is checked as that file would be.
+    """
+
+    def __init__(self, size: int | None, hash_it: bool, name: str, **kwargs: Any) -> None:
+        super().__init__(hooks={"response": self._record}, **kwargs)
         self.size = size
         self.hash_it = hash_it
+        self.name = name
         self.sha256: str | None = None
+        self.content_type: str | None = None
+
+    def _record(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self.content_type = response.headers.get("Content-Type")
 
     def __call__(self, url: str, output_file: Any, pooch_: Any, check_only: bool = False) -> Any:
         result = super().__call__(url, output_file, pooch_, check_only=check_only)
@@ -329,9 +364,41 @@ class _CheckedDownloader(pooch.HTTPDownloader):
         n = os.path.getsize(output_file)
         if self.size is not None and n != self.size:
             raise IncompleteDownload(f"received {n} bytes; expected {self.size} (size in the manifest)")
+        problem = content_problem(output_file, self.name, self.content_type)
+        if problem is not None:
+            raise InvalidDownload(*problem)
         if self.hash_it:
             self.sha256 = pooch.file_hash(str(output_file))
         return result
+
+
+def content_problem(
+    path: str | os.PathLike[str], name: str | None = None, content_type: str | None = None
+) -> tuple[str, str] | None:
+    """Check that a file holds what its name promises; return (what was found, what was expected), or None if good.
+
+    By ``name``: an APOGEE spectrum file (apStar, asStar, aspcapStar, apVisit, asVisit) must pass
+    :func:`fehkit.io.check_spectrum_file`; another FITS file (``.fits``, ``.fit``, ``.fz``, optionally ``.gz``) must
+    start as FITS, hold whole 2880-byte blocks (after decompression) and have headers that all parse; every file
+    must be neither empty nor an HTML page.
+
+    Parameters
+    ----------
+    path : path
+        The file to check (e.g. a download's temporary file).
+    name : str, optional
+        The file's final name; default the name of ``path``.
+    content_type : str, optional
+        The Content-Type the server sent, for the message.
+
+    Returns
+    -------
+    tuple of str, or None
+    """
+    # One check at a time: they change the warning filters (not thread-safe) and are CPU-bound anyway.
+    with _check_lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # what matters becomes an error inside the checks; the rest is noise here
+        return _content_problem(Path(path), name or Path(path).name, content_type)
 
 
 def download_file(
@@ -347,8 +414,11 @@ def download_file(
 ) -> bool:
     """Download ``url`` to ``path`` unless a good copy is already there; return whether bytes were fetched.
 
-    A file already at ``path`` is reused when it matches ``sha256`` (or, without one, the sha256 recorded next to
-    it at its own download, ``path.sha256``) and ``size``; a file that does not match is deleted and fetched again.
+    What arrives is checked by the name of ``path`` (see :func:`content_problem`) before it is renamed into place
+    and its sha256 recorded; a body that fails the check is retried like a dropped connection. A file already at
+    ``path`` is reused when it matches ``sha256`` (or, without one, the sha256 recorded next to it at its own
+    download, ``path.sha256``) and ``size`` and passes the same check; a file that does not is deleted and fetched
+    again.
 
     Parameters
     ----------
@@ -373,6 +443,14 @@ def download_file(
     -------
     bool
         True if downloaded now, False if the cached copy was reused.
+
+    Raises
+    ------
+    DownloadError
+        The file is missing (HTTP 404 ...), or every answer was cut short or failed the check (it names what
+        arrived and what was expected); nothing is left in the cache.
+    ChecksumError, ServiceUnavailableError
+        See :func:`with_retries`.
     """
     path = Path(path)
     sidecar = path.with_name(path.name + ".sha256")
@@ -380,14 +458,20 @@ def download_file(
     if path.is_file():
         good_size = size is None or path.stat().st_size == size
         if good_size and (expected is None or file_sha256(path) == expected):
-            return False
-        log.info("%s: cached copy does not match its sha256/size; fetching it again", path)
+            problem = content_problem(path, path.name)
+            if problem is None:
+                return False
+            log.warning("%s: cached copy is %s, expected %s; fetching it again", path, *problem)
+            expected = (sha256 or "").lower() or None  # the sha256 recorded beside it is that of the bad copy
+        else:
+            log.info("%s: cached copy does not match its sha256/size; fetching it again", path)
         path.unlink()
         sidecar.unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def attempt() -> None:
-        downloader = _CheckedDownloader(size, hash_it=expected is not None, progressbar=progress, timeout=timeout)
+        downloader = _CheckedDownloader(size, hash_it=expected is not None, name=path.name, progressbar=progress,
+                                        timeout=timeout)
         try:
             with _quiet_pooch():
                 pooch.retrieve(
@@ -417,9 +501,9 @@ def with_retries(
 ) -> _T:
     """Run ``call``, retrying temporary HTTP failures with exponential backoff.
 
-    Retried: HTTP statuses in :data:`RETRY_STATUS`, connection errors, timeouts and incomplete bodies (any
-    ``requests`` exception but an HTTP error with another status). Waits ``backoff``, ``2*backoff``, ``4*backoff``
-    ... seconds between attempts.
+    Retried: HTTP statuses in :data:`RETRY_STATUS`, connection errors, timeouts, incomplete bodies and bodies that
+    fail the content check (any ``requests`` exception but an HTTP error with another status). Waits ``backoff``,
+    ``2*backoff``, ``4*backoff`` ... seconds between attempts.
 
     Parameters
     ----------
@@ -444,7 +528,8 @@ def with_retries(
     ServiceUnavailableError
         When every attempt failed with a retryable HTTP status, a timeout or a refused connection.
     Exception
-        ``failed(what, problem)`` for a permanent HTTP error, or when every body arrived incomplete.
+        ``failed(what, problem)`` for a permanent HTTP error, or when every body arrived incomplete or failed the
+        content check (the last one named).
     """
     if retries < 0 or backoff < 0:
         raise ManifestError(f"retries={retries}, backoff={backoff}: expected non-negative numbers")
@@ -470,6 +555,9 @@ def with_retries(
             problems.append(_describe(err))
             last = err
     tries = f"failed {len(problems)} times over {waited:.3g} s of backoff (last: {problems[-1]})"
+    if isinstance(last, InvalidDownload):
+        raise failed(what, f"{tries}; expected {last.expected}. Nothing was cached: the server or mirror answers "
+                           "with something other than the file; try again later or use another mirror")
     if isinstance(last, IncompleteDownload | requests.exceptions.ChunkedEncodingError):
         raise failed(what, f"{tries}; expected the whole file. The server sends it cut short, or the size in the "
                            "manifest is wrong")
@@ -560,11 +648,101 @@ def _write_sidecar(sidecar: Path, digest: str) -> None:
         tmp.write_text(digest + "\n")
 
 
+_check_lock = threading.Lock()
+
+
+def _content_problem(path: Path, name: str, content_type: str | None) -> tuple[str, str] | None:
+    spectrum = re.match(r"(a[ps]Star|aspcapStar|a[ps]Visit)", name)
+    fits_name = re.search(r"\.(fits|fit|fz)(\.gz)?$", name, re.IGNORECASE)
+    if spectrum:
+        expected = f"the APOGEE spectrum {name}: FITS in whole 2880-byte blocks with the HDUs its kind needs"
+    elif fits_name:
+        expected = f"the FITS file {name} in whole 2880-byte blocks"
+    else:
+        expected = f"the file {name}, not a web page"
+    n = path.stat().st_size
+    if n == 0:
+        return "an empty body (0 bytes)", expected
+    head = _head(path)
+    if _looks_like_html(head):
+        text = head[:60].decode("utf-8", "replace").strip()
+        return f"an HTML page ({content_type or 'no Content-Type'}, {n} bytes, starting {text!r})", expected
+    if spectrum:
+        from fehkit.io import check_spectrum_file  # astropy: imported when first needed
+
+        try:
+            check_spectrum_file(path, name=name)
+        except SpectrumFileError as err:
+            return f"a file that is not a usable spectrum: {err.problem}", expected
+    elif fits_name:
+        problem = _fits_problem(path)
+        if problem:
+            return problem, expected
+    return None
+
+
+def _head(path: Path, n: int = 1024) -> bytes:
+    """Return the first ``n`` bytes of a file, decompressed when it is gzipped (as far as they go)."""
+    with path.open("rb") as f:
+        head = f.read(n)
+    if head[:2] == b"\x1f\x8b":
+        try:
+            return zlib.decompressobj(wbits=31).decompress(head, n)
+        except zlib.error:
+            return b""
+    return head
+
+
+def _looks_like_html(head: bytes) -> bool:
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return text.startswith((b"<!doctype html", b"<html")) or (
+        text.startswith(b"<") and any(tag in text for tag in (b"<html", b"<head", b"<body", b"<title"))
+    )
+
+
+def _fits_problem(path: Path) -> str | None:
+    """Describe what is wrong with a FITS file (optionally gzipped), or None; reads headers only (memory-mapped)."""
+    gzipped = _is_gzip(path)
+    try:
+        with gzip.open(path) if gzipped else path.open("rb") as f:
+            start = f.read(2880)
+            total = len(start) if gzipped else path.stat().st_size
+            while gzipped and (chunk := f.read(1 << 20)):  # the whole stream: its CRC and length are checked
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error) as err:
+        return f"a damaged gzip file ({err})"
+    if not start.startswith(b"SIMPLE  ="):
+        return f"a file that does not start with a FITS header (found {start[:20]!r}, expected 'SIMPLE  =')"
+    if total % 2880:
+        where = " after decompression" if gzipped else ""
+        return f"a truncated FITS file: {total} bytes{where}, not a multiple of 2880"
+    from astropy.io import fits
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", category=fits.verify.VerifyWarning)
+            warnings.filterwarnings("error", message=".*truncated.*")
+            with fits.open(path, memmap=not gzipped, lazy_load_hdus=True) as hdul:
+                hdul.readall()  # every header (data stay unread), so a cut inside the file shows here
+                if len(hdul) == 1 and not hdul[0].header.get("NAXIS"):
+                    return f"a FITS file of {total} bytes with a primary header only, no data and no extension"
+    except Exception as err:  # astropy raises OSError, ValueError, TypeError or warnings-as-errors here
+        return f"a damaged FITS file of {total} bytes ({type(err).__name__}: {err})"
+    return None
+
+
+def _is_gzip(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
 def _reason(err: requests.HTTPError) -> str:
     return (err.response.reason or "").strip() if err.response is not None else str(err)
 
 
 def _describe(err: requests.RequestException) -> str:
+    if isinstance(err, InvalidDownload):
+        return f"received {err.found}"
     if isinstance(err, IncompleteDownload):
         return f"incomplete download: {err}"
     if isinstance(err, requests.exceptions.ChunkedEncodingError):
