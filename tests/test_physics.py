@@ -187,3 +187,86 @@ def test_background_library():
     at = np.abs(w[None, :] - ll.wave_vac.to_numpy()[:, None]).argmin(axis=1)
     isolated = ll.blend_note.fillna("") == ""
     assert np.median(tau[2, at[isolated]]) < 0.01
+
+
+# ---- the second physics: the SME grid --------------------------------------------------------------------------
+# Direct SME runs (pysme-astro 1.2.0, one single-line synthesis per line, accwi = accrt = 1e-5) on the atmosnet
+# atmosphere of Teff 4800, log g 1.5, [Fe/H] -2, vmic 2, [alpha/Fe] +0.4: EW (mA) of the first four lines of the
+# packaged list (air 15207.526, 15244.974, 15294.560, 15395.718 A), recorded from the build.
+SME_DIRECT_4800_15_M2 = (49.5759, 11.7351, 101.7279, 11.7462)
+
+
+@pytest.fixture(scope="module")
+def sme() -> CurveOfGrowth:
+    return CurveOfGrowth.load("sme")
+
+
+def test_sme_grid_loads_by_name_with_its_axes(sme, cog):
+    assert CurveOfGrowth.load("moog") is cog
+    assert sme.meta["tool"] == "scripts/physics/build_sme_grid.py" and "pysme-astro 1.2.0" in sme.meta["code"]
+    assert sme.meta["settings"]["accwi"] == sme.meta["settings"]["accrt"] == 1e-5
+    assert sme.teff[0] == 4200 and sme.teff[-1] == 6600 and sme.logg[0] == 0.5 and sme.logg[-1] == 4.5
+    assert sme.feh[0] == -4.5 and sme.feh[-1] == -0.5 and sme.alpha_fe.tolist() == [0.4]
+    assert sme.vmic[0] == 1.0 and sme.vmic[-1] >= 2.0
+    for ax in ("teff", "logg", "feh", "vmic", "alpha_fe"):  # a sub-grid of the MOOG grid: compared node by node
+        assert np.all(np.isin(getattr(sme, ax), getattr(cog, ax)))
+    np.testing.assert_allclose(sme.wave_vac, cog.wave_vac)
+    path = resources.files("fehkit.physics") / "data" / "cog_fe1_sme.npz"
+    assert path.stat().st_size < 1e6
+    with pytest.raises(PhysicsGridError, match="expected a packaged grid name"):
+        CurveOfGrowth.load("turbospectrum")
+
+
+def test_sme_grid_reproduces_direct_sme_runs(sme):
+    ew = sme.ew(4800, 1.5, -2.0, 2.0, 0.4)[0, :4]
+    np.testing.assert_allclose(ew, SME_DIRECT_4800_15_M2, rtol=0.01)
+
+
+def test_sme_over_moog_ratio_at_emp_nodes(sme, cog):
+    """SME's Fe I EWs are a few percent weaker than MOOG's on the same atmospheres and line data."""
+    for teff, logg, feh in [(4200, 1.5, -2.5), (4800, 1.5, -2.0), (4800, 2.5, -3.0), (5400, 3.5, -2.0)]:
+        r = sme.ew(teff, logg, feh, 2.0, 0.4)[0] / cog.ew(teff, logg, feh, 2.0, 0.4)[0]
+        assert 0.92 < np.median(r) < 0.98
+        assert np.all((r > 0.85) & (r < 1.02))
+
+
+def test_sme_grid_clips_with_a_warning_and_knows_its_filled_nodes(sme):
+    with pytest.warns(FehkitWarning, match="teff: 1 value"):
+        sme.ew(4000, 1.5, -2.0, 2.0)
+    assert sme.filled[sme.teff == 6000][:, sme.logg == 0.5].all()  # no usable atmosphere
+    assert not sme.filled[sme.teff == 4200].any()  # computed where MOOG's grid is filled (model cut at tau 10)
+    assert sme.touches_filled([6000, 4800], [0.5, 1.5], [-2.0, -2.0], 2.0).tolist() == [True, False]
+    assert not sme.filled_nodes().empty
+
+
+def test_filled_nodes_table_lists_every_filled_node(cog):
+    t = cog.filled_nodes()
+    assert t.n_filled.sum() == cog.filled.sum()
+    row = t[(t.teff == 4500) & (t.logg == 0.5) & (t.alpha_fe == 0.4)].iloc[0]
+    assert row.feh == "-3.25..-0.5" and row.vmic == "all"
+    assert not ((t.teff == 4800) & (t.logg == 1.5)).any()
+
+
+def test_benchmark_touching_filled_nodes_is_counted():
+    """The number fehkit/physics/README.md states: make_benchmark(1500, seed=11)'s stars (same generator)."""
+    from fehkit.synth import draw_population
+
+    pop = draw_population(1500, np.random.default_rng(11))
+    touch = CurveOfGrowth.load().touches_filled(pop.teff, pop.logg, pop.feh, pop.vmic, pop.alpha_fe)
+    assert int(touch.sum()) == 225
+    assert (pop.logg[touch] < 1.5).sum() == 205
+
+
+def test_physics_systematic_is_small_for_detected_stars_and_nan_otherwise(cog):
+    from fehkit.physics.joint import physics_systematic
+
+    ew = cog.ew([4800, 4500, 5200], [1.5, 2.0, 3.0], [-2.0, -3.0, -1.5], 1.8, 0.4)
+    ew = np.vstack([ew, np.zeros((1, cog.n_lines))])  # a star with no iron seen
+    err = np.full(ew.shape, 1.0)
+    out = physics_systematic(ew, err, np.ones(ew.shape, bool), [4800, 4500, 5200, 4800], [1.5, 2.0, 3.0, 1.5], 1.8,
+                             0.4)
+    assert np.all(np.isfinite(out.feh_sys[:3])) and np.all((out.feh_sys[:3] > 0.005) & (out.feh_sys[:3] < 0.1))
+    assert np.isnan(out.feh_sys[3])
+    assert out.feh_sys_clipped.tolist() == ["", "", "", ""]
+    clipped = physics_systematic(ew[:1], err[:1], np.ones((1, cog.n_lines), bool), 4000, 1.5, 1.8, 0.4)
+    assert clipped.feh_sys_clipped[0] == "teff 4000 -> 4200" and np.isfinite(clipped.feh_sys[0])

@@ -5,7 +5,9 @@ flattens as its core saturates. Where a line sits on that curve depends on the a
 on the microturbulence (vmic, which widens the saturated core) and slightly on [alpha/Fe] (Mg and Si give
 electrons, and electrons set the H- continuum). fehkit ships this curve for every line of the packaged list,
 computed once with MOOG (``ewfind``) on atmosnet model atmospheres by ``scripts/physics/build_physics_grid.py``
-(``fehkit/physics/README.md`` says how, and what was done at the grid's edges).
+(``fehkit/physics/README.md`` says how, and what was done at the grid's edges). A second grid of the same lines,
+computed with SME on the same atmospheres over the metal-poor domain (``scripts/physics/build_sme_grid.py``), is
+loaded with ``CurveOfGrowth.load("sme")``: an independent physics (``docs/second_physics.md``).
 
 :class:`CurveOfGrowth` interpolates it (multilinear in Teff, log g, vmic and [alpha/Fe]; a monotone cubic,
 PCHIP, in [Fe/H], on log EW) and inverts it: EW -> [Fe/H] line by line, the classical curve-of-growth method.
@@ -29,6 +31,10 @@ from fehkit.errors import FehkitWarning, GridRangeError, PhysicsGridError
 
 #: File name of the packaged grid inside ``fehkit/physics/data``.
 DEFAULT_GRID = "cog_fe1.npz"
+
+#: The packaged grids by name: ``"moog"`` (MOOG ``ewfind``, the default) and ``"sme"`` (SME via pysme-astro, on
+#: the same atmospheres, a sub-grid over the metal-poor domain; ``fehkit/physics/README.md``).
+GRIDS = {"moog": DEFAULT_GRID, "sme": "cog_fe1_sme.npz"}
 
 #: [alpha/Fe] range the grid may be linearly extended to (atmosnet's grid stops at [alpha/M] = +0.6; the
 #: shipped nodes are 0.0 and +0.4, and the off-node test shows the extension to +0.6 holds to ~1%).
@@ -84,29 +90,35 @@ class CurveOfGrowth:
         self.validation_ew = np.empty((0, len(self.wave_vac)))
         # (teff, logg, vmic, alpha, feh, line): the four "atmosphere" axes first, for RegularGridInterpolator
         values = np.moveaxis(self.log10_ew, 2, 4)
-        self._rgi = RegularGridInterpolator(
-            (self.teff, self.logg, self.vmic, self.alpha_fe), values, bounds_error=False, fill_value=None
-        )
-        self._filled_rgi = RegularGridInterpolator(
-            (self.teff, self.logg, self.vmic, self.alpha_fe),
-            np.moveaxis(self.filled, 2, 4).astype(float),
-            bounds_error=False,
-            fill_value=None,
-        )
+        filled_values = np.moveaxis(self.filled, 2, 4).astype(float)
+        # an axis with a single node (the SME grid's [alpha/Fe]) is held constant: two identical planes
+        axes = []
+        for j, ax in enumerate((self.teff, self.logg, self.vmic, self.alpha_fe)):
+            if ax.size == 1:
+                ax = np.array([ax[0] - 0.5, ax[0] + 0.5])
+                values, filled_values = (np.repeat(v, 2, axis=j) for v in (values, filled_values))
+            axes.append(ax)
+        self._rgi = RegularGridInterpolator(tuple(axes), values, bounds_error=False, fill_value=None)
+        self._filled_rgi = RegularGridInterpolator(tuple(axes), filled_values, bounds_error=False, fill_value=None)
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> CurveOfGrowth:
-        """Load a grid file written by the build tool (default: the packaged grid).
+        """Load a packaged grid by name (``"moog"``, the default, or ``"sme"``) or a grid file by path.
 
         Examples
         --------
         >>> cog = CurveOfGrowth.load()
         >>> cog.n_lines, float(cog.feh.min()), float(cog.feh.max())
         (30, -5.0, -0.5)
+        >>> CurveOfGrowth.load("sme").meta["tool"]
+        'scripts/physics/build_sme_grid.py'
         """
-        if path is None:
-            return _packaged()
+        if path is None or (isinstance(path, str) and path in GRIDS):
+            return _packaged(GRIDS[path or "moog"])
+        if isinstance(path, str) and not path.endswith(".npz") and not Path(path).exists():
+            raise PhysicsGridError(f"{path!r}: no such grid; expected a packaged grid name {sorted(GRIDS)} or the "
+                                   "path of an .npz grid file")
         try:
             with np.load(path, allow_pickle=False) as z:
                 d = {k: z[k] for k in z.files}
@@ -171,6 +183,56 @@ class CurveOfGrowth:
         """
         out = self._rgi(self._points(teff, logg, vmic, alpha_fe))
         return out if lines is None else out[..., lines]
+
+    def clipped(self, teff: Any, logg: Any, vmic: Any, alpha_fe: Any = 0.4) -> np.ndarray:
+        """Tell, per star, what :meth:`curves` clips to the grid's edge: ``""`` or e.g. ``"teff 3677 -> 3900"``.
+
+        The same rule as the interpolation (Teff, log g, vmic to the grid's axes, [alpha/Fe] to
+        :data:`ALPHA_RANGE`), without a warning: an object array of one text per star, parts joined by ``"; "``.
+
+        Examples
+        --------
+        >>> CurveOfGrowth.load().clipped([3677, 4800], [0.53, 1.5], 1.8).tolist()
+        ['teff 3677 -> 3900', '']
+        """
+        cols = np.broadcast_arrays(*(np.atleast_1d(np.asarray(a, float)) for a in (teff, logg, vmic, alpha_fe)))
+        limits = [(self.teff[0], self.teff[-1]), (self.logg[0], self.logg[-1]), (self.vmic[0], self.vmic[-1]),
+                  ALPHA_RANGE]
+        parts: list[list[str]] = [[] for _ in range(cols[0].size)]
+        for name, values, (lo, hi) in zip(("teff", "logg", "vmic", "alpha_fe"), cols, limits, strict=True):
+            values = values.ravel()
+            for i in np.flatnonzero((values < lo - 1e-9) | (values > hi + 1e-9)):
+                parts[i].append(f"{name} {values[i]:g} -> {np.clip(values[i], lo, hi):g}")
+        return np.array(["; ".join(p) for p in parts], dtype=object)
+
+    def filled_nodes(self) -> pd.DataFrame:
+        """List the filled nodes (no usable atmosphere, or the code failed): one row per ([alpha/Fe], Teff, log g).
+
+        Columns ``alpha_fe``, ``teff``, ``logg``, ``n_filled`` (of ``n_nodes`` = [Fe/H] x vmic nodes there),
+        ``feh`` (the filled [Fe/H] nodes as ranges of consecutive nodes, for any vmic) and ``vmic`` (``"all"``
+        or the vmic nodes that have any filled node).
+
+        Examples
+        --------
+        >>> t = CurveOfGrowth.load().filled_nodes()
+        >>> t.loc[(t.teff == 4500) & (t.logg == 0.5) & (t.alpha_fe == 0.4), "feh"].item()
+        '-3.25..-0.5'
+        """
+        rows = []
+        for ia, a in enumerate(self.alpha_fe):
+            for it, t in enumerate(self.teff):
+                for ig, g in enumerate(self.logg):
+                    f = self.filled[it, ig, :, :, ia]  # (feh, vmic)
+                    if not f.any():
+                        continue
+                    fe = np.flatnonzero(f.any(axis=1))
+                    runs = np.split(fe, np.flatnonzero(np.diff(fe) > 1) + 1)
+                    vm = self.vmic[f.any(axis=0)]
+                    rows.append({"alpha_fe": a, "teff": t, "logg": g, "n_filled": int(f.sum()), "n_nodes": f.size,
+                                 "feh": ", ".join(f"{self.feh[r[0]]:g}" + (f"..{self.feh[r[-1]]:g}" if r.size > 1
+                                                                           else "") for r in runs),
+                                 "vmic": "all" if vm.size == self.vmic.size else ", ".join(f"{v:g}" for v in vm)})
+        return pd.DataFrame(rows, columns=["alpha_fe", "teff", "logg", "n_filled", "n_nodes", "feh", "vmic"])
 
     def in_filled_region(self, teff: Any, logg: Any, vmic: Any, alpha_fe: Any = 0.4) -> np.ndarray:
         """Tell where interpolation draws on nodes filled along log g (no usable atmosphere there).
@@ -308,11 +370,12 @@ class CurveOfGrowth:
         return feh, np.where(np.isnan(feh), np.nan, feh_err)
 
 
-@lru_cache(maxsize=1)
-def _packaged() -> CurveOfGrowth:
-    path = resources.files("fehkit.physics") / "data" / DEFAULT_GRID
+@lru_cache(maxsize=len(GRIDS))
+def _packaged(name: str = DEFAULT_GRID) -> CurveOfGrowth:
+    path = resources.files("fehkit.physics") / "data" / name
     with resources.as_file(path) as p:
         if not Path(p).exists():
             raise PhysicsGridError(f"{p}: the packaged curve-of-growth grid is missing; expected it in the "
-                                 "installed package (rebuild with scripts/physics/build_physics_grid.py)")
+                                 "installed package (rebuild with scripts/physics/"
+                                 f"{'build_sme_grid.py' if name == GRIDS['sme'] else 'build_physics_grid.py'})")
         return CurveOfGrowth.load(p)
