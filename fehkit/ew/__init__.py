@@ -18,11 +18,20 @@ live.
 1. **Fixed shape**: every line with the expected centre (rest frame) and Gaussian width (LSF at R = 22,500 plus
    thermal and microturbulent broadening); free c0 and EW. This gives each line's significance.
 2. **Free shape** for lines detected at >= ``free_shape_snr`` sigma: centre within ``rv_tolerance`` km/s, Gaussian
-   width within 0.6-2.5x the expected one, the Lorentz width tied to the damping of :mod:`fehkit.physics.broadening`
-   (or free with ``damping="free"``). Pixels far off the fit are then dropped and the fit repeated: more than 5 sigma
-   above it (cosmic rays, emission, sky residuals), or more than 3 sigma below it outside the line core (a
-   neighbouring line dragging the local continuum down). The star's **shared line shape** -- its residual RV and
-   the ratio of fitted to expected width -- is the weighted median over its detected, unblended lines.
+   width within 0.6-2.5x the expected one, the Lorentz width first tied to the damping of
+   :mod:`fehkit.physics.broadening`. Pixels far off the fit are then dropped and the fit repeated: more than 5
+   sigma above it (cosmic rays, emission, sky residuals), or more than 3 sigma below it outside the line core (a
+   neighbouring line dragging the local continuum down). With ``damping="shared"`` (the default) the star then
+   gets one Lorentz (wing) width: Gauss-Newton steps on the summed chi-square of its strong lines (each line's
+   step of the width, its other parameters re-optimized, combined by their information), less the
+   second-order bias of that joint fit (Box 1971: with a centre, width, level and EW of its own per line, the
+   shared width comes out ~0.01 A low at S/N 100), each followed by a refit of the strong lines with it. A
+   line-spread function wider or with broader wings than assumed, or stronger damping, is so absorbed by the
+   star's shape instead of biasing the EWs low. A star whose weaker lines' windows show a blend background
+   (crowding, below, > 0.05) keeps the damping estimate: its neighbours would fill the wings. (``damping="tied"``
+   keeps the damping estimate for every star, ``"free"`` fits the width line by line.) The star's **shared line
+   shape** -- its residual RV and the ratio of fitted to expected width (and its Lorentz width) -- is the
+   weighted median (mean) over its detected, unblended lines.
 3. **Final**: lines detected at >= ``free_shape_snr`` keep their own free-shape fit; all others are fitted with the
    star's shared shape and free c0 and EW, which is linear in the flux, so their EW is unbiased even at zero
    signal and its error is exact. The measured EW is reported whatever its significance (negative values
@@ -33,6 +42,12 @@ of ``ivar``) and, as the method does, from Monte Carlo resampling: the flux is p
 ``mc_draws`` times (100 by default) and every fit repeated, all draws in one batch; the two agree when ``ivar`` is
 right (:meth:`EWTable.error_agreement`). Where a window holds more than noise and one line (an unresolved blend,
 a telluric residual), its reduced chi-square exceeds 1 and the reported error is scaled up by its square root.
+Blends the window cannot show (inside the profile) are counted from the star's **crowding**: the mean excess of
+its windows' reduced chi-square over 1 (less one error of that mean) is the variance of its blend background in
+units of the noise; that background is correlated over a line width, so it adds ``N_eff - 1`` times that
+fraction of the fit variance, with ``N_eff = 2 sqrt(pi) sigma / pixel`` (~5) the effective pixels of a profile.
+It is ~0 for EMP stars and grows with metallicity. With ``damping="shared"`` the error of the star's Lorentz
+width reaches each strong line's EW error through the EW-width correlation of its fit.
 The detection limit follows Cayrel (1988):
 ``sigma_EW ~ 1.5 sqrt(FWHM x pixel) / SNR``, ~6 mA at S/N 100, while the strongest H-band Fe I lines of a
 [Fe/H] = -3 giant are ~20 mA.

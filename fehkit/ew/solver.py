@@ -6,7 +6,9 @@ Voigt profile of :mod:`fehkit.profiles`. With the shape (centre and widths) fixe
 box-bounded Levenberg-Marquardt loop over all fits together (elementwise Jacobians and an elementwise 5x5
 Cholesky solve per fit, much faster here than batched LAPACK). :func:`linear_monte_carlo` and
 :func:`monte_carlo` repeat the fits on the flux plus its own noise for the resampled errors. The same code runs on
-numpy or on torch (CPU or CUDA) through :class:`ArrayBackend`; numpy is the reference.
+numpy or on torch (CPU or CUDA) through :class:`ArrayBackend`; numpy is the reference. For a parameter shared by
+many fits (a star's Lorentz width), :func:`gauss_newton_step` gives each fit's own step and variance,
+:func:`shared_bias_terms` their second-order bias and :func:`regression_slope` how an EW follows it.
 
 Arrays are flattened to ``(n_fits, n_window)``; parameters are ordered ``(c0, EW, d_lambda, sigma, gamma)``
 (:data:`C0` ... :data:`GAM`).
@@ -169,6 +171,106 @@ def normal_equations(xp: ArrayBackend, x: Any, y: Any, w: Any, p: Any, free: Any
     return chi2, jtj, jtr
 
 
+def regression_slope(xp: ArrayBackend, dx: np.ndarray, flux: np.ndarray, w: np.ndarray, p: np.ndarray,
+                     free: np.ndarray, of: int, on: int) -> tuple[np.ndarray, np.ndarray]:
+    """How parameter ``of`` follows parameter ``on`` at a fit's solution, the others refitted: cov / var, and var.
+
+    From the inverse Gauss-Newton matrix at ``p`` (float64): the slope ``cov(of, on) / var(on)`` is the change of
+    ``of`` when ``on`` is moved by one unit and every other free parameter re-optimized, so an error of ``on``
+    propagates to ``of`` through it.
+    """
+    x, y, wt, pt = (xp.asarray(a, True) for a in (dx, flux, w, p))
+    fr = xp.asarray(free.astype(np.float32), True)
+    _, jtj, _ = normal_equations(xp, x, y, wt, pt, fr)
+    low = cholesky(xp, jtj + xp.diag_embed(1.0 - fr))
+    inv = _inverse_cholesky(low)
+    n = len(low)
+    cov = sum(inv[i][of] * inv[i][on] for i in range(max(of, on), n))
+    var = sum(inv[i][on] * inv[i][on] for i in range(on, n))
+    var_np = xp.numpy(var)
+    return xp.numpy(cov) / np.where(var_np > 0, var_np, np.inf), var_np
+
+
+def gauss_newton_step(xp: ArrayBackend, dx: np.ndarray, flux: np.ndarray, w: np.ndarray, p: np.ndarray,
+                      free: np.ndarray, pars: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """One unbounded Gauss-Newton step of every fit from ``p`` (float64), and the covariance of ``pars``.
+
+    Used to measure parameters shared by many fits: each fit's step of them, its other parameters
+    re-optimized, is its own estimate of the shift, with the covariance given (``(n_fits, k, k)`` for the ``k``
+    parameters ``pars``); their information-weighted mean is the joint Gauss-Newton step.
+    """
+    x, y, wt, pt = (xp.asarray(a, True) for a in (dx, flux, w, p))
+    fr = xp.asarray(free.astype(np.float32), True)
+    _, jtj, jtr = normal_equations(xp, x, y, wt, pt, fr)
+    a = jtj + xp.diag_embed(1.0 - fr)
+    low = cholesky(xp, a)
+    inv = _inverse_cholesky(low)
+    n = len(low)
+    cov = np.stack([np.stack([xp.numpy(sum(inv[r][i] * inv[r][j] for r in range(max(i, j), n))) for j in pars], -1)
+                    for i in pars], -2)
+    return xp.numpy(solve_spd(xp, a, jtr) * fr), cov
+
+
+def shared_bias_terms(xp: ArrayBackend, dx: np.ndarray, flux: np.ndarray, w: np.ndarray, p: np.ndarray,
+                      free: np.ndarray, on: int, h_on: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each fit's share of the second-order (Box 1971) bias of parameter ``on`` when many fits share it.
+
+    With the shared parameter's variance ``V``, each fit's parameter covariance is its own nuisance covariance
+    ``A^-1`` (``on`` held fixed) plus ``V u u^T``, ``u`` the change of all its parameters with ``on`` (``u_on =
+    1``). Box's bias ``-1/2 C J^T W d``, ``d`` per pixel the trace of ``C`` times the model's Hessian, is then for
+    the shared parameter ``-1/2 V sum_fits (s_a + V s_u)``; this returns ``s_a`` and ``s_u`` (float64), the
+    Hessian traces taken as second differences along the directions of ``A^-1`` (1-sigma steps) and along ``u``
+    (steps of ``h_on``). ``free`` excludes ``on``.
+    """
+    x, y, wt, pt = (xp.asarray(a, True) for a in (dx, flux, w, p))
+    all_free = free.copy()
+    all_free[:, on] = True
+    fa = xp.asarray(all_free.astype(np.float32), True)
+    fn = xp.asarray(free.astype(np.float32), True)
+    _, jtj, _ = normal_equations(xp, x, y, wt, pt, fa)
+    inv = _inverse_cholesky(cholesky(xp, jtj + xp.diag_embed(1.0 - fa)))
+    n = len(inv)
+    c_on = [sum(inv[r][k] * inv[r][on] for r in range(max(k, on), n)) for k in range(n)]
+    u = xp.stack([c / c_on[on] for c in c_on], -1) * fa
+    _, jtj_n, _ = normal_equations(xp, x, y, wt, pt, fn)
+    inv_n = _inverse_cholesky(cholesky(xp, jtj_n + xp.diag_embed(1.0 - fn)))
+
+    def model(q: Any) -> Any:
+        c0, ew, dl, sig, gam = (q[..., i:i + 1] for i in range(NPAR))
+        return c0 * (1.0 - ew * voigt(x - dl, sig, gam))
+
+    def second(v: Any, h: float) -> Any:
+        return (model(pt + h * v) - 2.0 * m0 + model(pt - h * v)) / (h * h)
+
+    m0 = model(pt)
+    d_a = 0.0
+    for r in range(n):
+        v = xp.stack([inv_n[r][k] if k <= r else inv_n[r][r] * 0.0 for k in range(n)], -1) * fn
+        d_a = d_a + second(v, 1.0)
+    d_u = second(u, h_on)
+    c0, ew, dl, sig, gam = (pt[..., i:i + 1] for i in range(NPAR))
+    vv, v_x, v_s, v_g = voigt_and_derivatives(x - dl, sig, gam)
+    a = c0 * ew
+    jac = [(1.0 - ew * vv), -c0 * vv, a * v_x, -a * v_s, -a * v_g]
+    s_a = sum(u[..., k] * (wt * jac[k] * d_a).sum(-1) for k in range(n))
+    s_u = sum(u[..., k] * (wt * jac[k] * d_u).sum(-1) for k in range(n))
+    return xp.numpy(s_a), xp.numpy(s_u)
+
+
+def _inverse_cholesky(low: list[list[Any]]) -> list[list[Any]]:
+    """Return the inverse of a lower-triangular factor from :func:`cholesky` (lower triangle; None above)."""
+    n = len(low)
+    inv: list[list[Any]] = [[None] * n for _ in range(n)]
+    for j in range(n):
+        inv[j][j] = 1.0 / low[j][j]
+        for i in range(j + 1, n):
+            s = 0.0
+            for k in range(j, i):
+                s = s + low[i][k] * inv[k][j]
+            inv[i][j] = -s / low[i][i]
+    return inv
+
+
 def cholesky(xp: ArrayBackend, a: Any) -> list[list[Any]]:
     """Elementwise Cholesky factor of a batch of small SPD matrices (a Python list of lower-triangle arrays)."""
     n = a.shape[-1]
@@ -209,16 +311,8 @@ def solve_spd(xp: ArrayBackend, a: Any, b: Any) -> Any:
 def inverse_diagonal(xp: ArrayBackend, a: Any) -> Any:
     """Diagonal of the inverse of a batch of small SPD matrices (via the inverse Cholesky factor)."""
     n = a.shape[-1]
-    low = cholesky(xp, a)
     # inv(A) = inv(L)^T inv(L); diag = column sums of squares of inv(L)
-    inv: list[list[Any]] = [[None] * n for _ in range(n)]
-    for j in range(n):
-        inv[j][j] = 1.0 / low[j][j]
-        for i in range(j + 1, n):
-            s = 0.0
-            for k in range(j, i):
-                s = s + low[i][k] * inv[k][j]
-            inv[i][j] = -s / low[i][i]
+    inv = _inverse_cholesky(cholesky(xp, a))
     return xp.stack([sum(inv[i][j] * inv[i][j] for i in range(j, n)) for j in range(n)], -1)
 
 

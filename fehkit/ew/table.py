@@ -64,8 +64,9 @@ class EWTable:
         The line list (``wave_vac`` is the line's vacuum wavelength).
     ew_mA, ew_err_mA : float32
         Measured EW (also below detection, also negative) and its 1-sigma error: the fit's error scaled by
-        sqrt(reduced chi-square) where that exceeds 1 (plus ``systematic_mA`` in quadrature); NaN exactly where
-        the flag is masked or fit_failed.
+        sqrt(reduced chi-square) where that exceeds 1, plus the star's crowding (blend background) term, the
+        shared Lorentz width's error (``damping="shared"``) and ``systematic_mA`` in quadrature; NaN exactly
+        where the flag is masked or fit_failed.
     ew_err_fit_mA : float32
         The fit's own error, from its Jacobian (the inverse Gauss-Newton matrix with the pixel errors of ivar).
     ew_err_mc_mA : float32
@@ -90,6 +91,9 @@ class EWTable:
         The star's shared line shape: residual RV and fitted/expected Gaussian width.
     n_shape_lines : (n_spec,) int
         Detected, unblended lines the shared shape was taken from (0: the expected shape was kept).
+    shared_gamma_A : (n_spec,) float32, optional
+        The star's shared Lorentz half width (A): fitted with ``damping="shared"`` (from its strong lines; may
+        be slightly negative: wings weaker than the assumed Voigt), else the damping estimate of its first line.
     detection_sigma : float
         Significance that counts as a detection.
     info : dict
@@ -122,6 +126,7 @@ class EWTable:
     detection_sigma: float = 3.0
     info: dict[str, Any] = field(default_factory=dict)
     used: np.ndarray | None = None
+    shared_gamma_A: np.ndarray | None = None
 
     @property
     def n_spectra(self) -> int:
@@ -183,7 +188,8 @@ class EWTable:
         per_line = {k: getattr(self, k)[idx] for k in PER_LINE_FIELDS}
         per_star = {k: getattr(self, k)[idx] for k in ("star_id", "shared_rv_kms", "width_scale", "n_shape_lines")}
         return EWTable(lines=self.lines, detection_sigma=self.detection_sigma, info=dict(self.info), **per_line,
-                       **per_star, used=None if self.used is None else self.used[idx])
+                       **per_star, used=None if self.used is None else self.used[idx],
+                       shared_gamma_A=None if self.shared_gamma_A is None else self.shared_gamma_A[idx])
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (star, line), with the ``fehkit ew`` columns first (:data:`EW_COLUMNS`) then the fit details."""
