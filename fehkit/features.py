@@ -20,13 +20,17 @@ import numpy as np
 import pandas as pd
 
 from fehkit.display import html_summary, text_summary
-from fehkit.errors import FehkitError, FehkitWarning
+from fehkit.errors import FehkitError, FehkitWarning, InputTableError
 from fehkit.ew import FLAGS, EWTable
 from fehkit.physics.cog import CurveOfGrowth
-from fehkit.physics.joint import joint_abundance, parameter_error, per_line_median
+from fehkit.physics.joint import joint_abundance, parameter_error, per_line_median, physics_systematic
 
 #: Typical 1-sigma errors of survey Teff, log g and vmic, used when the parameter table has no error columns.
 DEFAULT_PARAM_ERRORS: dict[str, float] = {"teff": 100.0, "logg": 0.2, "vmic": 0.2}
+
+#: Teff, log g and vmic that no star has: (low, high, whether low itself is allowed); a table outside is refused.
+PARAM_LIMITS: dict[str, tuple[float, float, bool]] = {"teff": (0.0, 10000.0, False), "logg": (-1.0, 6.0, True),
+                                                      "vmic": (0.0, np.inf, False)}
 
 #: Line states of the ``state_*`` features.
 STATE_DETECTED, STATE_UPPER, STATE_BLEND = 0.0, 1.0, 2.0
@@ -52,7 +56,9 @@ class Features:
         Feature names, one per column of ``X``.
     stars : pandas.DataFrame
         One row per star: ``star_id``, the parameters used, ``snr`` if known, and the classical method's results
-        (:data:`fehkit.physics.joint.JOINT_COLUMNS`, ``feh_cog_err_param``, the per-line median).
+        (:data:`fehkit.physics.joint.JOINT_COLUMNS`, ``feh_cog_err_param``, the per-line median), ``n_lines``,
+        ``cog_clipped`` (``""`` or what the curve of growth clipped to its edge, e.g. ``"teff 3677 -> 3900"``) and
+        ``cog_filled`` (the star's parameters and [Fe/H] lean on filled, extrapolated grid nodes).
     info : dict
         How the features were made (``log_ew``, ``include_params``, the line wavelengths).
     ew : EWTable, optional
@@ -109,6 +115,7 @@ def build_features(
     include_params: Sequence[str] = ("teff", "logg", "vmic"),
     snr: np.ndarray | None = None,
     cog: CurveOfGrowth | None = None,
+    systematic: bool = True,
 ) -> Features:
     """Turn an EW table and stellar parameters into the regressors' feature matrix.
 
@@ -131,6 +138,10 @@ def build_features(
         The spectra's S/N; kept in :attr:`Features.stars` (not a feature).
     cog : CurveOfGrowth, optional
         The curve-of-growth grid (default: the packaged one).
+    systematic : bool
+        Also run the classical method with the second physics (the SME grid) and keep the code-to-code difference
+        in :attr:`Features.stars` as ``feh_sys`` (dex; :func:`fehkit.physics.joint.physics_systematic`), with
+        ``feh_sys_clipped`` naming what was clipped to the SME grid's domain. Not a feature.
 
     Returns
     -------
@@ -147,6 +158,7 @@ def build_features(
     (3, True)
     """
     p = _params(params, len(ew.star_id))
+    check_param_values(p, ids=np.asarray(ew.star_id).astype(str))
     errors = {**DEFAULT_PARAM_ERRORS, **(param_errors or {})}
     perr = {k: (p[f"{k}_err"].to_numpy(float) if f"{k}_err" in p else np.full(len(p), float(errors[k])))
             for k in ("teff", "logg", "vmic")}
@@ -167,6 +179,11 @@ def build_features(
         joint = joint_abundance(value, err, clean, *args, cog=cog, lines=lines)
         perr_feh, shifts = parameter_error(value, err, clean, *args, errors=perr, cog=cog, lines=lines, base=joint)
         median = per_line_median(value, err, clean, *args, cog=cog, lines=lines)
+        sysd = physics_systematic(value, err, clean, *args, reference=cog, lines=lines)[
+            ["feh_sys", "feh_sys_clipped"]] if systematic else None
+        feh = joint["feh_cog"].to_numpy(float)
+        has_feh = np.isfinite(feh)
+        filled = cog.touches_filled(args[0], args[1], np.where(has_feh, feh, cog.feh[0]), args[2], args[3]) & has_feh
     if caught:
         warnings.warn(str(caught[0].message), FehkitWarning, stacklevel=2)
 
@@ -182,6 +199,11 @@ def build_features(
     stars["feh_cog_err_total"] = np.hypot(stars["feh_cog_err"], perr_feh)
     stars = pd.concat([stars, shifts], axis=1)
     stars["n_lines"] = (flag == FLAGS.index("ok")).sum(axis=1)
+    # where the classical method leaned on the grid: parameters clipped to its edge, filled (extrapolated) nodes
+    stars["cog_clipped"] = cog.clipped(*args)
+    stars["cog_filled"] = filled
+    if sysd is not None:
+        stars = pd.concat([stars, sysd], axis=1)
 
     cols: dict[str, np.ndarray] = {}
     state = np.where(flag == FLAGS.index("blend_suspect"), STATE_BLEND,
@@ -225,6 +247,49 @@ def joint_usable(ew: EWTable) -> np.ndarray:
     err = np.asarray(ew.ew_err_mA, float)
     return (np.isin(flag, [FLAGS.index("ok"), FLAGS.index("upper_limit")]) & np.isfinite(value)
             & np.isfinite(err) & (err > 0))
+
+
+def check_param_values(params: pd.DataFrame, where: str = "stellar parameters", *,
+                       ids: Sequence[Any] | None = None) -> None:
+    """Refuse Teff, log g and vmic that no star has (:data:`PARAM_LIMITS`) and two rows for one star.
+
+    Teff <= 0 or > 10,000 K, log g outside -1..6 and vmic <= 0 raise :class:`~fehkit.errors.InputTableError`
+    naming ``where``, the star (``ids``, else the table's ``star_id`` or ``file``, else the row), the column and the
+    value; so does a star (``star_id``, else ``file``) with two rows, unless ``ids`` are given (a table of one row
+    per spectrum, where two visits of one star are two rows). Missing values are left to the caller.
+
+    Examples
+    --------
+    >>> try:
+    ...     check_param_values(pd.DataFrame({"star_id": ["a"], "teff": [1e5], "logg": [-5.0], "vmic": [1.0]}))
+    ... except InputTableError as err:
+    ...     print(err)
+    stellar parameters: star a has teff = 100000; expected 0 < teff <= 10000 K (no star has such a value)
+    """
+    p = params.reset_index(drop=True)
+    key = next((k for k in ("star_id", "file") if k in p), None)
+    names = [str(v) for v in (ids if ids is not None else p[key] if key else [f"row {i + 1}" for i in range(len(p))])]
+    who = (lambda i: f"star {names[i]}") if (ids is not None or key) else (lambda i: names[i])
+    for col, (lo, hi, closed) in PARAM_LIMITS.items():
+        if col not in p:
+            continue
+        v = pd.to_numeric(p[col], errors="coerce").to_numpy(float)
+        with np.errstate(invalid="ignore"):
+            bad = np.isfinite(v) & ((v < lo) | (v > hi) | ((v == lo) & (not closed)))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            unit = {"teff": " K", "vmic": " km/s"}.get(col, "")
+            expect = f"{lo:g} {'<=' if closed else '<'} {col}" + (f" <= {hi:g}" if np.isfinite(hi) else "")
+            more = f" ({int(bad.sum())} such values)" if bad.sum() > 1 else ""
+            raise InputTableError(f"{where}: {who(i)} has {col} = {v[i]:g}{more}; expected {expect}{unit} (no star "
+                                  "has such a value)")
+    if key and ids is None:
+        dup = p[key].astype(str).duplicated(keep=False).to_numpy()
+        if dup.any():
+            first = str(p[key].astype(str)[dup].iloc[0])
+            rows = [int(r) + 1 for r in np.flatnonzero(p[key].astype(str).to_numpy() == first)]
+            raise InputTableError(f"{where}: {key} {first} has {len(rows)} rows (rows {', '.join(map(str, rows))}); "
+                                  "expected one row per star")
 
 
 def _params(params: pd.DataFrame | Mapping[str, Any], n: int) -> pd.DataFrame:

@@ -25,6 +25,7 @@ from bokeh.models import ColumnDataSource, FactorRange, HoverTool, LinearAxis, R
 from bokeh.plotting import figure
 
 from fehkit.errors import PlotInputError
+from fehkit.flags import has_flag
 from fehkit.plots.style import (
     BIN_LABELS,
     BIN_MAE_KEYS,
@@ -513,7 +514,7 @@ def _companion(pred: pd.DataFrame, column: str, kind: str) -> str | None:
 def _upper_limit_mask(pred: pd.DataFrame) -> np.ndarray:
     if "flag" not in pred:
         return np.zeros(len(pred), dtype=bool)
-    return (pred["flag"].astype(str) == "upper_limit").to_numpy(dtype=bool, copy=True)
+    return has_flag(pred["flag"], "upper_limit")
 
 
 def _star_source(pred: pd.DataFrame, sel: np.ndarray, x: np.ndarray, y: np.ndarray) -> ColumnDataSource:

@@ -15,6 +15,7 @@ from jupyter_bokeh import BokehModel
 from fehkit.errors import FehkitWarning, PlotInputError
 from fehkit.ew import EWTable
 from fehkit.features import STATE_BLEND, STATE_DETECTED, STATE_UPPER, joint_usable
+from fehkit.flags import has_flag
 from fehkit.physics.cog import CurveOfGrowth
 from fehkit.physics.joint import likelihood_profile
 from fehkit.plots.likelihood import (
@@ -128,7 +129,7 @@ class FeHExplorer(widgets.VBox):
             parts.append(f"S/N {float(p['snr']):.0f}")
         if "true_feh" in p:
             parts.append(f"true [Fe/H] {float(p['true_feh']):+.2f}")
-        if p["flag"] == "upper_limit":
+        if has_flag([p["flag"]], "upper_limit")[0]:
             parts.append("upper limit")
         return " · ".join(parts)
 
@@ -148,7 +149,7 @@ class FeHExplorer(widgets.VBox):
     def _likelihood_args(self) -> tuple[Any, ...]:
         p = self.star
         marks = {key: float(p[col]) for key, col in MARKS.items() if col in p}
-        upper = float(p["feh_upper"]) if p["flag"] == "upper_limit" and "feh_upper" in p else None
+        upper = float(p["feh_upper"]) if has_flag([p["flag"]], "upper_limit")[0] and "feh_upper" in p else None
         return self.profile["feh_grid"], self.profile["m2lnl"][0], marks, upper, self.synthetic
 
     def _likelihood_kwargs(self) -> dict[str, Any]:
@@ -177,7 +178,7 @@ class FeHExplorer(widgets.VBox):
     def _details_html(self) -> str:
         p = self.star
         s = self._stars.iloc[self._rows[self.index]]
-        upper = p["flag"] == "upper_limit"
+        upper = bool(has_flag([p["flag"]], "upper_limit")[0])
         truth = "SYNTHETIC truth" if self.synthetic else "reference"
 
         def num(key: str, fmt: str = "{:+.2f}", src: pd.Series = p) -> str:
@@ -215,6 +216,9 @@ class FeHExplorer(widgets.VBox):
         j = self._rows[self.index]
         rows.append(("lines in the likelihood", f"{int(self._usable[j].sum())} of {self._wave.size}"))
         rows.append(("flag", str(p["flag"])))
+        reason = p.get("flag_reason")
+        if isinstance(reason, str) and reason:
+            rows.append(("why", reason))
         body = "".join(f"<tr><td>{html.escape(a)}</td><td><b>{html.escape(b)}</b></td></tr>" for a, b in rows)
         head = ("SYNTHETIC star " if self.synthetic else "star ") + html.escape(str(p["star_id"]))
         if "snr" in p:
