@@ -27,6 +27,7 @@ from fehkit.continuum import normalize
 from fehkit.display import html_summary, text_summary
 from fehkit.features import Features
 from fehkit.files import atomic_folder, jsonable, write_table
+from fehkit.flags import join_columns
 from fehkit.models.ensemble import FeHEnsemble
 from fehkit.spectra import SpectrumBatch, is_synthetic
 from fehkit.synth import Simulation, make_benchmark
@@ -236,6 +237,7 @@ def _prediction_table(pred: pd.DataFrame, feats: Features, truth: pd.DataFrame, 
     s = feats.stars
     out = pd.DataFrame({"star_id": s["star_id"]})
     out = pd.concat([out, pred.reset_index(drop=True)], axis=1)
+    out["feh_sys"] = s["feh_sys"].to_numpy() if "feh_sys" in s else np.nan
     out["n_lines"] = s["n_lines"].to_numpy()
     for c in ("feh_cog_err", "feh_cog_err_param", "feh_cog_upper", "cog_signal_sigma", "feh_cog_median",
               "cog_median_n_lines"):
@@ -258,7 +260,7 @@ def _oof_table(ens: FeHEnsemble, feats: Features, truth: pd.DataFrame) -> pd.Dat
     return pd.DataFrame({"feh": oof["feh"].to_numpy(), "feh_err": oof["feh_err"].to_numpy(),
                          "feh_cog": s["feh_cog"].to_numpy(), "true_feh": truth["feh"].to_numpy()[rows],
                          "snr": truth["snr"].to_numpy()[rows],
-                         "flag": np.where(s["cog_signal_sigma"] >= ens.detection_sigma, "ok", "upper_limit")})
+                         "flag": join_columns({"upper_limit": s["cog_signal_sigma"] < ens.detection_sigma}, len(s))})
 
 
 def _cannon(norm: SpectrumBatch, truth: pd.DataFrame, tr: np.ndarray, te: np.ndarray) -> np.ndarray:

@@ -5,7 +5,9 @@
 ``fehkit simulate`` writes a SYNTHETIC benchmark folder (apStar-format files, ``truth.csv``, ``truth_ew.csv``).
 ``fehkit demo`` runs the main job on the embedded SYNTHETIC benchmark (``metrics.json``, ``predictions.csv``,
 ``report.html``, ``model/``). ``fehkit train``, ``predict`` and ``evaluate`` train the [Fe/H] ensemble, apply it to
-spectrum files and score it on a benchmark folder. ``fehkit fetch`` lists and fetches the remote data products of
+spectrum files and score it on a benchmark folder or a labelled table of stars; ``fehkit validate`` cross-validates it
+on a labelled table (out-of-sample [Fe/H] of every star, compared with the reference labels and with ASPCAP or
+GALAH where the table has them). ``fehkit fetch`` lists and fetches the remote data products of
 ``data_manifest.yaml`` into the cache.
 
 Every error a user can cause (a bad file, a missing column, a bad number, an output that cannot be written) is a
@@ -35,6 +37,8 @@ from fehkit.errors import FehkitError, FehkitWarning, InputTableError, UsageErro
 #: Exit status of a run that failed on bad input (argparse uses the same for a bad command line).
 EXIT_ERROR = 2
 
+ENSEMBLE_HELP = ("settings of the ensemble as JSON, e.g. '{\"n_folds\": 3, \"rf\": {\"n_estimators\": 100}}' "
+                 "(keys rf, xgb, dnn, members, n_folds, target, train_on, detection_sigma)")
 OVERWRITE_HELP = ("replace OUT if it exists; only a folder fehkit wrote (it holds .fehkit-output.json) or an empty "
                   "one is ever replaced, whole")
 
@@ -67,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             status, error = 130, "interrupted; outputs are left as they were before this run"
     for line in warning_lines(name, caught, skip=args.reported):
         print(line, file=sys.stderr)
+    for line in getattr(args, "final_lines", ()):  # a summary after the warnings (fehkit predict's flags)
+        print(line)
     if error is not None:
         print(f"{name}: error: {' '.join(error.split())}", file=sys.stderr)
     return status
@@ -252,6 +258,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grid-search", metavar="JSON", help="a bounded grid per member scored by cross-validation on "
                    "the training stars, e.g. '{\"rf\": {\"max_depth\": [8, 12, 16]}}' (at most 16 combinations "
                    "per member)")
+    p.add_argument("--holdout", type=_number(float, 0, 0.9), default=0.0, metavar="FRACTION",
+                   help="keep this fraction of the training stars out of training (stratified in [Fe/H]), score the "
+                   "model on them and record the metrics and their predictions in the model card (e.g. 0.2)")
+    p.add_argument("--ensemble", metavar="JSON", help=ENSEMBLE_HELP)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_train)
@@ -261,7 +271,9 @@ def _parser() -> argparse.ArgumentParser:
         help="[Fe/H] of APOGEE spectrum files with a trained model",
         description="Normalize, measure EWs and predict [Fe/H]; writes the CSV file OUT, one row per spectrum: "
         "star_id, feh, feh_err, feh_upper (3-sigma limit where flag is upper_limit), feh_rf, feh_xgb, feh_dnn, "
-        "feh_cog, n_lines, flag (ok, upper_limit, no_lines). An existing file OUT is replaced.",
+        "feh_cog, feh_sys (MOOG-vs-SME systematic of feh_cog), n_lines, flag (ok, or those that apply of "
+        "upper_limit, no_usable_lines, out_of_domain, grid_edge, "
+        "grid_extrapolated, joined by ';'), flag_reason. Prints a count per flag. An existing file OUT is replaced.",
     )
     p.add_argument("files", nargs="+", type=Path, help="apStar/asStar, aspcapStar or apVisit FITS files (.gz ok)")
     p.add_argument("--model", type=Path, required=True, help="model folder (fehkit train, or model/ of fehkit demo)")
@@ -272,17 +284,43 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate",
-        help="score a trained model on a benchmark folder's test stars",
-        description="Predict the test split of a benchmark folder (all its stars when none is marked test) and write "
-        "the JSON file OUT: per model MAE, bias, scatter, r with confidence intervals, binned metrics, upper limits "
-        "and coverage against the folder's truth.csv (the keys of metrics.json of fehkit demo). An existing file OUT "
-        "is replaced.",
+        help="score a trained model on a benchmark folder's test stars or on a labelled table of stars",
+        description="DATA a benchmark folder: predict its test split (all its stars when none is marked test) and "
+        "write the JSON file OUT (default metrics.json): per model MAE, bias, scatter, r with confidence intervals, "
+        "binned metrics, upper limits and coverage against the folder's truth.csv (the keys of metrics.json of "
+        "fehkit demo); an existing file OUT is replaced. DATA a labelled table (the layout fehkit train reads: "
+        "file, feh_ref, feh_ref_err, teff, logg, vmic): predict every star and write the folder OUT (default "
+        "fehkit-evaluate): metrics.json against feh_ref, with the cross-survey comparison where the table has "
+        "ASPCAP fe_h/m_h or GALAH [Fe/H] columns, predictions.csv and report.html; an existing OUT needs "
+        "--overwrite.",
     )
     p.add_argument("--model", type=Path, required=True, help="model folder")
     p.add_argument("--data", type=Path, required=True, help="benchmark folder (truth.csv + apStar files, from "
-                   "fehkit simulate)")
-    p.add_argument("--out", type=Path, default=Path("metrics.json"), help="output JSON file (default %(default)s)")
+                   "fehkit simulate) or a labelled CSV/Parquet table")
+    p.add_argument("--out", type=Path, help="output JSON file for a benchmark folder (default metrics.json), output "
+                   "folder for a table (default fehkit-evaluate)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP + " (table DATA only)")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "validate",
+        help="cross-validated [Fe/H] and metrics for every star of a labelled table",
+        description="Split the stars of DATA (the layout fehkit train reads: a CSV/Parquet table with file, "
+        "feh_ref, feh_ref_err, teff, logg, vmic, or a benchmark folder) into FOLDS folds stratified in feh_ref, "
+        "predict each fold with an ensemble trained on the other folds, and write the folder OUT: metrics.json "
+        "(against feh_ref, with the cross-survey comparison where the table has ASPCAP fe_h/m_h or GALAH [Fe/H] "
+        "columns), predictions.csv (one row per star, its fold) and report.html. OUT is written whole; an existing "
+        "OUT needs --overwrite.",
+    )
+    p.add_argument("--data", type=Path, required=True, help="labelled table (or benchmark folder)")
+    p.add_argument("--folds", type=_number(int, 2), default=5, help="number of folds, at least 2 (default "
+                   "%(default)s)")
+    p.add_argument("--out", type=Path, default=Path("fehkit-validate"), help="output folder (default %(default)s)")
+    p.add_argument("--seed", type=_SEED, default=0, help="seed of the folds and members (default %(default)s)")
+    p.add_argument("--ensemble", metavar="JSON", help=ENSEMBLE_HELP)
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_validate)
 
     _add_fetch_parser(sub)
     return parser
@@ -307,16 +345,79 @@ def _train(args: argparse.Namespace) -> int:
                              "{parameter: [values]}")
     if not args.data.exists():
         raise UsageError(f"--data {args.data}: not found; expected a benchmark folder or a CSV/Parquet table")
+    ensemble = _ensemble_json(args.ensemble)
     check_output_folder(args.out, args.overwrite)
     ens = train_model(args.data, args.out, seed=args.seed, search=search, overwrite=args.overwrite,
-                      progress=not args.quiet)
+                      progress=not args.quiet, ensemble=ensemble, holdout=args.holdout)
     print(f"trained on {ens.n_train_} stars with a detected Fe signal; weights " +
           ", ".join(f"{k} {v:.2f}" for k, v in ens.weights_.items()) + f"; wrote {args.out}")
+    if getattr(ens, "holdout_", None) is not None:
+        print(f"held out {len(ens.holdout_.predictions)} stars ({args.holdout:g}, stratified in [Fe/H]; recorded in "
+              f"{args.out}/card.json under holdout):")
+        _print_table_metrics(ens.holdout_)
     return 0
+
+
+def _ensemble_json(text: str | None) -> dict | None:
+    """``--ensemble JSON``: FeHEnsemble settings, checked before any work."""
+    import json
+
+    if not text:
+        return None
+    allowed = ("rf", "xgb", "dnn", "members", "n_folds", "target", "train_on", "detection_sigma")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--ensemble: not valid JSON ({err}); expected e.g. '{{\"n_folds\": 3}}'") from None
+    bad = [k for k in (value if isinstance(value, dict) else {}) if k not in allowed]
+    if not isinstance(value, dict) or bad or not all(isinstance(value[k], dict) for k in ("rf", "xgb", "dnn")
+                                                     if k in value):
+        raise UsageError(f"--ensemble {text!r}: found {', '.join(map(str, bad)) or type(value).__name__}; expected "
+                         f"an object with keys among {', '.join(allowed)} (rf, xgb, dnn: objects of settings)")
+    return value
+
+
+def _print_table_metrics(res: object) -> None:
+    """Print the headline numbers of a labelled table's evaluation against feh_ref and the cross-survey check."""
+    m = res.metrics
+    what = "SYNTHETIC stand-in table (simulated spectra): " if res.synthetic else ""
+    e = m["models"].get("ensemble", {})
+    print(f"  {what}{m['n_test']} stars, {m['n_upper_limits']} upper limits, headline {m['n_headline']} "
+          f"({m['headline_subset']})")
+    if e.get("n"):
+        cov = m.get("coverage_68")
+        print(f"  against feh_ref (reference labels): MAE {e['mae']:.4f}, bias {e['bias']:+.4f}, scatter "
+              f"{e['scatter']:.4f} dex" + (f", coverage_68 {cov:.2f}" if cov is not None else ""))
+    for name, c in (m.get("cross_survey_real") or {}).items():
+        if c.get("n"):
+            scatter = f"{c['scatter']:.4f}" if c.get("scatter") is not None else "-"
+            print(f"  feh - {name} ({c['label']}): n {c['n']}, bias {c['bias']:+.4f}, scatter {scatter} dex "
+                  f"(feh_ref - {name}: bias {c['bias_ref']:+.4f}); {c['n_missing']} stars without a value")
+        else:
+            print(f"  {name} ({c['label']}): no star with a measured feh and a value")
+
+
+def _write_table_results(args: argparse.Namespace, res: object, kind: str, title: str) -> None:
+    """Write OUT: metrics.json, predictions.csv, report.html of a labelled table's evaluation."""
+    import json
+
+    from fehkit.files import atomic_folder, jsonable, write_table
+    from fehkit.report.results import feh_report
+
+    metrics = {**res.metrics, "command": args.command_line, "fehkit_version": __version__}
+    pred = res.predictions
+    comment = ("SYNTHETIC stand-in table: simulated spectra, not observations" if res.synthetic else None)
+    about = {"command": args.command_line, "seed": getattr(args, "seed", None), "synthetic": res.synthetic}
+    with atomic_folder(args.out, kind=kind, overwrite=args.overwrite, about=about) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2) + "\n")
+        write_table(pred, tmp / "predictions.csv", comment=comment)
+        shown = pred.assign(true_feh=pred["feh_ref"], true_teff=pred["teff"])
+        feh_report(metrics, shown, tmp / "report.html", title=title)
 
 
 def _predict(args: argparse.Namespace) -> int:
     from fehkit.files import check_output_file, write_table
+    from fehkit.flags import has_flag, tally
     from fehkit.io import read_apogee
     from fehkit.models import FeHEnsemble
     from fehkit.training import predict_spectra
@@ -332,7 +433,9 @@ def _predict(args: argparse.Namespace) -> int:
     card = getattr(ens, "card_", {})
     if card.get("synthetic"):
         print("note: this model was trained on SYNTHETIC spectra", file=sys.stderr)
-    print(f"wrote {args.out}: {len(out)} spectra, {int((out.flag == 'upper_limit').sum())} upper limits")
+    n_upper = int(has_flag(out["flag"], "upper_limit").sum())
+    print(f"wrote {args.out}: {len(out)} spectra, {n_upper} upper limits")
+    args.final_lines = ["flags: " + ", ".join(f"{k} {n}" for k, n in tally(out["flag"]).items())]
     return 0
 
 
@@ -345,6 +448,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from fehkit.models import FeHEnsemble
     from fehkit.training import predict_spectra, read_training_data
 
+    if args.data.is_file():  # a labelled table: a folder of metrics, predictions and report
+        return _evaluate_table(args)
+    args.out = args.out or Path("metrics.json")
     check_output_file(args.out)
     if not args.data.is_dir():
         found = "is a file" if args.data.exists() else "not found"
@@ -383,6 +489,38 @@ def _evaluate(args: argparse.Namespace) -> int:
     e = metrics["models"].get("ensemble", {})
     print(f"{'SYNTHETIC ' if synthetic else ''}test stars {metrics['n_test']}, headline {metrics['n_headline']}: "
           f"MAE {e.get('mae', float('nan')):.4f}, bias {e.get('bias', float('nan')):+.4f}; wrote {args.out}")
+    return 0
+
+
+def _evaluate_table(args: argparse.Namespace) -> int:
+    from fehkit.files import check_output_folder
+    from fehkit.training import evaluate_table
+
+    args.out = args.out or Path("fehkit-evaluate")
+    check_output_folder(args.out, args.overwrite)
+    res = evaluate_table(args.model, args.data)
+    print(f"fehkit evaluate: model {args.model} on the labelled table {args.data}")
+    _print_table_metrics(res)
+    _write_table_results(args, res, "evaluate", "fehkit [Fe/H] on a labelled table")
+    print(f"wrote {args.out}: metrics.json, predictions.csv, report.html")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from fehkit.files import check_output_folder
+    from fehkit.training import validate_table
+
+    ensemble = _ensemble_json(args.ensemble)
+    if not args.data.exists():
+        raise UsageError(f"--data {args.data}: not found; expected a labelled CSV/Parquet table (file, feh_ref, "
+                         "feh_ref_err, teff, logg, vmic) or a benchmark folder")
+    check_output_folder(args.out, args.overwrite)
+    res = validate_table(args.data, args.folds, seed=args.seed, ensemble=ensemble, progress=not args.quiet)
+    print(f"fehkit validate: {args.folds}-fold cross-validation on {args.data} (stratified in feh_ref; every star "
+          "predicted by an ensemble trained on the other folds)")
+    _print_table_metrics(res)
+    _write_table_results(args, res, "validate", f"fehkit [Fe/H], {args.folds}-fold cross-validation")
+    print(f"wrote {args.out}: metrics.json, predictions.csv, report.html")
     return 0
 
 
@@ -523,6 +661,9 @@ def _load_params(path: Path, extra: Sequence[str] = (), required: Sequence[str] 
             raise InputTableError(f"{path}: column {col!r} holds {table[col].iloc[i]!r} (row {i + 1}); expected a "
                                   "number")
         table[col] = values.astype(float)
+    from fehkit.features import check_param_values
+
+    check_param_values(table, str(path))  # Teff, log g, vmic that no star has; two rows for one star
     return table[[c for c in ("star_id", "file") if c in table] + cols]
 
 
@@ -534,7 +675,13 @@ def _match_params(table: pd.DataFrame, path: Path, meta: pd.DataFrame, required:
             def name(values: pd.Series, key: str = key) -> pd.Series:
                 return values.astype(str) if key == "star_id" else values.astype(str).map(lambda f: Path(f).name)
 
-            right = table.assign(**{key: name(table[key])}).drop_duplicates(key)
+            right = table.assign(**{key: name(table[key])})
+            twice = right[key].duplicated(keep=False).to_numpy()
+            if twice.any():
+                first = right[key][twice].iloc[0]
+                rows = ", ".join(str(i + 1) for i in np.flatnonzero(right[key].to_numpy() == first))
+                raise InputTableError(f"{path}: {key} {first} has {int((right[key] == first).sum())} rows (rows "
+                                      f"{rows}); expected one row per star")
             found = pd.DataFrame({key: name(meta[key])}).merge(right[[key, *cols]], on=key, how="left")[cols]
             for col in required:
                 lacking = ~np.isfinite(found[col].to_numpy(float))

@@ -6,7 +6,8 @@ bootstrap 95% interval. The ``models`` block covers the *headline subset*: test 
 detected (>= 3 sigma) and whose S/N is >= 50; below that the spectrum holds an upper limit, not a measurement
 (docs/information_limit.md), and upper limits are counted, not averaged. The bins by S/N, [Fe/H] and Teff
 cover every detected star and count the upper limits in each. The per-star errors are checked by their coverage
-(fraction of |pred - truth| <= feh_err, 0.68 if calibrated), the bias by a one-sample t-test, and the method's
+(fraction of |pred - truth| <= feh_err, 0.683 if calibrated, and <= 1.96 feh_err, 0.95; overall and per bin), the
+3-sigma upper limits by the fraction that hold (truth <= feh_upper), the bias by a one-sample t-test, and the method's
 targets (:data:`TARGETS`, explained in docs/targets.md) are listed with where and why any is missed.
 """
 
@@ -19,6 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from fehkit.flags import detected as flag_detected
+from fehkit.flags import has_flag
 
 #: Prediction column of each model name in ``metrics["models"]``.
 MODEL_COLUMNS = {"rf": "feh_rf", "xgb": "feh_xgb", "dnn": "feh_dnn", "ensemble": "feh", "cog": "feh_cog",
@@ -117,8 +121,10 @@ TARGETS: tuple[Target, ...] = (
            note_if_missed="a 100 K Teff error alone gives ~0.045-0.05 dex here (docs/information_limit.md)"),
     Target("ensemble_vs_members", "ensemble MAE <= best member's", "<=", None,
            "headline MAE of the ensemble against that of its best member (rf, xgb or dnn)", tolerance=1e-12),
-    Target("coverage_68", "coverage_68", "between", (0.60, 0.76),
+    Target("coverage_68", "coverage_68", "between", (0.62, 0.74),
            "fraction of headline stars with |feh - truth| <= feh_err"),
+    Target("coverage_95", "coverage_95", "between", (0.92, 0.98),
+           "fraction of headline stars with |feh - truth| <= 1.96 feh_err"),
     Target("ensemble_vs_cog_test",
            "ensemble MAE within 10% of the joint-likelihood method in every ([Fe/H], S/N) bin with >= 20 "
            "detected stars (test set)", "every bin <=", 1.10,
@@ -145,13 +151,14 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
     min_grid_stars: int = TARGET["ensemble_vs_cog_test"].min_detected,
+    truth_column: str = "true_feh",
 ) -> dict:
     """Score test-set predictions against the truth.
 
     Parameters
     ----------
     pred : pandas.DataFrame
-        One row per test star: ``feh``, ``feh_err``, ``flag`` ("ok"/"upper_limit"), the model columns of
+        One row per test star: ``feh``, ``feh_err``, ``flag`` (:mod:`fehkit.flags`), the model columns of
         :data:`MODEL_COLUMNS` (absent ones are skipped), ``feh_cog_median``, ``true_feh``, ``true_teff``,
         ``snr`` and optionally ``feh_ext`` (an external survey's labels).
     ensemble : FeHEnsemble, optional
@@ -173,17 +180,24 @@ def evaluate(
         Bootstrap resamples and their seed.
     min_grid_stars : int
         Detected stars a ([Fe/H], S/N) cell needs before the 10% comparison with the classical method is checked.
+    truth_column : str
+        The column scored against: ``true_feh`` (the simulated truth), or ``feh_ref`` (the reference labels of a
+        labelled table, with ``teff`` standing in for ``true_teff``); written as ``truth`` in the metrics.
 
     Returns
     -------
     dict
         The ``metrics.json`` content: ``synthetic``, ``n_test``, ``headline_subset``, ``n_upper_limits``,
-        ``models``, ``weights``, ``coverage_68``, ``by_snr``, ``by_feh``, ``ablation``, ``cross_survey`` and more
+        ``models``, ``weights``, ``coverage_68``, ``coverage_95``, ``upper_limits_hold``, ``by_snr``, ``by_feh``
+        (each bin with its ``coverage_68`` and ``coverage_95``), ``ablation``, ``cross_survey`` and more
         (``by_teff``, ``by_feh_snr``, ``lowest_feh``, ``bias_ttest``, ``targets``).
     """
     p = pred.reset_index(drop=True)
+    if truth_column != "true_feh":  # reference labels of real (or stand-in) stars take the place of the truth
+        teff = {"true_teff": p["teff"]} if "true_teff" not in p and "teff" in p else {}
+        p = p.assign(true_feh=p[truth_column], **teff)
     truth = p["true_feh"].to_numpy(float)
-    detected = (p["flag"] == "ok").to_numpy()
+    detected = flag_detected(p["flag"])  # a measured [Fe/H]; out_of_domain or grid flags only warn about it
     snr = p["snr"].to_numpy(float)
     head = detected & (snr >= 50)
     rng = np.random.default_rng(seed)
@@ -194,6 +208,8 @@ def evaluate(
             models[name] = score(p[col].to_numpy(float)[head], truth[head], n_boot=n_boot, rng=rng)
     out: dict[str, Any] = {
         "synthetic": bool(synthetic),
+        "truth": ("true_feh (the simulated truth)" if truth_column == "true_feh"
+                  else f"{truth_column} (reference labels)"),
         "n_test": int(len(p)),
         "headline_subset": HEADLINE,
         "n_headline": int(head.sum()),
@@ -215,6 +231,7 @@ def evaluate(
     out["coverage_68"] = float(np.mean(np.abs(resid[head]) <= err[head])) if head.any() else None
     out["coverage_68_detected"] = float(np.mean(np.abs(resid[detected]) <= err[detected])) if detected.any() else None
     out["coverage_95"] = float(np.mean(np.abs(resid[head]) <= 1.96 * err[head])) if head.any() else None
+    out["upper_limits_hold"] = upper_limits_hold(p)
     if head.sum() > 2:
         t = stats.ttest_1samp(resid[head], 0.0)
         out["bias_ttest"] = {"subset": "headline", "n": int(head.sum()), "mean": float(resid[head].mean()),
@@ -225,7 +242,7 @@ def evaluate(
     out["by_feh_snr"] = _grid(p, detected, min_grid_stars)
     if oof is not None:
         o = oof.reset_index(drop=True)
-        out["by_feh_snr_oof"] = _grid(o, (o["flag"] == "ok").to_numpy(), min_grid_stars)
+        out["by_feh_snr_oof"] = _grid(o, flag_detected(o["flag"]), min_grid_stars)
     det_frame = detections if detections is not None else pd.DataFrame(
         {"true_feh": truth, "snr": snr, "cog_signal_sigma": p.get("cog_signal_sigma", pd.Series(np.where(
             detected, 99.0, 0.0)))})
@@ -251,6 +268,72 @@ def evaluate(
     if param_errors is not None:
         out["param_errors"] = dict(param_errors)
     out["targets"] = targets(out, p, head)
+    return out
+
+
+#: Other surveys' [Fe/H] a labelled table may carry: the name fehkit gives each, the names it is found under
+#: (case-insensitive) and what it is. ASPCAP's DR17 grid stops at [M/H] = -2.5: its values are empty below.
+CROSS_SURVEY_COLUMNS: dict[str, tuple[tuple[str, ...], str]] = {
+    "aspcap_fe_h": (("aspcap_fe_h", "fe_h"), "ASPCAP [Fe/H] (APOGEE DR17 allStar FE_H)"),
+    "aspcap_m_h": (("aspcap_m_h", "m_h"), "ASPCAP [M/H] (APOGEE DR17 allStar M_H)"),
+    "galah_fe_h": (("galah_fe_h", "feh_galah", "fe_h_galah"), "GALAH [Fe/H]"),
+}
+#: Bins of the reference [Fe/H] for the cross-survey comparison (open at both ends).
+CROSS_FEH_BINS: tuple[tuple[float | None, float | None], ...] = (
+    (None, -3.0), (-3.0, -2.5), (-2.5, -2.0), (-2.0, -1.5), (-1.5, -1.0), (-1.0, None))
+
+
+def cross_survey_columns(columns: Sequence[str]) -> dict[str, str]:
+    """Find the other surveys' [Fe/H] among ``columns``: {fehkit's name: the column's name}.
+
+    Examples
+    --------
+    >>> cross_survey_columns(["file", "feh_ref", "FE_H", "feh_galah"])
+    {'aspcap_fe_h': 'FE_H', 'galah_fe_h': 'feh_galah'}
+    """
+    lower = {str(c).lower(): str(c) for c in columns}
+    found = {}
+    for name, (aliases, _) in CROSS_SURVEY_COLUMNS.items():
+        for alias in aliases:
+            if alias in lower:
+                found[name] = lower[alias]
+                break
+    return found
+
+
+def cross_survey_real(pred: pd.DataFrame, columns: Sequence[str], *, reference: str = "feh_ref") -> dict:
+    """Compare fehkit's [Fe/H] with other surveys' values of the same stars: bias, scatter, by [Fe/H] bin.
+
+    For each column of ``columns`` (e.g. ``aspcap_fe_h``, ``galah_fe_h``): over the stars with a measured
+    ``feh`` (not an upper limit) and a value in that column, the mean (``bias``), standard deviation
+    (``scatter``) and mean absolute value (``mae``) of ``feh - column``, the same for the reference labels
+    (``bias_ref``, ``scatter_ref``: how far the reference itself is from that survey), ``n_missing`` (stars with
+    no value there: ASPCAP is empty below [M/H] = -2.5) and ``by_feh`` (bins of the reference [Fe/H]).
+    """
+    measured = flag_detected(pred["flag"])  # a measured [Fe/H]: not an upper limit, not without lines
+    feh = pred["feh"].to_numpy(float)
+    ref = pred[reference].to_numpy(float)
+    out = {}
+    for col in columns:
+        other = pred[col].to_numpy(float)
+        has = np.isfinite(other)
+        sel = measured & has & np.isfinite(feh)
+        d, dr = feh[sel] - other[sel], ref[sel] - other[sel]
+        bins = []
+        for lo, hi in CROSS_FEH_BINS:
+            b = sel & (ref >= (lo if lo is not None else -np.inf)) & (ref < (hi if hi is not None else np.inf))
+            db = feh[b] - other[b]
+            bins.append({"lo": lo, "hi": hi, "n": int(b.sum()), "bias": float(db.mean()) if db.size else None,
+                         "scatter": float(db.std(ddof=1)) if db.size > 1 else None})
+        out[col] = {"label": CROSS_SURVEY_COLUMNS.get(col, ((), col))[1], "n": int(sel.sum()),
+                    "n_missing": int((~has).sum()), "n_upper_limits": int((has & ~measured).sum()),
+                    "bias": float(d.mean()) if d.size else None,
+                    "scatter": float(d.std(ddof=1)) if d.size > 1 else None,
+                    "mae": float(np.abs(d).mean()) if d.size else None,
+                    "bias_ref": float(dr.mean()) if dr.size else None,
+                    "scatter_ref": float(dr.std(ddof=1)) if dr.size > 1 else None,
+                    "by_feh": bins,
+                    "note": f"feh - {col} over stars with a measured feh and a {col} value; bins of {reference}"}
     return out
 
 
@@ -310,6 +393,29 @@ def lowest_feh(stars: pd.DataFrame, detection_sigma: float = 3.0) -> list[dict]:
     return rows
 
 
+def upper_limits_hold(pred: pd.DataFrame) -> dict:
+    """How many 3-sigma upper limits hold: stars flagged ``upper_limit`` whose truth is at or below ``feh_upper``.
+
+    A one-sided 3-sigma limit should hold for ~99.9% of the stars if the likelihood behind it were exact.
+    Returns ``n`` (stars flagged upper_limit with a finite ``feh_upper`` and truth), ``n_hold`` and ``fraction``
+    (None when ``n`` is 0).
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"flag": ["ok", "upper_limit", "upper_limit", "upper_limit;grid_edge"],
+    ...                   "feh_upper": [np.nan, -3.0, -3.5, -3.2], "true_feh": [-2.0, -3.4, -3.2, -3.9]})
+    >>> upper_limits_hold(t)
+    {'n': 3, 'n_hold': 2, 'fraction': 0.6666666666666666}
+    """
+    if "feh_upper" not in pred or "flag" not in pred:
+        return {"n": 0, "n_hold": 0, "fraction": None}
+    limit = pred["feh_upper"].to_numpy(float)
+    truth = pred["true_feh"].to_numpy(float)
+    sel = has_flag(pred["flag"], "upper_limit") & np.isfinite(limit) & np.isfinite(truth)
+    n, hold = int(sel.sum()), int((truth[sel] <= limit[sel]).sum())
+    return {"n": n, "n_hold": hold, "fraction": hold / n if n else None}
+
+
 def targets(metrics: Mapping[str, Any], pred: pd.DataFrame, head: np.ndarray) -> list[dict]:
     """List the method's targets (:data:`TARGETS`; docs/targets.md): met or missed, and where.
 
@@ -349,9 +455,16 @@ def targets(metrics: Mapping[str, Any], pred: pd.DataFrame, head: np.ndarray) ->
             add(t.key, ens["mae"], t.met(ens["mae"], members[best]),
                 f"MAE(ensemble) - MAE({best}) = {ens['mae'] - members[best]:+.4f} dex, paired bootstrap 95% CI "
                 f"[{lo:+.4f}, {hi:+.4f}]", target=t.text(members[best], best))
-    cov = metrics.get("coverage_68")
-    if cov is not None:
-        add("coverage_68", cov, TARGET["coverage_68"].met(cov))
+    for key in ("coverage_68", "coverage_95"):
+        cov = metrics.get(key)
+        if cov is not None:
+            met = TARGET[key].met(cov)
+            n = metrics.get("n_headline") or 0
+            level = 0.683 if key == "coverage_68" else 0.95
+            sd = np.sqrt(level * (1 - level) / n) if n else None
+            add(key, cov, met, "" if met or not sd else
+                f"{n} headline stars: a calibrated {level:.3g} scatters by {sd:.3f} (binomial); this is "
+                f"{(cov - level) / sd:+.1f} of that")
     for key, grid in (("ensemble_vs_cog_test", "by_feh_snr"), ("ensemble_vs_cog_oof", "by_feh_snr_oof")):
         cells = [c for c in metrics.get(grid, []) if c["checked"]]
         if cells:
@@ -376,6 +489,7 @@ def _bins(p: pd.DataFrame, col: str, edges: Sequence[tuple[float | None, float |
                "n_upper_limits": int((sel & ~detected).sum())}
         row["mae"] = _mae(p["feh"], truth, d)
         row["bias"] = float(np.mean(p["feh"].to_numpy(float)[d] - truth[d])) if d.any() else None
+        row["coverage_68"], row["coverage_95"] = _coverage(p, truth, d)
         for name, c in MODEL_COLUMNS.items():
             if name != "ensemble" and c in p:
                 row[f"mae_{name}"] = _mae(p[c], truth, d)
@@ -383,6 +497,18 @@ def _bins(p: pd.DataFrame, col: str, edges: Sequence[tuple[float | None, float |
             row["mae_cog_median"] = _mae(p["feh_cog_median"], truth, d)
         rows.append(row)
     return rows
+
+
+def _coverage(p: pd.DataFrame, truth: np.ndarray, sel: np.ndarray) -> tuple[float | None, float | None]:
+    """Fractions of the selected stars with |feh - truth| within feh_err and within 1.96 feh_err."""
+    if "feh_err" not in p:
+        return None, None
+    d = np.abs(p["feh"].to_numpy(float)[sel] - truth[sel])
+    e = p["feh_err"].to_numpy(float)[sel]
+    ok = np.isfinite(d) & np.isfinite(e)
+    if not ok.any():
+        return None, None
+    return float(np.mean(d[ok] <= e[ok])), float(np.mean(d[ok] <= 1.96 * e[ok]))
 
 
 def _grid(p: pd.DataFrame, detected: np.ndarray, min_stars: int) -> list[dict]:

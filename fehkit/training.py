@@ -3,7 +3,10 @@
 Spectra and stellar parameters become features in one place (:func:`spectra_features`: continuum, EWs, the
 classical joint likelihood); :func:`train_model` fits :class:`~fehkit.models.FeHEnsemble` on a benchmark folder
 (``fehkit simulate``) or on a table of real stars with reference labels, and saves it; :func:`predict_spectra`
-applies a saved model. The synthetic benchmark run of ``fehkit demo`` lives in :mod:`fehkit.benchmark`.
+applies a saved model. :func:`validate_table` (``fehkit validate``: k-fold out-of-sample predictions of every star
+of a labelled table), :func:`evaluate_table` (a trained model on a labelled table) and ``train_model(holdout=...)``
+score against the table's reference labels ``feh_ref`` and the other surveys' [Fe/H] it carries. The synthetic
+benchmark run of ``fehkit demo`` lives in :mod:`fehkit.benchmark`.
 """
 
 from __future__ import annotations
@@ -21,14 +24,14 @@ import pandas as pd
 from fehkit.continuum import normalize
 from fehkit.errors import FehkitWarning, InputTableError
 from fehkit.ew import measure_ew
-from fehkit.features import DEFAULT_PARAM_ERRORS, Features, build_features
+from fehkit.features import DEFAULT_PARAM_ERRORS, Features, build_features, check_param_values
 from fehkit.io import read_apogee
 from fehkit.models.ensemble import FeHEnsemble
 from fehkit.spectra import SpectrumBatch, is_synthetic
 
 #: Columns of ``fehkit predict``'s results table (docs/cli.md).
-PREDICT_COLUMNS = ("star_id", "feh", "feh_err", "feh_upper", "feh_rf", "feh_xgb", "feh_dnn", "feh_cog", "n_lines",
-                   "flag")
+PREDICT_COLUMNS = ("star_id", "feh", "feh_err", "feh_upper", "feh_rf", "feh_xgb", "feh_dnn", "feh_cog", "feh_sys",
+                   "n_lines", "flag", "flag_reason")
 
 
 def spectra_features(
@@ -109,6 +112,7 @@ def read_training_data(path: str | os.PathLike[str], *,
         for col in ("teff_ref", "logg_ref", "vmic_ref", "feh_ref"):
             table[col] = _numeric(table, col, table_path)
         params = reference_params(table)
+        check_param_values(params.assign(file=table["file"].to_numpy()), str(table_path))
         labels = pd.DataFrame({"feh_ref": table["feh_ref"], "feh_ref_err": table.get("feh_ref_err", 0.05),
                                "split": table.get("split", "train")})
         synthetic = bool(table.get("synthetic", pd.Series([True])).astype(bool).all())
@@ -124,11 +128,12 @@ def read_training_data(path: str | os.PathLike[str], *,
             if col in table:
                 table[col] = _numeric(table, col, path, missing_ok=True)
         root = path.parent
+        check_param_values(table[[c for c in ("star_id", "file", "teff", "logg", "vmic") if c in table]], str(path))
         params = table[[c for c in ("teff", "logg", "vmic", "alpha_fe", "teff_err", "logg_err", "vmic_err")
                         if c in table]].reset_index(drop=True)
         labels = pd.DataFrame({"feh_ref": table["feh_ref"], "feh_ref_err": table.get("feh_ref_err", np.nan),
                                "split": table.get("split", "train")})
-        synthetic = False
+        synthetic = is_synthetic(table)  # a stand-in table built from simulated spectra says so itself
     else:
         raise InputTableError(f"{path}: not found; expected a benchmark folder or a CSV/Parquet table")
     if len(table) == 0:
@@ -169,17 +174,30 @@ def _numeric(table: pd.DataFrame, col: str, path: Path, *, missing_ok: bool = Fa
 
 def train_model(data: str | os.PathLike[str], out: str | os.PathLike[str], *, seed: int = 0,
                 ensemble: Mapping[str, Any] | None = None, search: Mapping[str, Any] | None = None,
-                overwrite: bool = False, progress: bool = False) -> FeHEnsemble:
+                overwrite: bool = False, progress: bool = False, holdout: float = 0.0) -> FeHEnsemble:
     """``fehkit train``: fit the ensemble on a benchmark folder or a table of real stars and save it.
 
     ``search`` is a bounded grid per member (:func:`fehkit.models.grid_search`), scored by cross-validation on
     the training stars; the best candidates become the members' settings and the model card records the scores.
+    ``holdout`` (0 to 1) keeps that fraction of the training stars out of training, stratified in [Fe/H]
+    (:func:`holdout_mask`); the trained model is scored on them against ``feh_ref`` and the model card records
+    the metrics and the held-out stars' predictions (``holdout``); ``ens.holdout_`` is the
+    :class:`TableEvaluation`.
     """
+    if not 0 <= holdout < 1:
+        raise InputTableError(f"holdout={holdout!r}: expected a fraction of the stars, 0 <= holdout < 1")
     batch, params, labels, synthetic = read_training_data(data)
-    feats = spectra_features(batch, params)
     split = labels["split"].astype(str).to_numpy()
     tr, va = split == "train", split == "val"
     y = labels["feh_ref"].to_numpy(float)
+    ho = np.zeros(len(y), bool)
+    if holdout:
+        ho[tr] = holdout_mask(y[tr], holdout, seed)
+        if not ho.any() or (tr & ~ho).sum() < 2:
+            raise InputTableError(f"{data}: {int(tr.sum())} training stars cannot keep {holdout:g} of them out; "
+                                  "expected at least one held-out star and two training stars")
+        tr = tr & ~ho
+    feats = spectra_features(batch, params)
     err = labels["feh_ref_err"].to_numpy(float)
     label_error = float(np.nanmedian(err[tr])) if np.isfinite(err[tr]).any() else 0.0
     kwargs = {"label_error": label_error, "seed": seed, "progress": progress, **(ensemble or {})}
@@ -194,6 +212,12 @@ def train_model(data: str | os.PathLike[str], out: str | os.PathLike[str], *, se
         card["grid_search"] = {"grid": search, "best": best, "scores": scores.to_dict("records")}
     ens = FeHEnsemble(**kwargs).fit(feats.select(tr), y[tr], X_val=feats.select(va) if va.any() else None,
                                     y_val=y[va] if va.any() else None)
+    if ho.any():
+        rows = np.flatnonzero(ho)
+        pred = _labelled_predictions(_predict_features(ens, feats.select(ho)), data, batch, params, labels,
+                                     synthetic, rows=rows)
+        ens.holdout_ = TableEvaluation(pred, table_metrics(pred, synthetic=synthetic), synthetic)
+        card["holdout"] = _holdout_card(ens.holdout_, holdout, seed)
     ens.save(out, overwrite=overwrite, card={
         "synthetic": synthetic, "training_data": str(data), "n_train": int(tr.sum()),
         "training_set_sha256": training_hash(feats.select(tr).X, y[tr]), "label": "feh_ref", **card})
@@ -204,7 +228,9 @@ def predict_spectra(ens: FeHEnsemble, batch: SpectrumBatch, params: pd.DataFrame
     """``fehkit predict``: the results table (:data:`PREDICT_COLUMNS`) of spectra with known Teff, log g, vmic.
 
     ``params`` has one row per spectrum of ``batch``, in its order, with finite ``teff``, ``logg`` and ``vmic``
-    (:class:`~fehkit.errors.InputTableError` otherwise, before any work).
+    that a star can have (:func:`fehkit.features.check_param_values`; :class:`~fehkit.errors.InputTableError`
+    otherwise, before any work). ``flag`` and ``flag_reason`` say where the [Fe/H] is not to be trusted
+    (:mod:`fehkit.flags`).
     """
     if len(params) != batch.n_spectra:
         raise InputTableError(f"params: {len(params)} rows for {batch.n_spectra} spectra; expected one row per "
@@ -214,9 +240,12 @@ def predict_spectra(ens: FeHEnsemble, batch: SpectrumBatch, params: pd.DataFrame
         if values is None or not np.isfinite(values).all():
             which = "no column" if values is None else f"{int((~np.isfinite(values)).sum())} missing value(s) in"
             raise InputTableError(f"params: {which} {col!r}; expected finite teff, logg and vmic for every spectrum")
+    ids = batch.meta["star_id"].astype(str).to_numpy() if "star_id" in batch.meta else None
+    check_param_values(params.reset_index(drop=True), "params", ids=ids)
     feats = spectra_features(batch, params)
     pred = ens.predict(feats)
     pred.insert(0, "star_id", feats.stars["star_id"].to_numpy())
+    pred["feh_sys"] = feats.stars["feh_sys"].to_numpy() if "feh_sys" in feats.stars else np.nan
     pred["n_lines"] = feats.stars["n_lines"].to_numpy()
     return pred[list(PREDICT_COLUMNS)]
 
@@ -227,3 +256,201 @@ def training_hash(X: np.ndarray, y: Any) -> str:
     h.update(np.ascontiguousarray(np.asarray(X, np.float32)).tobytes())
     h.update(np.ascontiguousarray(np.asarray(y, np.float32)).tobytes())
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# held-out evaluation on a labelled table: fehkit validate, fehkit evaluate --data TABLE, fehkit train --holdout
+# ---------------------------------------------------------------------------------------------------------------
+class TableEvaluation:
+    """Out-of-sample predictions of a labelled table's stars and their metrics.
+
+    Attributes
+    ----------
+    predictions : DataFrame
+        One row per star, in the table's order: the columns of ``fehkit predict`` (:data:`PREDICT_COLUMNS`), then
+        ``file``, the reference labels ``feh_ref`` and ``feh_ref_err``, the ``teff``, ``logg``, ``vmic`` used, ``snr``,
+        ``fold`` (cross-validation only), the other surveys' [Fe/H] the table has
+        (:data:`fehkit.evaluate.CROSS_SURVEY_COLUMNS`) and ``synthetic``.
+    metrics : dict
+        :func:`fehkit.evaluate.evaluate` against the reference labels (``truth``: "feh_ref (reference labels)"),
+        plus ``cross_survey_real`` where the table has another survey's [Fe/H].
+    synthetic : bool
+        Whether the stars are simulated (the table's ``synthetic`` column or the files' ``SYNTHETI`` header).
+    """
+
+    def __init__(self, predictions: pd.DataFrame, metrics: dict, synthetic: bool) -> None:
+        self.predictions, self.metrics, self.synthetic = predictions, metrics, synthetic
+
+    def __repr__(self) -> str:
+        e = self.metrics.get("models", {}).get("ensemble", {})
+        what = "SYNTHETIC " if self.synthetic else ""
+        if not e.get("n"):
+            return f"TableEvaluation: {what}{len(self.predictions)} stars, no headline star"
+        return (f"TableEvaluation: {what}{len(self.predictions)} stars, headline {e['n']}: MAE {e['mae']:.4f}, "
+                f"bias {e['bias']:+.4f}, scatter {e['scatter']:.4f} dex against feh_ref")
+
+
+def stratified_folds(y: Any, folds: int, seed: int = 0) -> np.ndarray:
+    """Return the fold number (0..folds-1) of each star, stratified in [Fe/H].
+
+    Every run of ``folds`` stars in label order spreads over all folds, so each fold spans the whole [Fe/H] range.
+
+    Examples
+    --------
+    >>> f = stratified_folds(np.linspace(-4, -1, 10), 5)
+    >>> sorted(np.bincount(f).tolist()), sorted(f[:5].tolist())
+    ([2, 2, 2, 2, 2], [0, 1, 2, 3, 4])
+    """
+    y = np.asarray(y, float)
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(len(y)), y))  # ties in random order
+    out = np.empty(len(y), int)
+    for start in range(0, len(y), folds):
+        block = order[start:start + folds]
+        out[block] = rng.permutation(folds)[:len(block)]
+    return out
+
+
+def holdout_mask(y: Any, fraction: float, seed: int = 0) -> np.ndarray:
+    """Mark a held-out ``fraction`` of the stars, evenly spread in [Fe/H] (stratified) with a random phase.
+
+    Examples
+    --------
+    >>> m = holdout_mask(np.linspace(-4, -1, 20), 0.2)
+    >>> int(m.sum())
+    4
+    """
+    y = np.asarray(y, float)
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(len(y)), y))
+    rank = np.empty(len(y), float)
+    rank[order] = np.arange(len(y))
+    phase = rng.random()
+    return np.floor((rank + 1) * fraction + phase) > np.floor(rank * fraction + phase)
+
+
+def validate_table(table: str | os.PathLike[str], folds: int = 5, *, seed: int = 0,
+                   ensemble: Mapping[str, Any] | None = None, progress: bool = False) -> TableEvaluation:
+    """``fehkit validate``: k-fold cross-validated [Fe/H] of every star of a labelled table, and its metrics.
+
+    The stars are split into ``folds`` folds stratified in ``feh_ref`` (:func:`stratified_folds`); each fold is
+    predicted by an ensemble trained on the other folds only, so every star gets an out-of-sample prediction.
+    ``table`` is what ``fehkit train --data`` reads (a table in the cross-match layout,
+    :data:`fehkit.data.crossmatch.TRAINING_COLUMNS`, or a benchmark folder); its ``split`` is ignored.
+    ``ensemble`` overrides :class:`~fehkit.models.FeHEnsemble`'s settings (e.g. ``{"n_folds": 3}``).
+    """
+    if int(folds) != folds or folds < 2:
+        raise InputTableError(f"folds={folds!r}: expected a whole number >= 2")
+    batch, params, labels, synthetic = read_training_data(table, need_train=False)
+    n = len(labels)
+    if n < 2 * folds:
+        raise InputTableError(f"{table}: {n} stars for {folds} folds; expected at least {2 * folds} stars (two per "
+                              "fold), or fewer folds")
+    feats = spectra_features(batch, params)
+    y = labels["feh_ref"].to_numpy(float)
+    err = labels["feh_ref_err"].to_numpy(float)
+    fold = stratified_folds(y, folds, seed)
+    parts = []
+    for k in range(folds):
+        tr = fold != k
+        ens = _fit_labels(feats.select(tr), y[tr], err[tr], seed=seed, ensemble=ensemble, progress=progress)
+        part = _predict_features(ens, feats.select(~tr))
+        part.index = np.flatnonzero(~tr)
+        parts.append(part)
+    pred = pd.concat(parts).sort_index().reset_index(drop=True)
+    pred["fold"] = fold
+    out = _labelled_predictions(pred, table, batch, params, labels, synthetic)
+    metrics = table_metrics(out, synthetic=synthetic)
+    metrics["validation"] = {"folds": int(folds), "seed": int(seed), "stratified_in": "feh_ref",
+                             "note": "every star predicted by an ensemble trained on the other folds only"}
+    return TableEvaluation(out, metrics, synthetic)
+
+
+def evaluate_table(model: FeHEnsemble | str | os.PathLike[str], table: str | os.PathLike[str]) -> TableEvaluation:
+    """``fehkit evaluate --data TABLE``: a trained model on the stars of a labelled table, against ``feh_ref``.
+
+    ``model`` is a fitted :class:`~fehkit.models.FeHEnsemble` or a model folder; ``table`` as for
+    :func:`validate_table` (every star is predicted, whatever its ``split``).
+    """
+    batch, params, labels, synthetic = read_training_data(table, need_train=False)
+    ens = model if isinstance(model, FeHEnsemble) else FeHEnsemble.load(model)
+    pred = predict_spectra(ens, batch, params)
+    out = _labelled_predictions(pred, table, batch, params, labels, synthetic)
+    metrics = table_metrics(out, synthetic=synthetic, ensemble=ens)
+    card = getattr(ens, "card_", {}) or {}
+    trained_here = bool(card.get("training_data")) and Path(card["training_data"]).resolve() == Path(table).resolve()
+    metrics["model"] = {"path": None if isinstance(model, FeHEnsemble) else str(model),
+                        "synthetic": card.get("synthetic"), "training_data": card.get("training_data"),
+                        "n_train": card.get("n_train"), "trained_on_this_table": trained_here}
+    if trained_here:
+        warnings.warn(f"{table}: the model was trained on this table, so these are in-sample predictions; for "
+                      "held-out numbers use fehkit validate or fehkit train --holdout", FehkitWarning, stacklevel=2)
+    return TableEvaluation(out, metrics, synthetic)
+
+
+def table_metrics(pred: pd.DataFrame, *, synthetic: bool, ensemble: FeHEnsemble | None = None) -> dict:
+    """:func:`fehkit.evaluate.evaluate` against the reference labels ``feh_ref``, plus ``cross_survey_real``."""
+    from fehkit.evaluate import cross_survey_columns, cross_survey_real, evaluate
+
+    metrics = evaluate(pred, ensemble=ensemble, synthetic=synthetic, truth_column="feh_ref")
+    columns = list(cross_survey_columns(pred.columns))
+    if columns:
+        metrics["cross_survey_real"] = cross_survey_real(pred, columns)
+    return metrics
+
+
+def _fit_labels(feats: Features, y: np.ndarray, err: np.ndarray, *, seed: int,
+                ensemble: Mapping[str, Any] | None, progress: bool) -> FeHEnsemble:
+    label_error = float(np.nanmedian(err)) if np.isfinite(err).any() else 0.0
+    kwargs = {"label_error": label_error, "seed": seed, "progress": progress, **(ensemble or {})}
+    return FeHEnsemble(**kwargs).fit(feats, y)
+
+
+def _predict_features(ens: FeHEnsemble, feats: Features) -> pd.DataFrame:
+    """Return the columns of ``fehkit predict`` from features already measured (no second EW fit)."""
+    pred = ens.predict(feats)
+    pred.insert(0, "star_id", feats.stars["star_id"].to_numpy())
+    pred["feh_sys"] = feats.stars["feh_sys"].to_numpy() if "feh_sys" in feats.stars else np.nan
+    pred["n_lines"] = feats.stars["n_lines"].to_numpy()
+    return pred[[c for c in PREDICT_COLUMNS if c in pred] + [c for c in pred if c not in PREDICT_COLUMNS]]
+
+
+def _labelled_predictions(pred: pd.DataFrame, table: str | os.PathLike[str], batch: SpectrumBatch,
+                          params: pd.DataFrame, labels: pd.DataFrame, synthetic: bool,
+                          rows: np.ndarray | None = None) -> pd.DataFrame:
+    """Predictions + the table's labels, parameters, S/N and other surveys' [Fe/H] (rows ``rows`` of the table)."""
+    from fehkit.evaluate import cross_survey_columns
+
+    path = Path(table)
+    source = _read_table(path / "truth.csv" if path.is_dir() else path, "the labelled table")
+    idx = np.arange(len(source)) if rows is None else np.asarray(rows)
+    source = source.iloc[idx].reset_index(drop=True)
+    out = pd.DataFrame(pred).reset_index(drop=True)
+    out["file"] = source["file"].astype(str).to_numpy()
+    out["feh_ref"] = labels["feh_ref"].to_numpy(float)[idx]
+    out["feh_ref_err"] = labels["feh_ref_err"].to_numpy(float)[idx]
+    for col in ("teff", "logg", "vmic"):
+        out[col] = params[col].to_numpy(float)[idx]
+    snr = pd.to_numeric(source["snr"], errors="coerce").to_numpy(float) if "snr" in source else \
+        np.full(len(idx), np.nan)
+    if "snr" in batch.meta:  # the spectra's own S/N where the table has none
+        snr = np.where(np.isfinite(snr), snr, batch.meta["snr"].to_numpy(float)[idx])
+    out["snr"] = snr
+    for canonical, col in cross_survey_columns(source.columns).items():
+        out[canonical] = pd.to_numeric(source[col], errors="coerce").to_numpy(float)
+    out["synthetic"] = bool(synthetic)
+    return out
+
+
+def _holdout_card(res: TableEvaluation, fraction: float, seed: int) -> dict:
+    """Return the model card's ``holdout`` entry: the held-out stars' metrics and predictions."""
+    m = res.metrics
+    e = m.get("models", {}).get("ensemble", {})
+    keep = [c for c in ("star_id", "file", "feh_ref", "feh_ref_err", "feh", "feh_err", "feh_upper", "feh_cog",
+                        "flag", "snr") if c in res.predictions]
+    return {"fraction": float(fraction), "seed": int(seed), "stratified_in": "feh_ref",
+            "n": int(len(res.predictions)), "n_headline": m.get("n_headline"), "headline_subset": m.get(
+                "headline_subset"), "truth": m.get("truth"), "mae": e.get("mae"), "bias": e.get("bias"),
+            "scatter": e.get("scatter"), "r": e.get("r"), "coverage_68": m.get("coverage_68"),
+            "n_upper_limits": m.get("n_upper_limits"), "cross_survey_real": m.get("cross_survey_real"),
+            "predictions": res.predictions[keep].to_dict("records")}

@@ -25,6 +25,7 @@ import pandas as pd
 from fehkit.benchmark import run_benchmark
 from fehkit.errors import FehkitWarning
 from fehkit.files import jsonable
+from fehkit.flags import detected
 
 ERROR_SETS = {"100 K / 0.2 / 0.2": None, "30 K / 0.1 / 0.1": {"teff": 30.0, "logg": 0.1, "vmic": 0.1}}
 FEH_BINS = [(-4.5, -4.0), (-4.0, -3.5), (-3.5, -3.0), (-3.0, -2.5), (-2.5, -2.0), (-2.0, -1.0)]
@@ -59,7 +60,7 @@ def grid(df: pd.DataFrame) -> list[dict]:
     for flo, fhi in FEH_BINS:
         for slo, shi in SNR_BINS:
             sel = (df.true_feh >= flo) & (df.true_feh < fhi) & (df.snr >= slo) & (df.snr < shi)
-            d = sel & (df.flag == "ok")
+            d = sel & detected(df.flag)
             r = (df.feh - df.true_feh)[d]
             rc = (df.feh_cog - df.true_feh)[d]
             out.append({"feh": [flo, fhi], "snr": [slo, shi], "n": int(sel.sum()), "n_detected": int(d.sum()),
@@ -67,6 +68,15 @@ def grid(df: pd.DataFrame) -> list[dict]:
                         "mae": float(r.abs().mean()) if d.sum() else None,
                         "mae_cog": float(rc.abs().mean()) if d.sum() else None})
     return out
+
+
+#: A section of the markdown that scripts/validate_calibration.py writes, kept when this script rewrites the file.
+CALIBRATION_SECTION = "\n## Error calibration on fresh seeds"
+
+
+def _keep_calibration(md: Path, text: str) -> str:
+    old = md.read_text() if md.exists() else ""
+    return text.rstrip("\n") + "\n" + old[old.index(CALIBRATION_SECTION):] if CALIBRATION_SECTION in old else text
 
 
 def main() -> None:
@@ -81,7 +91,7 @@ def main() -> None:
     if args.markdown_only:
         saved = json.loads(Path(args.json).read_text())
         args.seeds, args.n = saved["seeds"], saved["n_stars"]
-        Path(args.md).write_text(markdown(saved["results"], args))
+        Path(args.md).write_text(_keep_calibration(Path(args.md), markdown(saved["results"], args)))
         return
 
     results = {}
@@ -103,7 +113,7 @@ def main() -> None:
                           "grid": grid(pd.concat(pooled, ignore_index=True))}
     Path(args.json).write_text(json.dumps(jsonable({"synthetic": True, "n_stars": args.n, "seeds": args.seeds,
                                                      "results": results}), indent=1) + "\n")
-    Path(args.md).write_text(markdown(results, args))
+    Path(args.md).write_text(_keep_calibration(Path(args.md), markdown(results, args)))
     print(f"wrote {args.md} and {args.json}")
 
 

@@ -111,8 +111,8 @@ CASES = {
     "predict: not a model folder": (["predict", "{d}/a.fits", "--model", "{d}/model_empty", "--params",
                                      "{d}/params_ok.csv", "--out", "{d}/r.csv"], ["model_empty", "card.json"]),
     # evaluate
-    "evaluate: data is a table": (["evaluate", "--model", "{d}/m", "--data", "{d}/table.csv", "--out", "{d}/m.json"],
-                                  ["table.csv", "is a file", "benchmark folder"]),
+    "evaluate: table without labels": (["evaluate", "--model", "{d}/m", "--data", "{d}/table.csv", "--out",
+                                        "{d}/e"], ["table.csv", "feh_ref"]),
     "evaluate: folder without truth": (["evaluate", "--model", "{d}/m", "--data", "{d}/empty", "--out",
                                         "{d}/m.json"], ["empty", "truth.csv"]),
     "evaluate: truth without snr": (["evaluate", "--model", "{d}/m", "--data", "{d}/bench_no_snr", "--out",
@@ -121,6 +121,10 @@ CASES = {
                                       "--out", "{d}/m.json"], ["model_empty", "card.json"]),
     "evaluate: out is a folder": (["evaluate", "--model", "{d}/m", "--data", "{d}/empty", "--out", "{d}/mine"],
                                   ["mine", "is a folder"]),
+    # validate
+    "validate: table without labels": (["validate", "--data", "{d}/table.csv", "--out", "{d}/v"],
+                                       ["table.csv", "feh_ref"]),
+    "validate: out exists": (["validate", "--data", "{d}/table.csv", "--out", "{d}/empty"], ["empty", "--overwrite"]),
     # fetch
     "fetch: unknown product": (["fetch", "product", "no_such_product"], ["no_such_product", "expected one of"]),
     "fetch: bad field": (["fetch", "product", "apstar_dr17", "--field", "telescope"], ["--field", "KEY=VALUE"]),
@@ -166,7 +170,7 @@ def test_bad_input_is_one_line_exit_2(case, inputs, capsys, monkeypatch):
 
 def test_every_subcommand_is_covered():
     commands = {argv[0] for argv, _ in CASES.values()}
-    assert commands == {"inspect", "ew", "simulate", "demo", "train", "predict", "evaluate", "fetch"}
+    assert commands == {"inspect", "ew", "simulate", "demo", "train", "predict", "evaluate", "validate", "fetch"}
 
 
 def test_params_that_match_no_spectrum_name_the_first(tmp_path, capsys, monkeypatch, examples):
@@ -239,7 +243,7 @@ def test_an_os_error_while_working_is_one_line(tmp_path, capsys, monkeypatch):
 
 def test_help_of_every_subcommand_names_no_internal_document(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "1000")
-    for command in ("inspect", "ew", "simulate", "demo", "train", "predict", "evaluate", "fetch"):
+    for command in ("inspect", "ew", "simulate", "demo", "train", "predict", "evaluate", "validate", "fetch"):
         with pytest.raises(SystemExit) as info:
             main([command, "--help"])
         assert info.value.code == 0

@@ -10,9 +10,10 @@ import pytest
 from fehkit import __version__
 from fehkit.cli import main
 from fehkit.files import read_marker
+from fehkit.flags import has_flag
 
 PREDICT_COLUMNS = ["star_id", "feh", "feh_err", "feh_upper", "feh_rf", "feh_xgb", "feh_dnn", "feh_cog", "n_lines",
-                   "flag"]
+                   "flag", "flag_reason"]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +45,8 @@ def test_predict_writes_the_design_columns_one_row_per_file(bench, capsys):
     res = pd.read_csv(out)
     assert list(res.columns) == PREDICT_COLUMNS
     assert list(res.star_id) == list(truth.star_id[:6])
-    assert set(res.flag) <= {"ok", "upper_limit"}
-    upper = res.flag == "upper_limit"
+    assert not has_flag(res.flag, "no_usable_lines").any()
+    upper = has_flag(res.flag, "upper_limit")
     assert res.feh_upper[upper].notna().all() and res.feh_upper[~upper].isna().all()
     assert "SYNTHETIC" in capsys.readouterr().err
 

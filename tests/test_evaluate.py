@@ -14,11 +14,12 @@ from fehkit.benchmark import run_benchmark, write_outputs
 from fehkit.errors import FehkitWarning
 from fehkit.evaluate import HEADLINE, evaluate, lowest_feh, score
 from fehkit.files import jsonable
+from fehkit.flags import detected, has_flag
 from fehkit.models import FeHEnsemble
 
 TINY = dict(rf={"n_estimators": 30}, xgb={"n_estimators": 30}, dnn={"max_epochs": 30, "hidden": (32, 16)},
             n_folds=3)
-PREDICT_COLUMNS = ["feh", "feh_err", "feh_upper", "feh_rf", "feh_xgb", "feh_dnn", "feh_cog", "flag"]
+PREDICT_COLUMNS = ["feh", "feh_err", "feh_upper", "feh_rf", "feh_xgb", "feh_dnn", "feh_cog", "flag", "flag_reason"]
 MODELS = ("rf", "xgb", "dnn", "ensemble", "cog")
 
 
@@ -72,13 +73,13 @@ def table() -> pd.DataFrame:
     t = pd.DataFrame({"feh": feh, "feh_err": np.r_[HEAD_ERR, [0.2, 0.2], [0.3, 0.3, 0.3]], "flag": flag,
                       "true_feh": truth, "true_teff": np.r_[np.full(8, 4800.0), [4300.0, 5200.0, 5600.0]],
                       "snr": snr.astype(float)})
-    t["feh_upper"] = np.where(t["flag"] == "upper_limit", -3.0, np.nan)
+    t["feh_upper"] = np.where(has_flag(t["flag"], "upper_limit"), -3.0, np.nan)
     t["feh_rf"] = t["feh"] + 0.01
     t["feh_xgb"] = t["feh"] - 0.02
     t["feh_dnn"] = t["feh"] + 0.03
     t["feh_cog"] = t["true_feh"] + 0.1
     t["feh_cog_median"] = t["true_feh"] - 0.2
-    t["cog_signal_sigma"] = np.where(t["flag"] == "ok", 10.0, 1.0)
+    t["cog_signal_sigma"] = np.where(detected(t["flag"]), 10.0, 1.0)
     t["feh_ext"] = t["true_feh"] + 0.015
     return t
 
@@ -218,7 +219,7 @@ def test_demo_metrics_follow_the_contract(demo):
     run, out = demo
     m = json.loads((out / "metrics.json").read_text())
     assert m["synthetic"] is True and m["n_test"] == len(run.predictions) == 50
-    assert m["headline_subset"] == HEADLINE and m["n_upper_limits"] == int((run.predictions["flag"] != "ok").sum())
+    assert m["headline_subset"] == HEADLINE and m["n_upper_limits"] == int((~detected(run.predictions["flag"])).sum())
     assert set(MODELS) <= set(m["models"])
     for name in MODELS:
         assert {"mae", "mse", "scatter", "bias", "r", "mae_ci95"} <= set(m["models"][name]), name
@@ -241,9 +242,10 @@ def test_demo_predictions_carry_truth_and_reference_labels(demo):
     need = PREDICT_COLUMNS + ["true_feh", "true_teff", "true_logg", "true_vmic", "snr", "teff_ref", "logg_ref",
                               "vmic_ref", "feh_ref"]
     assert set(need) <= set(pred.columns)
-    assert len(pred) == 50 and set(pred["flag"]) <= {"ok", "upper_limit"}
-    assert np.isfinite(pred["feh_upper"][pred["flag"] == "upper_limit"]).all()
-    assert pred["feh_upper"][pred["flag"] == "ok"].isna().all()
+    upper = has_flag(pred["flag"], "upper_limit")
+    assert len(pred) == 50 and not has_flag(pred["flag"], "no_usable_lines").any()
+    assert np.isfinite(pred["feh_upper"][upper]).all()
+    assert pred["feh_upper"][~upper].isna().all()
 
 
 def test_demo_report_says_synthetic(demo):
@@ -257,4 +259,4 @@ def test_demo_model_loads_back(demo):
     assert loaded.card_["synthetic"] is True and len(loaded.card_["training_set_sha256"]) == 64
     test = run.features.select(run.sim.truth["split"].to_numpy() == "test")
     again = loaded.predict(test)
-    assert np.allclose(again["feh"], run.predictions["feh"], atol=1e-6)
+    assert np.allclose(again["feh"], run.predictions["feh"], atol=1e-6, equal_nan=True)  # NaN: upper limits

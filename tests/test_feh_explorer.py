@@ -19,6 +19,7 @@ from jupyter_bokeh import BokehModel
 from fehkit.benchmark import run_benchmark
 from fehkit.errors import FehkitWarning
 from fehkit.ew import measure_ew
+from fehkit.flags import has_flag, is_ok
 from fehkit.physics.cog import CurveOfGrowth
 from fehkit.physics.joint import FEH_GRID, likelihood_profile
 from fehkit.plots.likelihood import likelihood_figure, line_ew_figure, update_likelihood_figure
@@ -39,8 +40,8 @@ def run():
 def rows(run):
     """Rows of run.predictions: an upper-limit star and the detected star of highest S/N."""
     p = run.predictions
-    upper = np.flatnonzero((p["flag"] == "upper_limit").to_numpy())
-    detected = np.flatnonzero((p["flag"] == "ok").to_numpy())
+    upper = np.flatnonzero(has_flag(p["flag"], "upper_limit"))
+    detected = np.flatnonzero(is_ok(p["flag"]))
     assert upper.size and detected.size
     return int(upper[0]), int(detected[np.argmax(p["snr"].to_numpy()[detected])])
 

@@ -18,6 +18,7 @@ import pytest
 from fehkit.errors import FehkitWarning
 from fehkit.features import Features
 from fehkit.files import MARKER, file_sha256
+from fehkit.flags import FLAGS, detected, has_flag, split
 from fehkit.models import FeHEnsemble, NotFittedError, TorchMLPRegressor, grid_search
 from fehkit.models import ensemble as ensemble_module
 from fehkit.models.ensemble import EnsembleError, oof_mse_score
@@ -36,7 +37,7 @@ from fehkit.training import reference_params, spectra_features, training_hash
 TINY = dict(rf={"n_estimators": 30}, xgb={"n_estimators": 30}, dnn={"max_epochs": 30, "hidden": (32, 16)},
             n_folds=3)
 #: The columns of FeHEnsemble.predict (as ``fehkit predict`` writes them, docs/cli.md).
-PREDICT_COLUMNS = ["feh", "feh_err", "feh_upper", "feh_rf", "feh_xgb", "feh_dnn", "feh_cog", "flag"]
+PREDICT_COLUMNS = ["feh", "feh_err", "feh_upper", "feh_rf", "feh_xgb", "feh_dnn", "feh_cog", "flag", "flag_reason"]
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +137,10 @@ def test_weights_sum_to_one_and_follow_inverse_oof_mse(fitted, bench):
 def test_predict_returns_the_design_columns(held_out, bench):
     assert list(held_out.columns) == PREDICT_COLUMNS
     assert len(held_out) == len(bench["X_test"].X)
-    assert set(held_out["flag"]) <= {"ok", "upper_limit"}
-    assert np.isfinite(held_out[["feh", "feh_err", "feh_rf", "feh_xgb", "feh_dnn"]].to_numpy()).all()
+    assert not has_flag(held_out["flag"], "no_usable_lines").any()
+    assert all(set(split(f)) <= set(FLAGS) for f in held_out["flag"])
+    assert np.isfinite(held_out[["feh_err", "feh_rf", "feh_xgb", "feh_dnn"]].to_numpy()).all()
+    assert np.isfinite(held_out["feh"][detected(held_out["flag"])]).all()  # upper limits have no feh
     assert (held_out["feh_err"] > 0).all()
 
 
@@ -145,7 +148,7 @@ def test_upper_limits_are_exactly_the_stars_below_three_sigma(held_out, bench):
     stars = bench["X_test"].stars
     below = stars["cog_signal_sigma"].to_numpy() < 3
     assert below.any() and (~below).any()
-    assert np.array_equal(held_out["flag"].to_numpy() == "upper_limit", below)
+    assert np.array_equal(has_flag(held_out["flag"], "upper_limit"), below)
     assert np.array_equal(np.isfinite(held_out["feh_upper"].to_numpy()), below)
     assert np.allclose(held_out["feh_upper"][below], stars["feh_cog_upper"][below], atol=1e-5)
     assert np.allclose(held_out["feh_cog"], stars["feh_cog"], atol=1e-5, equal_nan=True)
@@ -153,7 +156,7 @@ def test_upper_limits_are_exactly_the_stars_below_three_sigma(held_out, bench):
 
 def test_residual_ensemble_beats_a_trivial_predictor_on_detected_held_out_stars(held_out, bench):
     truth = bench["truth_test"]["feh"].to_numpy()
-    det = (held_out["flag"] == "ok").to_numpy()
+    det = detected(held_out["flag"])
     assert det.sum() >= 20
     mae = np.mean(np.abs(held_out["feh"].to_numpy()[det] - truth[det]))
     trivial = np.mean(np.abs(np.median(bench["y"]) - truth[det]))
@@ -163,7 +166,8 @@ def test_residual_ensemble_beats_a_trivial_predictor_on_detected_held_out_stars(
 
 def test_fused_value_is_the_weighted_mean_of_the_members(held_out, fitted):
     fused = sum(fitted.weights_[m] * held_out[f"feh_{m}"] for m in ("rf", "xgb", "dnn"))
-    assert np.allclose(held_out["feh"], fused)
+    measured = held_out["feh"].notna()  # upper limits have no feh
+    assert np.allclose(held_out["feh"][measured], fused[measured])
 
 
 def test_a_single_member_ensemble_leaves_the_others_nan(bench):
@@ -171,13 +175,15 @@ def test_a_single_member_ensemble_leaves_the_others_nan(bench):
     out = ens.predict(bench["X_test"])
     assert ens.weights_ == {"xgb": 1.0}
     assert out["feh_rf"].isna().all() and out["feh_dnn"].isna().all()
-    assert np.allclose(out["feh"], out["feh_xgb"])
+    measured = out["feh"].notna()  # upper limits have no feh
+    assert np.allclose(out["feh"][measured], out["feh_xgb"][measured])
 
 
 def test_target_feh_learns_feh_itself(bench):
     ens = FeHEnsemble(**TINY, members=("rf",), target="feh").fit(bench["X"], bench["y"])
     out = ens.predict(bench["X_test"])
-    assert np.isfinite(out["feh"]).all() and out["feh"].between(-5.5, 0).all()
+    measured = detected(out["flag"])  # upper limits have no feh
+    assert np.isfinite(out["feh"][measured]).all() and out["feh"][measured].between(-5.5, 0).all()
 
 
 # -- wrong input ------------------------------------------------------------------------------------------------------
@@ -266,7 +272,9 @@ def test_grid_search_cv_runs_over_the_ensemble(bench):
 
     frame = bench["X_test"].frame()
     truth = bench["truth_test"]["feh_ref"].to_numpy()
-    assert best.score(frame, truth) == pytest.approx(r2_score(truth, best.predict(frame)["feh"]))
+    feh = best.predict(frame)["feh"].to_numpy()
+    ok = np.isfinite(feh)  # upper limits have no feh
+    assert best.score(frame, truth) == pytest.approx(r2_score(np.asarray(truth)[ok], feh[ok]))
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -352,9 +360,10 @@ def test_save_then_load_gives_the_same_predictions(saved, held_out, bench):
     loaded = FeHEnsemble.load(saved)
     out = loaded.predict(bench["X_test"])
     assert list(out.columns) == PREDICT_COLUMNS
-    num = [c for c in PREDICT_COLUMNS if c != "flag"]
+    num = [c for c in PREDICT_COLUMNS if not c.startswith("flag")]
     assert np.allclose(out[num], held_out[num], atol=1e-6, equal_nan=True)
-    assert (out["flag"] == held_out["flag"]).all()
+    assert out["flag"].tolist() == held_out["flag"].tolist()
+    assert out["flag_reason"].tolist() == held_out["flag_reason"].tolist()
 
 
 def test_the_model_card_records_what_the_model_is(saved, fitted, bench):
@@ -463,7 +472,8 @@ def test_without_its_marker_a_model_folder_still_loads_and_can_be_replaced(saved
     # the marker says who wrote the folder (it is written after the checksums, and not read when loading)
     path = _copy(saved, tmp_path)
     (path / MARKER).unlink()
-    assert np.allclose(FeHEnsemble.load(path).predict(bench["X_test"])["feh"], fitted.predict(bench["X_test"])["feh"])
+    assert np.allclose(FeHEnsemble.load(path).predict(bench["X_test"])["feh"], fitted.predict(bench["X_test"])["feh"],
+                       equal_nan=True)
     fitted.save(path, overwrite=True, card={"synthetic": True})  # still recognised by its card
     assert (path / MARKER).is_file() and read_card(path)["synthetic"] is True
 
@@ -499,6 +509,9 @@ def _set(*keys_and_value):
     (_set("ensemble", "calibration", "scale", float("inf")), "ensemble.calibration.scale"),
     (_set("ensemble", "calibration", "floor", "0.05"), "ensemble.calibration.floor"),
     (_set("ensemble", "calibration", "floor", -0.05), "ensemble.calibration.floor"),
+    (_set("ensemble", "calibration", "floor", 0.01), r"calibration\.floor = 0\.01; expected a floor >= floor_min"),
+    (_set("ensemble", "calibration", "tail_nu", 1.5), "ensemble.calibration.tail_nu"),
+    (_set("ensemble", "calibration", "err95_factor", 0), "ensemble.calibration.err95_factor"),
     (_set("members", ["rf", "svm"]), "members"),
     (_set("members", []), "members"),
     (_set("members", ["rf", "xgb"]), "files"),
@@ -565,3 +578,25 @@ def test_a_forest_file_holding_another_estimator_is_refused(saved, tmp_path, ben
     _swap_forest(path, est.fit(X, y))
     with pytest.raises(ModelFileError, match=r"rf\.skops"):
         FeHEnsemble.load(path)
+
+
+def test_the_error_floor_holds_for_every_star(fitted, held_out):
+    c = fitted.calibration_
+    assert c["floor"] >= ensemble_module.ERR_FLOOR and c["tail_nu"] > 2 and c["err95_factor"] > 0
+    assert (held_out["feh_err"] >= ensemble_module.ERR_FLOOR).all()
+    assert 0 < c["oof_coverage_68"] < c["oof_coverage_95"] < 1
+
+
+def test_upper_limits_have_an_empty_feh_and_a_finite_limit(held_out):
+    upper = has_flag(held_out["flag"], "upper_limit")
+    assert upper.any() and held_out["feh"][upper].isna().all()
+    assert np.isfinite(held_out["feh_upper"][upper]).all()
+    assert np.isfinite(held_out["feh"][detected(held_out["flag"])]).all()
+    assert np.isfinite(held_out["feh_rf"][upper]).all()  # the members' raw values stay in their own columns
+
+
+def test_score_is_r2_over_the_measured_stars(bench, fitted, held_out):
+    y = bench["truth_test"]["feh"].to_numpy(float)
+    ok = held_out["feh"].notna().to_numpy()
+    expected = 1 - np.sum((y[ok] - held_out["feh"][ok]) ** 2) / np.sum((y[ok] - y[ok].mean()) ** 2)
+    assert fitted.score(bench["X_test"], y) == pytest.approx(expected)

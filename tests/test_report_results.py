@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from bokeh.models import Span
 
+from fehkit.flags import detected, has_flag
 from fehkit.plots import results as result_figures
 from fehkit.plots import style
 from fehkit.report.results import BANNER, feh_report
@@ -70,7 +71,7 @@ def _stats(resid: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> dict:
 
 def fixture_metrics(pred: pd.DataFrame, synthetic: bool = True) -> dict:
     """A fake metrics.json for ``pred``: stats on detected S/N >= 50 stars, fake CIs, two targets missed."""
-    ok = (pred.flag == "ok") & (pred.snr >= 50)
+    ok = detected(pred.flag) & (pred.snr >= 50)
     columns = {"rf": "feh_rf", "xgb": "feh_xgb", "dnn": "feh_dnn", "ensemble": "feh", "cog": "feh_cog",
                "cannon": "feh_cannon"}
     models = {k: _stats((pred[c] - pred.true_feh)[ok].to_numpy(), pred[c][ok].to_numpy(), pred.true_feh[ok].to_numpy())
@@ -80,7 +81,7 @@ def fixture_metrics(pred: pd.DataFrame, synthetic: bool = True) -> dict:
         out = []
         for lo, hi in zip(edges[:-1], edges[1:], strict=True):
             sel = (pred[column] >= lo) & (pred[column] < hi)
-            det = sel & (pred.flag == "ok")
+            det = sel & detected(pred.flag)
             row = {"lo": lo, "hi": None if math.isinf(hi) else hi, "n": int(sel.sum()),
                    "n_upper_limits": int((sel & ~det).sum())}
             for key, col in (("mae", "feh"), ("mae_cog", "feh_cog"), ("mae_rf", "feh_rf"), ("mae_xgb", "feh_xgb"),
@@ -95,7 +96,7 @@ def fixture_metrics(pred: pd.DataFrame, synthetic: bool = True) -> dict:
     for feh_lo in (-5.0, -4.0, -3.0, -2.0):
         for snr_lo, snr_hi in ((20, 50), (50, 100), (100, 200), (200, 500)):
             n_det = int(((pred.true_feh >= feh_lo) & (pred.true_feh < feh_lo + 1) & (pred.snr >= snr_lo)
-                         & (pred.snr < snr_hi) & (pred.flag == "ok")).sum())
+                         & (pred.snr < snr_hi) & detected(pred.flag)).sum())
             checked = n_det >= 20
             ratio = 0.55 if feh_lo > -4 else 0.9
             grid.append({"feh_lo": feh_lo, "feh_hi": feh_lo + 1, "snr_lo": snr_lo, "snr_hi": snr_hi,
@@ -106,7 +107,7 @@ def fixture_metrics(pred: pd.DataFrame, synthetic: bool = True) -> dict:
     return {
         "synthetic": synthetic, "n_test": len(pred),
         "headline_subset": "detected joint Fe signal (>= 3 sigma), SNR >= 50", "n_headline": int(ok.sum()),
-        "n_upper_limits": int((pred.flag == "upper_limit").sum()),
+        "n_upper_limits": int(has_flag(pred.flag, "upper_limit").sum()),
         "param_errors": {"teff": 100.0, "logg": 0.2, "vmic": 0.2},
         "models": models,
         "cog_per_line_median": _stats((pred.feh_cog_median - pred.true_feh)[ok].to_numpy(),
@@ -190,7 +191,7 @@ def parse(page: str) -> _Checker:
 # ---------------------------------------------------------------------------------------------------------------
 def test_one_to_one_has_envelope_and_upper_limits_apart(pred):
     fig = result_figures.one_to_one_figure(pred)
-    upper = pred.flag == "upper_limit"
+    upper = has_flag(pred.flag, "upper_limit")
     dots = fig.select_one({"name": "detected"}).data_source.data
     limits = fig.select_one({"name": "upper_limits"}).data_source.data
     envelope = fig.select_one({"name": "envelope"}).data_source.data
@@ -216,7 +217,7 @@ def test_histogram_overlays_detected_residuals_and_skips_absent_cannon(pred):
     names = {r.name for r in fig.renderers}
     assert {"hist_feh", "hist_feh_cog"} <= names and "hist_feh_cannon" not in names
     counts = fig.select_one({"name": "hist_feh"}).data_source.data["y"]
-    assert counts[1::2].sum() == (pred.flag == "ok").sum()  # each bin's count is drawn twice (a step)
+    assert counts[1::2].sum() == detected(pred.flag).sum()  # each bin's count is drawn twice (a step)
     assert any("feh_cannon" in t.text for t in fig.below if hasattr(t, "text"))
 
 

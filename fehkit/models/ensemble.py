@@ -7,9 +7,10 @@ trees no longer have to build a 3.5 dex staircase out of leaves. Five-fold cross
 gives each member's out-of-fold (OOF) predictions; their mean squared error sigma_i^2 on stars with a detected
 joint Fe signal gives the weights w_i = (1/sigma_i^2) / sum_j (1/sigma_j^2). The per-star error comes from the
 same OOF residuals: feh_err^2 = a^2 (sigma_cog^2 + sigma_param^2) + b^2, with the classical method's statistical
-and stellar-parameter errors and (a, b) fitted by maximum likelihood, so that it is calibrated on data the members
-never trained on -- never on the test set. Stars whose joint Fe signal is below 3 sigma keep flag ``upper_limit``
-and the classical 3-sigma upper limit (``feh_upper``).
+and stellar-parameter errors, (a, b) and the tails (Student-t) fitted by maximum likelihood through the labels' own
+noise, b never below :data:`ERR_FLOOR`, and one factor so that +-1 and +-1.96 feh_err hold 68.3% and 95% as nearly
+as they can -- calibrated on data the members never trained on, never on the test set. Stars whose joint Fe signal
+is below 3 sigma keep flag ``upper_limit`` and the classical 3-sigma upper limit (``feh_upper``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
+from scipy.special import gammaln
+from scipy.stats import t as t_dist
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.metrics import r2_score
 from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
@@ -30,6 +33,7 @@ from fehkit.files import jsonable
 from fehkit.models import persist
 from fehkit.models.base import MEMBERS, EnsembleError, NotFittedError, check_fitted
 from fehkit.models.boosting import XGB_DEFAULTS, make_boosting
+from fehkit.models.domain import MIN_LABEL_SPREAD, fit_domain, prediction_flags
 from fehkit.models.forest import RF_DEFAULTS, make_forest
 from fehkit.models.mlp import DNN_DEFAULTS, TorchMLPRegressor
 
@@ -39,11 +43,18 @@ __all__ = ["MEMBERS", "EnsembleError", "FeHEnsemble", "NotFittedError", "grid_se
 BASE_FEATURE, ERR_FEATURE, PARAM_ERR_FEATURE = "feh_cog", "feh_cog_err", "feh_cog_err_param"
 SIGNAL_FEATURE, UPPER_FEATURE, N_LINES_FEATURE = "cog_signal_sigma", "feh_cog_upper", "cog_n_lines"
 
+#: Smallest 1-sigma error feh_err can have (dex): the low end of what another radiative-transfer code on the same
+#: atmospheres and lines changes in [Fe/H] (0.02-0.04 dex), which a benchmark made with MOOG itself cannot show.
+ERR_FLOOR = 0.02
+#: Degrees of freedom the Student-t error model may take (200 is a Gaussian for this purpose).
+NU_GRID = (2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0, 30.0, 50.0, 100.0, 200.0)
+_GH_NODES, _GH_WEIGHTS = np.polynomial.hermite.hermgauss(32)
+
 #: Largest number of hyperparameter combinations :func:`grid_search` tries per member.
 MAX_GRID_CANDIDATES = 16
 
 #: What :meth:`FeHEnsemble.predict` needs of a fitted (or loaded) ensemble.
-_FITTED = ("members_", "weights_", "calibration_", "feature_names_in_", "label_range_")
+_FITTED = ("members_", "weights_", "calibration_", "feature_names_in_", "label_range_", "domain_")
 
 
 class FeHEnsemble(RegressorMixin, BaseEstimator):
@@ -90,6 +101,9 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
         The features it was trained on (their order is checked at :meth:`predict`).
     label_range_, n_train_, oof_predictions_
         The training labels' range, the number of training stars, the OOF predictions.
+    domain_ : dict
+        The training domain (:func:`fehkit.models.domain.fit_domain`): ranges of Teff, log g, vmic, [Fe/H] and
+        S/N, and a feature-space distance with its threshold; :meth:`predict` flags stars outside it.
 
     Examples
     --------
@@ -173,6 +187,11 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
         """
         Xa, names = _matrix(X, feature_names)
         y = _labels(y, len(Xa), "y")
+        spread = float(np.std(y))
+        if spread < MIN_LABEL_SPREAD:
+            raise EnsembleError(f"y: the training labels' spread (standard deviation) is {spread:.3g} dex over "
+                                f"{len(y)} stars; expected at least {MIN_LABEL_SPREAD} dex: labels that do not vary "
+                                "teach nothing about [Fe/H]")
         members = self._check_config()
         for need in (BASE_FEATURE, ERR_FEATURE, PARAM_ERR_FEATURE, SIGNAL_FEATURE, UPPER_FEATURE):
             if need not in names:
@@ -186,6 +205,7 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
         if detected.sum() < self.n_folds * 2:
             raise EnsembleError(f"training set: {int(detected.sum())} stars with a detected joint Fe signal; "
                                 f"expected at least {self.n_folds * 2} for {self.n_folds}-fold cross-validation")
+        self.domain_ = fit_domain(Xa, names, y, _stars_column(X, "snr", len(Xa)), detected)
         Xt, yt = Xa[rows], y[rows]
         t = yt - self._base(Xt)
         Xv = yv = None
@@ -238,39 +258,63 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
         return self
 
     def _calibrate(self, resid: np.ndarray, v: np.ndarray, detected: np.ndarray, label_var: float) -> dict:
-        """Fit feh_err^2 = a^2 v + b^2 to the OOF residuals of detected stars.
+        """Fit feh_err = k sqrt(a^2 v + b^2) to the OOF residuals of detected stars (docs/feh_ensemble.md).
 
-        The shape (a, b) comes from maximum likelihood, then one factor makes the 1-sigma error hold 68.3% of them.
+        The true errors are modelled as Student-t with scale sqrt(a^2 v + b^2) and nu degrees of freedom; an OOF
+        residual is such an error plus the labels' own Gaussian noise, and (a, b, nu) maximize the likelihood of
+        that sum (Gauss-Hermite quadrature over the label noise). b^2 = b_fit^2 + ERR_FLOOR^2, so the floor
+        cannot collapse to zero. Then, under the fitted t, k makes +-feh_err and +-1.96 feh_err hold 68.3% and 95%
+        of the errors as nearly as one number can (each miss in units of its binomial variance).
         """
         r, v = resid[detected], v[detected]
         ok = np.isfinite(r) & np.isfinite(v)
         r, v = r[ok], v[ok]
+        noise = np.sqrt(2.0 * label_var) * _GH_NODES  # label noise at the quadrature nodes
+        weights = _GH_WEIGHTS / np.sqrt(np.pi)
 
-        def nll(p: np.ndarray) -> float:
-            var = np.exp(2 * p[0]) * v + np.exp(2 * p[1]) + label_var
-            return float(np.sum(r ** 2 / var + np.log(var)))
+        def nll(p: np.ndarray, nu: float) -> float:
+            p = np.clip(p, -20.0, 5.0)  # a and b between ~1e-9 and ~150
+            s = np.sqrt(np.exp(2 * p[0]) * v + np.exp(2 * p[1]) + ERR_FLOOR ** 2)[:, None]
+            z = (r[:, None] - noise[None, :]) / s
+            dens = np.exp(_t_logpdf(z, nu) - np.log(s)) @ weights
+            return float(-np.sum(np.log(np.maximum(dens, 1e-300))))
 
-        res = minimize(nll, x0=np.array([0.0, np.log(0.03)]), method="Nelder-Mead",
-                       options={"xatol": 1e-4, "fatol": 1e-6})
-        a, b = np.exp(res.x)
-        sigma = np.sqrt(a ** 2 * v + b ** 2)
-        # Residuals have heavier tails than a Gaussian, which inflates the maximum-likelihood scale: rescale so
-        # that 68.3% of the OOF residuals fall inside the 1-sigma error (labels' own noise added back in).
-        ks = np.linspace(0.3, 3.0, 271)
-        cover = [np.mean(np.abs(r) <= np.sqrt((k * sigma) ** 2 + label_var)) for k in ks]
-        k = float(ks[min(np.searchsorted(cover, 0.683), len(ks) - 1)])
-        inside = np.abs(r) <= np.sqrt((k * sigma) ** 2 + label_var)
-        return {"scale": float(k * a), "floor": float(k * b), "n": int(len(r)), "ml_scale": float(a),
-                "ml_floor": float(b), "coverage_rescale": k, "oof_coverage_68": float(np.mean(inside))}
+        # the likelihood is flat in nu at large nu: profile it on a grid rather than let a simplex drift
+        best, x0 = None, np.array([0.0, np.log(0.02)])
+        for nu in NU_GRID:
+            res = minimize(nll, x0=x0, args=(nu,), method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-6})
+            x0 = res.x
+            if best is None or res.fun < best[0]:
+                best = (res.fun, res.x, nu)
+        _, p, nu = best
+        p = np.clip(p, -20.0, 5.0)
+        a, b = float(np.exp(p[0])), float(np.sqrt(np.exp(2 * p[1]) + ERR_FLOOR ** 2))
+        # a unit-scale t holds fewer errors inside +-c than a unit Gaussian for every c, so k >= 1
+        ks = np.linspace(1.0, 3.0, 2001)
+        c68, c95 = 2 * t_dist.cdf(ks, nu) - 1, 2 * t_dist.cdf(1.96 * ks, nu) - 1
+        miss = (c68 - 0.683) ** 2 / (0.683 * 0.317) + (c95 - 0.95) ** 2 / (0.95 * 0.05)
+        i = int(np.argmin(miss))
+        k = float(ks[i])
+        return {"scale": k * a, "floor": max(k * b, ERR_FLOOR), "n": int(len(r)), "ml_scale": a, "ml_floor": b,
+                "tail_nu": nu, "coverage_rescale": k, "floor_min": ERR_FLOOR,
+                "err95_factor": float(t_dist.ppf(0.975, nu) / k),
+                "oof_coverage_68": float(c68[i]), "oof_coverage_95": float(c95[i])}
 
     # ---- prediction --------------------------------------------------------------------------------------------
     def predict(self, X: Any, *, feature_names: Sequence[str] | None = None) -> pd.DataFrame:
         """[Fe/H], its 1-sigma error, the upper limit where the joint signal is below 3 sigma, each member's value.
 
-        Returns a DataFrame with ``feh``, ``feh_err``, ``feh_upper`` (3-sigma limit; NaN unless the flag is
-        ``upper_limit``), ``feh_rf``, ``feh_xgb``, ``feh_dnn``, ``feh_cog`` and ``flag``: ``ok``, ``upper_limit``
-        (joint Fe signal below 3 sigma) or ``no_lines`` (no usable line at all: no measurement and no limit), one
-        row per star.
+        Returns a DataFrame with ``feh`` (NaN, empty, for ``upper_limit`` and ``no_usable_lines``: no measurement),
+        ``feh_err``, ``feh_upper`` (3-sigma limit; NaN unless the flag has ``upper_limit``), ``feh_rf``, ``feh_xgb``,
+        ``feh_dnn``, ``feh_cog``, ``flag`` and ``flag_reason``, one row per star.
+        ``flag`` is ``ok`` or the names of :data:`fehkit.flags.FLAGS` that apply, joined by ``;``:
+        ``upper_limit`` (joint Fe signal below 3 sigma), ``no_usable_lines`` (no line usable for the joint
+        likelihood: no measurement and no limit), ``out_of_domain`` (outside the training domain ``domain_``),
+        ``grid_edge`` (the classical method hit the curve-of-growth grid: parameters clipped to it, or the
+        likelihood at its top), ``grid_extrapolated`` (the star leans on filled grid nodes); ``flag_reason`` says
+        why, e.g. ``teff 3677 K outside the training range 4002..6386 K``. Given a
+        :class:`~fehkit.features.Features`, the grid checks and S/N come from its ``stars`` table; given an array,
+        from the feature columns and the packaged curve of growth.
         """
         check_fitted(self, _FITTED, "call fit(X, y) or FeHEnsemble.load(folder)")
         expected = list(self.feature_names_in_)
@@ -278,7 +322,8 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
         Xa, names = _matrix(X, expected if feature_names is None else feature_names)
         _check_predict_input(Xa, names, expected)
         if len(Xa) == 0:
-            return pd.DataFrame({c: pd.Series(dtype=object if c == "flag" else float) for c in PREDICT_COLUMNS})
+            return pd.DataFrame({c: pd.Series(dtype=object if c.startswith("flag") else float)
+                                 for c in PREDICT_COLUMNS})
         base = self._base(Xa)
         out = pd.DataFrame(index=range(len(Xa)))
         preds = {m: base + est.predict(Xa) for m, est in self.members_.items()}
@@ -292,17 +337,25 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
         for m in MEMBERS:
             out[f"feh_{m}"] = preds.get(m, np.nan)
         out["feh_cog"] = self._column(Xa, BASE_FEATURE)
-        out["flag"] = np.where(none, "no_lines", np.where(upper, "upper_limit", "ok"))
+        stars = getattr(X, "stars", None)
+        out["flag"], out["flag_reason"] = prediction_flags(
+            self.domain_, Xa, names, stars if isinstance(stars, pd.DataFrame) and len(stars) == len(Xa) else None,
+            feh=out["feh"].to_numpy(float), feh_cog=out["feh_cog"].to_numpy(float),
+            signal=self._column(Xa, SIGNAL_FEATURE), detected=~upper & ~none, no_usable=none,
+            detection_sigma=self.detection_sigma)
+        out["feh"] = np.where(upper, np.nan, out["feh"])  # an upper limit (or no line) has no value: feh_upper
         return out
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
-        """R^2 of the fused ``feh`` against ``y`` over all stars (upper limits included): higher is better.
+        """R^2 of the fused ``feh`` against ``y`` over the stars with a measured ``feh``: higher is better.
 
         Replaces :class:`~sklearn.base.RegressorMixin`'s, which expects :meth:`predict` to return an array; it is
         what ``GridSearchCV`` maximizes when given no ``scoring`` (:func:`grid_search` scores by OOF MSE instead).
         """
-        return float(r2_score(np.asarray(y, float).ravel(), self.predict(X)["feh"].to_numpy(),
-                              sample_weight=sample_weight))
+        y, feh = np.asarray(y, float).ravel(), self.predict(X)["feh"].to_numpy(float)
+        ok = np.isfinite(feh)  # upper limits have no feh
+        w = None if sample_weight is None else np.asarray(sample_weight, float).ravel()[ok]
+        return float(r2_score(y[ok], feh[ok], sample_weight=w))
 
     # ---- helpers ---------------------------------------------------------------------------------------------
     def _index(self, name: str) -> int:
@@ -316,7 +369,8 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
             return np.zeros(len(Xa))
         base = self._column(Xa, BASE_FEATURE)
         # the classical value is the starting point; beyond the training labels (non-detections fall to the bottom
-        # of the likelihood grid) it is clipped to their range, and where it does not exist the labels' middle
+        # of the likelihood grid) it is clipped to their range (predict flags that for a detected star:
+        # out_of_domain), and where it does not exist the labels' middle
         lo, hi = self.label_range_
         return np.where(np.isfinite(base), np.clip(base, lo, hi), 0.5 * (lo + hi))
 
@@ -368,6 +422,7 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
                 "oof_mse": self.oof_mse_,
                 "calibration": self.calibration_,
                 "label_range": list(self.label_range_),
+                "domain": self.domain_,
                 "n_train": getattr(self, "n_train_", None),
                 "member_params": {m: jsonable(self.member_params(m)) for m in self.members_},
             },
@@ -394,6 +449,7 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
         ens.oof_mse_ = {m: float(e["oof_mse"][m]) for m in members}
         ens.calibration_ = dict(e["calibration"])
         ens.label_range_ = (float(e["label_range"][0]), float(e["label_range"][1]))
+        ens.domain_ = dict(e["domain"])
         ens.n_train_ = e.get("n_train")
         ens.card_ = card
         ens.members_ = members
@@ -463,6 +519,14 @@ def _matrix(X: Any, feature_names: Sequence[str] | None) -> tuple[np.ndarray, li
     return Xa, list(feature_names)
 
 
+def _stars_column(X: Any, name: str, n: int) -> np.ndarray | None:
+    """Return a column of a Features' per-star table of ``n`` stars (e.g. ``snr``), or None."""
+    stars = getattr(X, "stars", None)
+    if isinstance(stars, pd.DataFrame) and name in stars and len(stars) == n:
+        return pd.to_numeric(stars[name], errors="coerce").to_numpy(float)
+    return None
+
+
 def _labels(y: Any, n: int, name: str) -> np.ndarray:
     y = np.asarray(y, float).ravel()
     if y.size != n:
@@ -473,6 +537,12 @@ def _labels(y: Any, n: int, name: str) -> np.ndarray:
     return y
 
 
+def _t_logpdf(z: np.ndarray, nu: float) -> np.ndarray:
+    """Log density of Student's t with nu degrees of freedom (unit scale)."""
+    return (gammaln((nu + 1) / 2) - gammaln(nu / 2) - 0.5 * np.log(nu * np.pi)
+            - (nu + 1) / 2 * np.log1p(z ** 2 / nu))
+
+
 def _progress(total: int, show: bool, desc: str) -> Any:
     from tqdm.auto import tqdm
 
@@ -480,7 +550,7 @@ def _progress(total: int, show: bool, desc: str) -> Any:
 
 
 #: Columns of :meth:`FeHEnsemble.predict`, in order.
-PREDICT_COLUMNS = ("feh", "feh_err", "feh_upper", "feh_rf", "feh_xgb", "feh_dnn", "feh_cog", "flag")
+PREDICT_COLUMNS = ("feh", "feh_err", "feh_upper", "feh_rf", "feh_xgb", "feh_dnn", "feh_cog", "flag", "flag_reason")
 
 
 def _check_predict_input(Xa: np.ndarray, names: list[str], expected: list[str]) -> None:

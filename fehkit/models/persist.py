@@ -5,7 +5,8 @@ A model folder (format_version 2) holds
 * one file per member -- the forest as skops (loaded with an explicit list of trusted scikit-learn types), the
   boosted trees as XGBoost JSON, the network's weights and input scaling as safetensors;
 * ``card.json``: the model card -- format and version, library versions, ``members``, ``feature_names``,
-  ``synthetic``, the ``ensemble`` section (its settings, weights, out-of-fold MSEs, error calibration, label range),
+  ``synthetic``, the ``ensemble`` section (its settings, weights, out-of-fold MSEs, error calibration, label range,
+  the training ``domain``: parameter ranges and the feature-space distance, :mod:`fehkit.models.domain`),
   the network's scaling (``dnn``), whatever the caller adds (training-set hash, metrics, grid search) and the
   members' SHA-256 (``files``);
 * ``checksums.sha256``: the SHA-256 of every other file, ``card.json`` included, in ``sha256sum`` format
@@ -16,11 +17,12 @@ A model folder (format_version 2) holds
 
 Reading checks, in this order: the card's format and version; that the folder holds exactly the files
 ``checksums.sha256`` lists (plus the marker) and that each matches its SHA-256; the card's values (weights finite,
->= 0 and summing to 1; calibration scale and floor finite and > 0; members, feature names, label range, ...); that
-each member file fits the card. A changed, missing, extra or swapped file, or a card from another format version,
-fails with :class:`TamperedModelError`, :class:`ModelFileError` or :class:`IncompatibleModelError` naming the file
-and the key, instead of giving a wrong [Fe/H]. The checksums catch an edit or a corrupted copy; they are not a
-signature -- whoever can rewrite every file can rewrite ``checksums.sha256`` too.
+>= 0 and summing to 1; calibration scale and floor finite and > 0, the floor >= floor_min; members, feature names,
+label range, training domain, ...); that each member file fits the card. A changed, missing, extra or swapped file,
+or a card from another format version, fails with :class:`TamperedModelError`, :class:`ModelFileError` or
+:class:`IncompatibleModelError` naming the file and the key, instead of giving a wrong [Fe/H]. The checksums catch
+an edit or a corrupted copy; they are not a signature -- whoever can rewrite every file can rewrite
+``checksums.sha256`` too.
 
 This module knows the files and the card, not :class:`~fehkit.models.ensemble.FeHEnsemble`, whose ``save`` and
 ``load`` call :func:`write_model_folder` and :func:`read_model_folder`.
@@ -43,6 +45,7 @@ import numpy as np
 from fehkit.errors import FehkitError
 from fehkit.files import MARKER, atomic_folder, file_sha256, is_fehkit_folder
 from fehkit.models.base import MEMBERS
+from fehkit.models.domain import check_domain
 from fehkit.models.mlp import TorchMLPRegressor, build_network
 
 #: Identifies a fehkit model folder; the version is bumped when the layout changes incompatibly (2: every file of
@@ -303,9 +306,20 @@ def _check_card(card: dict, path: Path) -> None:
         value = cal.get(key) if isinstance(cal, dict) else None
         if not (_is_number(value) and value > 0):
             bad(f"ensemble.calibration.{key}", value, "a finite number > 0")
+    # the Student-t error model's keys (absent from models calibrated before it)
+    for key, valid, what in (("tail_nu", lambda x: x > 2, "degrees of freedom > 2"),
+                             ("err95_factor", lambda x: x > 0, "a factor > 0"),
+                             ("floor_min", lambda x: x >= 0, "a finite number >= 0")):
+        if key in cal and not (_is_number(cal[key]) and valid(cal[key])):
+            bad(f"ensemble.calibration.{key}", cal[key], what)
+    if _is_number(cal.get("floor_min")) and cal["floor"] < cal["floor_min"]:
+        bad("ensemble.calibration.floor", cal["floor"], f"a floor >= floor_min ({cal['floor_min']})")
     lr = e.get("label_range")
     if not (isinstance(lr, list) and len(lr) == 2 and all(_is_number(v) for v in lr) and lr[0] <= lr[1]):
         bad("ensemble.label_range", lr, "two finite numbers, the lowest and the highest training label")
+    problem = check_domain(e.get("domain"))
+    if problem:
+        bad("ensemble.domain", e.get("domain"), f"the training domain: {problem}")
     if "dnn" in members:
         d = card.get("dnn")
         if not (isinstance(d, dict) and isinstance(d.get("params"), dict)):

@@ -106,6 +106,8 @@ def feh_report(
     page_title = title + (" (SYNTHETIC benchmark)" if synthetic else "")
     parts: list[dict[str, str]] = [{"html": _header(metrics, predictions, page_title, synthetic)}]
     for heading, note, section in _sections():
+        if section is _cross_survey_real and not metrics.get("cross_survey_real"):
+            continue  # only for a labelled table with other surveys' [Fe/H]
         parts.append({"html": f"<section><h2>{_e(heading)}</h2>" + (f"<p class='note'>{_e(note)}</p>" if note
                                                                     else "") + section(metrics) + "</section>"})
 
@@ -152,11 +154,22 @@ def _header(metrics: Mapping[str, Any], pred: pd.DataFrame, title: str, syntheti
         ("upper limits", f"{_f(metrics.get('n_upper_limits'), 0)} test stars without a detected Fe signal "
                          "(flag upper_limit; a 3σ limit, not a value)"),
         ("coverage of ±feh_err", f"{_f(metrics.get('coverage_68'))} of the stars have |predicted − true| ≤ "
-                                 "feh_err (0.68 if feh_err is a calibrated 1σ)"),
+                                 "feh_err (0.68 if feh_err is a calibrated 1σ); "
+                                 f"{_f(metrics.get('coverage_95'))} within 1.96 feh_err (0.95 if calibrated)"),
     ]
+    held = metrics.get("upper_limits_hold")
+    if isinstance(held, Mapping) and held.get("n"):
+        facts.append(("upper limits that hold", f"{_f(held.get('fraction'))} ({_f(held.get('n_hold'), 0)} of "
+                                                f"{_f(held.get('n'), 0)}) have true [Fe/H] ≤ feh_upper"))
     if metrics.get("n_train") is not None:
         facts.append(("training set", f"{_f(metrics.get('n_train'), 0)} stars (+ {_f(metrics.get('n_val'), 0)} "
                                       "validation), disjoint from the test stars"))
+    if metrics.get("truth"):
+        facts.append(("scored against", str(metrics["truth"])))
+    if isinstance(metrics.get("validation"), Mapping):
+        v = metrics["validation"]
+        facts.append(("cross-validation", f"{_f(v.get('folds'), 0)} folds stratified in {v.get('stratified_in')} "
+                                          f"(seed {v.get('seed')}): {v.get('note', '')}"))
     if metrics.get("label"):
         facts.append(("trained on", f"{metrics['label']} (the [Fe/H] label the models learned)"))
     errors = metrics.get("param_errors")
@@ -298,6 +311,28 @@ def _cross_survey(metrics: Mapping[str, Any]) -> str:
     return _table(["compared with", "stars", "mean offset (dex)", "scatter (dex)", "MAE (dex)", "t", "p"], rows)
 
 
+def _cross_survey_real(metrics: Mapping[str, Any]) -> str:
+    cross = metrics.get("cross_survey_real")
+    if not cross:
+        return _absent("cross_survey_real")
+    rows = [_Row([_e(f"{c.get('label') or name} ({name})"), _num_cell(c.get("n"), 0), _num_cell(c.get("n_missing"), 0),
+                  _num_cell(c.get("bias"), signed=True), _num_cell(c.get("scatter")), _num_cell(c.get("mae")),
+                  _num_cell(c.get("bias_ref"), signed=True), _num_cell(c.get("scatter_ref"))])
+            for name, c in cross.items()]
+    out = _table(["compared with", "stars", "stars without a value", "bias: feh − survey (dex)", "scatter (dex)",
+                  "MAE (dex)", "bias: feh_ref − survey (dex)", "scatter (dex)"], rows)
+    bins = [b for c in cross.values() for b in c.get("by_feh") or []]
+    if bins:
+        labels = [bin_label(b.get("lo"), b.get("hi")) for b in next(iter(cross.values())).get("by_feh") or []]
+        rows = [_Row([_e(label)] + [cell for c in cross.values() for b in (c.get("by_feh") or [])[i:i + 1]
+                                    for cell in (_num_cell(b.get("n"), 0), _num_cell(b.get("bias"), signed=True),
+                                                 _num_cell(b.get("scatter")))])
+                for i, label in enumerate(labels)]
+        header = ["reference [Fe/H] (dex)"] + [f"{h} {name}" for name in cross for h in ("stars", "bias", "scatter")]
+        out += _table(header, rows)
+    return out
+
+
 def _bias_ttest(metrics: Mapping[str, Any]) -> str:
     test = metrics.get("bias_ttest")
     if not test:
@@ -328,6 +363,10 @@ def _sections() -> list[tuple[str, str, Callable[[Mapping[str, Any]], str]]]:
          "S/N >= 50). The standard row is the benchmark's own physics; the others show how far each unknown moves "
          "the answer. Simulated spectra, not survey data.", _robustness),
         ("Cross-survey check", "fehkit against an external survey's [Fe/H] of the same stars.", _cross_survey),
+        ("Cross-survey check on the labelled stars", "fehkit's [Fe/H] against the other surveys' values the table "
+         "carries (ASPCAP, GALAH), over stars with a measured [Fe/H] (not an upper limit) and a value there; the "
+         "reference labels against the same survey for comparison, then the bias by reference [Fe/H]. ASPCAP's "
+         "DR17 grid stops at [M/H] = −2.5, so its values are missing below.", _cross_survey_real),
         ("Bias t-test", "One-sample t-test of predicted − true [Fe/H] (detected headline stars) against zero.",
          _bias_ttest),
     ]
