@@ -12,8 +12,8 @@ from fehkit.cli import main
 from fehkit.files import read_marker
 from fehkit.flags import has_flag
 
-PREDICT_COLUMNS = ["star_id", "feh", "feh_err", "feh_upper", "feh_rf", "feh_xgb", "feh_dnn", "feh_cog", "feh_sys", "n_lines",
-                   "flag", "flag_reason"]
+PREDICT_COLUMNS = ["star_id", "feh", "feh_err", "feh_upper", "feh_rf", "feh_xgb", "feh_dnn", "feh_cog", "feh_sys",
+                   "n_lines", "flag", "flag_reason"]
 
 
 @pytest.fixture(scope="module")
