@@ -31,7 +31,7 @@ from fehkit.flags import join_columns
 from fehkit.models.ensemble import FeHEnsemble
 from fehkit.spectra import SpectrumBatch, is_synthetic
 from fehkit.synth import Simulation, make_benchmark
-from fehkit.training import PREDICT_COLUMNS, reference_params, spectra_features, training_hash
+from fehkit.training import predict_features, reference_params, spectra_features, training_hash
 
 #: The demo's split of the 1,500-star benchmark: 1,050 train + 150 validation (1,200 train+validation) and 300
 #: test stars, as the method used; stratified in 0.5 dex [Fe/H] bins.
@@ -154,9 +154,9 @@ def run_benchmark(
     t0 = time.perf_counter()
     ens = FeHEnsemble(**kwargs).fit(feats.select(tr), y[tr], X_val=feats.select(va), y_val=y[va])
     timings["train"] = time.perf_counter() - t0
-    pred = ens.predict(feats.select(te))
     synthetic = is_synthetic(sim.batch)
-    pred = _prediction_table(pred, feats.select(te), truth[te].reset_index(drop=True), synthetic)
+    pred = _prediction_table(predict_features(ens, feats.select(te)), feats.select(te),
+                             truth[te].reset_index(drop=True), synthetic)
 
     extra: dict[str, Any] = {}
     if cannon:
@@ -217,9 +217,7 @@ def write_outputs(run: BenchmarkRun, out: str | os.PathLike[str], *, overwrite: 
         (tmp / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2) + "\n")
         comment = ("SYNTHETIC benchmark (simulated spectra, not observations): fehkit demo test-set predictions"
                    if metrics.get("synthetic") else None)
-        first = [c for c in PREDICT_COLUMNS if c in run.predictions]  # the columns of fehkit predict lead
-        predictions = run.predictions[first + [c for c in run.predictions if c not in first]]
-        write_table(predictions, tmp / "predictions.csv", comment=comment)
+        write_table(run.predictions, tmp / "predictions.csv", comment=comment)
         feh_report(metrics, run.predictions, tmp / "report.html")
         train = run.features.select(run.sim.truth["split"].to_numpy() == "train")
         run.ensemble.save(tmp / "model", card={
@@ -234,11 +232,9 @@ def write_outputs(run: BenchmarkRun, out: str | os.PathLike[str], *, overwrite: 
 
 
 def _prediction_table(pred: pd.DataFrame, feats: Features, truth: pd.DataFrame, synthetic: bool) -> pd.DataFrame:
+    """Return the predict columns (:func:`fehkit.training.predict_features`), classical details and the truth."""
     s = feats.stars
-    out = pd.DataFrame({"star_id": s["star_id"]})
-    out = pd.concat([out, pred.reset_index(drop=True)], axis=1)
-    out["feh_sys"] = s["feh_sys"].to_numpy() if "feh_sys" in s else np.nan
-    out["n_lines"] = s["n_lines"].to_numpy()
+    out = pred.reset_index(drop=True).copy()
     for c in ("feh_cog_err", "feh_cog_err_param", "feh_cog_upper", "cog_signal_sigma", "feh_cog_median",
               "cog_median_n_lines"):
         out[c] = s[c].to_numpy()

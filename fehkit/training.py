@@ -199,8 +199,7 @@ def train_model(data: str | os.PathLike[str], out: str | os.PathLike[str], *, se
         tr = tr & ~ho
     feats = spectra_features(batch, params)
     err = labels["feh_ref_err"].to_numpy(float)
-    label_error = float(np.nanmedian(err[tr])) if np.isfinite(err[tr]).any() else 0.0
-    kwargs = {"label_error": label_error, "seed": seed, "progress": progress, **(ensemble or {})}
+    kwargs = _ensemble_settings(err[tr], seed, progress, ensemble)
     card: dict[str, Any] = {}
     if search:
         from fehkit.models.ensemble import grid_search
@@ -214,7 +213,7 @@ def train_model(data: str | os.PathLike[str], out: str | os.PathLike[str], *, se
                                     y_val=y[va] if va.any() else None)
     if ho.any():
         rows = np.flatnonzero(ho)
-        pred = _labelled_predictions(_predict_features(ens, feats.select(ho)), data, batch, params, labels,
+        pred = _labelled_predictions(predict_features(ens, feats.select(ho)), data, batch, params, labels,
                                      synthetic, rows=rows)
         ens.holdout_ = TableEvaluation(pred, table_metrics(pred, synthetic=synthetic), synthetic)
         card["holdout"] = _holdout_card(ens.holdout_, holdout, seed)
@@ -242,7 +241,15 @@ def predict_spectra(ens: FeHEnsemble, batch: SpectrumBatch, params: pd.DataFrame
             raise InputTableError(f"params: {which} {col!r}; expected finite teff, logg and vmic for every spectrum")
     ids = batch.meta["star_id"].astype(str).to_numpy() if "star_id" in batch.meta else None
     check_param_values(params.reset_index(drop=True), "params", ids=ids)
-    feats = spectra_features(batch, params)
+    return predict_features(ens, spectra_features(batch, params))
+
+
+def predict_features(ens: FeHEnsemble, feats: Features) -> pd.DataFrame:
+    """Return the results table (:data:`PREDICT_COLUMNS`) of stars whose features are already measured.
+
+    The ensemble's predictions with the star ids, the code-to-code systematic ``feh_sys`` and ``n_lines`` from
+    the features' per-star table; what :func:`predict_spectra` returns after measuring the spectra.
+    """
     pred = ens.predict(feats)
     pred.insert(0, "star_id", feats.stars["star_id"].to_numpy())
     pred["feh_sys"] = feats.stars["feh_sys"].to_numpy() if "feh_sys" in feats.stars else np.nan
@@ -354,7 +361,7 @@ def validate_table(table: str | os.PathLike[str], folds: int = 5, *, seed: int =
     for k in range(folds):
         tr = fold != k
         ens = _fit_labels(feats.select(tr), y[tr], err[tr], seed=seed, ensemble=ensemble, progress=progress)
-        part = _predict_features(ens, feats.select(~tr))
+        part = predict_features(ens, feats.select(~tr))
         part.index = np.flatnonzero(~tr)
         parts.append(part)
     pred = pd.concat(parts).sort_index().reset_index(drop=True)
@@ -401,18 +408,14 @@ def table_metrics(pred: pd.DataFrame, *, synthetic: bool, ensemble: FeHEnsemble 
 
 def _fit_labels(feats: Features, y: np.ndarray, err: np.ndarray, *, seed: int,
                 ensemble: Mapping[str, Any] | None, progress: bool) -> FeHEnsemble:
+    return FeHEnsemble(**_ensemble_settings(err, seed, progress, ensemble)).fit(feats, y)
+
+
+def _ensemble_settings(err: np.ndarray, seed: int, progress: bool,
+                       ensemble: Mapping[str, Any] | None) -> dict[str, Any]:
+    """FeHEnsemble keywords: the labels' median error (0 when none is given), the seed, then the overrides."""
     label_error = float(np.nanmedian(err)) if np.isfinite(err).any() else 0.0
-    kwargs = {"label_error": label_error, "seed": seed, "progress": progress, **(ensemble or {})}
-    return FeHEnsemble(**kwargs).fit(feats, y)
-
-
-def _predict_features(ens: FeHEnsemble, feats: Features) -> pd.DataFrame:
-    """Return the columns of ``fehkit predict`` from features already measured (no second EW fit)."""
-    pred = ens.predict(feats)
-    pred.insert(0, "star_id", feats.stars["star_id"].to_numpy())
-    pred["feh_sys"] = feats.stars["feh_sys"].to_numpy() if "feh_sys" in feats.stars else np.nan
-    pred["n_lines"] = feats.stars["n_lines"].to_numpy()
-    return pred[[c for c in PREDICT_COLUMNS if c in pred] + [c for c in pred if c not in PREDICT_COLUMNS]]
+    return {"label_error": label_error, "seed": seed, "progress": progress, **(ensemble or {})}
 
 
 def _labelled_predictions(pred: pd.DataFrame, table: str | os.PathLike[str], batch: SpectrumBatch,
