@@ -46,15 +46,23 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the final file the usual permissions
+    give_usual_permissions(tmp)  # mkstemp makes 0600 files
     try:
         yield Path(tmp)
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
+
+def give_usual_permissions(path: str | os.PathLike[str]) -> None:
+    """Give a file (0666) or folder (0777) the permissions the user's umask gives new ones.
+
+    Temporary files and folders (``mkstemp``, ``mkdtemp``, safetensors) are private; an output renamed into place
+    should look like any other file the user writes.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask)
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
@@ -201,9 +209,7 @@ def atomic_folder(path: str | os.PathLike[str], *, kind: str, overwrite: bool = 
     target = check_output_folder(path, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes a private folder; give the result the usual permissions
+    give_usual_permissions(tmp)  # mkdtemp makes a private folder
     try:
         yield tmp
         from fehkit import __version__

@@ -43,7 +43,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from fehkit.errors import FehkitError
-from fehkit.files import MARKER, atomic_folder, file_sha256, is_fehkit_folder
+from fehkit.files import MARKER, atomic_folder, file_sha256, give_usual_permissions, is_fehkit_folder
 from fehkit.models.base import MEMBERS
 from fehkit.models.domain import check_domain
 from fehkit.models.mlp import TorchMLPRegressor, build_network
@@ -120,12 +120,11 @@ def write_model_folder(directory: str | os.PathLike[str], members: Mapping[str, 
                                                  "n_epochs": dnn.n_epochs_},
                 "files": files}
         (tmp / CARD).write_text(json.dumps(meta, indent=2, default=_plain) + "\n")
-        sums = "".join(f"{file_sha256(p)}  {p.name}\n" for p in sorted(tmp.iterdir()))
-        (tmp / CHECKSUMS).write_text(sums)
-        umask = os.umask(0)
-        os.umask(umask)
+        # the members were hashed as they were written; only the card is new
+        sums = {**files, CARD: file_sha256(tmp / CARD)}
+        (tmp / CHECKSUMS).write_text("".join(f"{sums[name]}  {name}\n" for name in sorted(sums)))
         for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~umask)  # safetensors makes private files; give the usual permissions
+            give_usual_permissions(f)  # safetensors makes private files
     return target
 
 
