@@ -27,6 +27,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -327,18 +328,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import json
 
     from fehkit.files import check_output_folder
     from fehkit.training import train_model
 
     search = None
     if args.grid_search:
-        try:
-            search = json.loads(args.grid_search)
-        except json.JSONDecodeError as err:
-            raise UsageError(f"--grid-search: not valid JSON ({err}); expected e.g. "
-                             '\'{"rf": {"max_depth": [8, 12]}}\'') from None
+        search = _json_option("--grid-search", args.grid_search, '\'{"rf": {"max_depth": [8, 12]}}\'')
         bad = [k for k in (search if isinstance(search, dict) else {}) if k not in ("rf", "xgb", "dnn")]
         if not isinstance(search, dict) or bad or not all(isinstance(v, dict) for v in search.values()):
             raise UsageError(f"--grid-search: {args.grid_search!r}; expected an object mapping rf, xgb or dnn to "
@@ -358,17 +354,22 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ensemble_json(text: str | None) -> dict | None:
-    """``--ensemble JSON``: FeHEnsemble settings, checked before any work."""
+def _json_option(option: str, text: str, example: str) -> Any:
+    """Parse the JSON value of a command-line option; a UsageError naming the option when it is not JSON."""
     import json
 
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{option}: not valid JSON ({err}); expected e.g. {example}") from None
+
+
+def _ensemble_json(text: str | None) -> dict | None:
+    """``--ensemble JSON``: FeHEnsemble settings, checked before any work."""
     if not text:
         return None
     allowed = ("rf", "xgb", "dnn", "members", "n_folds", "target", "train_on", "detection_sigma")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UsageError(f"--ensemble: not valid JSON ({err}); expected e.g. '{{\"n_folds\": 3}}'") from None
+    value = _json_option("--ensemble", text, '\'{"n_folds": 3}\'')
     bad = [k for k in (value if isinstance(value, dict) else {}) if k not in allowed]
     if not isinstance(value, dict) or bad or not all(isinstance(value[k], dict) for k in ("rf", "xgb", "dnn")
                                                      if k in value):
