@@ -12,14 +12,20 @@ a Gaussian noise distribution at -low/+high sigma leaves its mean ``delta`` sigm
 the fit removes; sigma is the pixel error from ``ivar`` times the robust scatter of the residuals, so a spectrum
 whose ``ivar`` is off by a factor is clipped at the right depth all the same.
 
-Everything is vectorized over the batch: each iteration solves the (order + 1)-square normal equations of every
-spectrum at once.
+Everything is vectorized over the batch (in blocks of spectra): each iteration solves the (order + 1)-square normal
+equations of every spectrum still iterating at once. The sums of those equations are built once with two matrix
+products and then updated with only the pixels that the clipping moved in or out, so an iteration costs a few
+passes over the residuals; spectra that have converged leave the work arrays.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +42,9 @@ LINE_CORE_HALF_WIDTH_A = 1.4
 
 #: Spectra are fitted in blocks of this many (bounds the memory of the float64 work arrays).
 _BLOCK = 256
+
+#: The work arrays of a block drop the spectra that are done once fewer than this fraction still iterate.
+_COMPACT = 0.9
 
 
 class ContinuumError(FehkitError, ValueError):
@@ -128,39 +137,34 @@ def normalize(
         raise ContinuumError(f"order: expected a non-negative integer, found {order!r}")
     if not (low > 0 and high > 0):
         raise ContinuumError(f"low/high: expected clipping limits > 0 sigma, found low={low!r}, high={high!r}")
-    lines = load_linelist() if lines is None else lines
+    line_waves = _packaged_line_waves() if lines is None else np.asarray(lines["wave_vac"] if len(lines) else [], float)
     wave = batch.wave
     n = batch.n_spectra
     core = np.zeros(wave.size, bool)
-    for lam in np.asarray(lines["wave_vac"] if len(lines) else [], float):
+    for lam in line_waves:
         core |= np.abs(wave - lam) <= LINE_CORE_HALF_WIDTH_A
     # mean of a unit normal kept between -low and +high: the clipped fit sits this many sigma too high
     bias = float((_normal_pdf(low) - _normal_pdf(high)) / (ndtr(high) - ndtr(-low)))
 
     continuum = np.full(batch.flux.shape, np.nan, np.float32)
-    rows = []
     ids = batch.meta["star_id"].astype(str).to_numpy() if "star_id" in batch.meta else np.arange(n).astype(str)
+    fits = {}  # chip name -> per-spectrum results, (n,) or (n, order + 1)
     for name, (lo, hi) in chips.items():
         sel = np.flatnonzero((wave >= lo) & (wave <= hi))
         if sel.size == 0:
             continue
         x = 2.0 * (wave[sel] - lo) / (hi - lo) - 1.0
         basis = legendre.legvander(x, order)                        # (n_sel, order+1)
+        parts = []
         for start in range(0, n, _BLOCK):
             blk = slice(start, min(start + _BLOCK, n))
-            fit = _fit_chip(batch.flux[blk, sel], batch.ivar[blk, sel], batch.mask[blk, sel], ~core[sel], basis,
-                            low, high, bias, max_iter, min_pixels)
-            continuum[blk, sel] = fit["continuum"]
-            for i in range(fit["continuum"].shape[0]):
-                row = {"star_id": ids[start + i], "chip": name, "n_pixels": int(fit["n_pixels"][i]),
-                       "n_used": int(fit["n_used"][i]), "n_iter": int(fit["n_iter"][i]),
-                       "converged": bool(fit["converged"][i]), "noise_scale": float(fit["scale"][i]),
-                       "flag": "ok" if fit["ok"][i] else "too_few_pixels"}
-                row.update({f"coef_{k}": float(c) for k, c in enumerate(fit["coef"][i])})
-                rows.append((start + i, row))
-    rows.sort(key=lambda r: r[0])
-    diagnostics = pd.DataFrame([r for _, r in rows])
-
+            with _one_blas_thread():
+                fit = _fit_chip(batch.flux[blk, sel], batch.ivar[blk, sel], batch.mask[blk, sel], ~core[sel],
+                                basis, low, high, bias, max_iter, min_pixels)
+            continuum[blk, sel] = fit.pop("continuum")
+            parts.append(fit)
+        fits[name] = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
+    diagnostics = _diagnostics(ids, fits, order)
     with np.errstate(invalid="ignore", divide="ignore"):
         no_continuum = ~(continuum > 0)
         flux = np.where(no_continuum, np.nan, batch.flux / continuum).astype(np.float32)
@@ -168,6 +172,73 @@ def normalize(
     out = SpectrumBatch(wave, flux, ivar, batch.mask | no_continuum, batch.meta.copy(), bitmask=batch.bitmask,
                         flux_unit="", skipped=list(batch.skipped))
     return Normalized(out, continuum, diagnostics)
+
+
+@lru_cache(maxsize=1)
+def _packaged_line_waves() -> np.ndarray:
+    """Return the vacuum wavelengths of the packaged line list, read once (reading and checking it takes ~10 ms)."""
+    waves = np.asarray(load_linelist()["wave_vac"], float)
+    waves.flags.writeable = False
+    return waves
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """Run BLAS on one thread inside, as before after.
+
+    The fit's matrix products are small (n x n_pix x 16, ~1 ms): a second thread gains nothing and, on a busy
+    machine, makes every product wait for the scheduler (measured up to 100 times slower). Calls from several
+    threads at once share one limit, set by the first to enter and lifted by the last to leave (BLAS calls of other
+    code in that time run on one thread too).
+    """
+    global _blas_users, _blas_limit
+    controller = _blas_controller()
+    with _blas_lock:
+        if _blas_users == 0 and controller is not None:
+            _blas_limit = controller.limit(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0 and _blas_limit is not None:
+                _blas_limit.restore_original_limits()
+                _blas_limit = None
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limit: Any = None
+
+
+@lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    """Return the BLAS thread-pool controller, made once (None without threadpoolctl)."""
+    try:  # threadpoolctl comes with scikit-learn
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover
+        return None
+    return ThreadpoolController()
+
+
+def _diagnostics(ids: np.ndarray, fits: dict[str, dict[str, np.ndarray]], order: int) -> pd.DataFrame:
+    """One row per (spectrum, detector), spectrum by spectrum and the detectors in order."""
+    names = [name for name, fit in fits.items() if fit]
+    if not names or ids.size == 0:
+        return pd.DataFrame([])
+
+    def col(key: str) -> np.ndarray:  # (n_spec * n_chips,): spectrum-major
+        return np.stack([fits[name][key] for name in names], axis=1).ravel()
+
+    table = {"star_id": np.repeat(ids, len(names)), "chip": np.tile(np.array(names, dtype=object), ids.size),
+             "n_pixels": col("n_pixels").astype(int), "n_used": col("n_used").astype(int),
+             "n_iter": col("n_iter").astype(int), "converged": col("converged").astype(bool),
+             "noise_scale": col("scale").astype(float),
+             "flag": np.where(col("ok"), "ok", "too_few_pixels").astype(object)}
+    coef = np.stack([fits[name]["coef"] for name in names], axis=1).reshape(-1, order + 1)
+    table.update({f"coef_{j}": coef[:, j].astype(float) for j in range(order + 1)})
+    return pd.DataFrame(table)
 
 
 def _fit_chip(
@@ -179,16 +250,17 @@ def _fit_chip(
     flux, ivar, mask : (n, n_sel); line_free : (n_sel,); basis : (n_sel, k). Returns the continuum (n, n_sel)
     float32 (NaN where the fit failed), and per spectrum the coefficients in units of the flux, pixel counts,
     iterations, convergence, noise scale and success.
+
+    Every iteration fits all spectra still iterating at once. A spectrum that has converged keeps its last fit;
+    it leaves the work arrays at the next compaction (when a tenth of their rows are done), not at once, so that
+    the arrays are copied a few times rather than in every iteration.
     """
     n, k = flux.shape[0], basis.shape[1]
     usable = ~mask & np.isfinite(flux) & (ivar > 0)
     y = np.where(usable, flux, 0.0).astype(np.float64)
     w = np.where(usable, ivar, 0.0).astype(np.float64)   # float64 while scaling; float32 for the iterations
     # work in units of each spectrum's median level, so the normal equations are well scaled
-    level = np.ones(n)
-    for i in range(n):
-        if usable[i].any():
-            level[i] = np.median(y[i, usable[i]]) or 1.0
+    level = np.array([_median(flux[i][usable[i]]) or 1.0 if usable[i].any() else 1.0 for i in range(n)])
     level = np.where(level > 0, level, np.abs(level) + 1.0)
     y /= level[:, None]
     w *= level[:, None] ** 2
@@ -196,47 +268,96 @@ def _fit_chip(
     sqrt_w = np.sqrt(w)
     sigma = np.where(w > 0, 1.0 / np.where(w > 0, sqrt_w, 1.0), 0.0)   # 0 where unusable: never kept
 
-    ok = usable.sum(axis=1) >= max(min_pixels, 2 * k)
-    keep = usable & line_free[None, :] & ok[:, None]
+    n_pixels = np.count_nonzero(usable, axis=1)
+    ok = n_pixels >= max(min_pixels, 2 * k)
+    allowed = usable & line_free[None, :] & ok[:, None]   # pixels a fit may use; clipping drops some
+    # results per spectrum, written when it converges (or at the last iteration)
     scale = np.ones(n)
     converged = np.zeros(n, bool)
     n_iter = np.zeros(n, int)
     coef = np.zeros((n, k))
     model = np.zeros_like(y)
+    keep = allowed.copy()
     basis_t = basis.T.astype(np.float32)
+    outer = (basis[:, :, None] * basis[:, None, :]).reshape(basis.shape[0], k * k)
+    # the sums of the normal equations over the kept pixels, per spectrum: [A (k*k) | sum w y B (k) | sum w sigma B
+    # (k)]; built once, then updated with the few pixels that change side in an iteration
+    w64 = w.astype(np.float64) * keep
+    sums = np.concatenate([w64 @ outer, (w64 * y) @ basis, (w64 * sigma) @ basis], axis=1)
+    del w64
+    # work arrays: the rows ``rows`` of the above; ``live`` is False for rows done but not yet compacted away
+    rows = np.arange(n)
+    wy, ww, wsqrt, wsigma, wallowed, wkeep, wscale = y, w, sqrt_w, sigma, allowed, keep.copy(), scale.copy()
+    live = np.ones(n, bool)
+    flip = None
     for it in range(max_iter):
-        # spectra still iterating (the others keep their final fit); a slice while all are, to avoid copies
-        act = slice(None) if not converged.any() else np.flatnonzero(~converged)
+        if flip is not None:
+            _update_sums(sums, flip, wkeep, ww, wy, wsigma, outer, basis)
         # the kept pixels of a noise-only continuum sit bias * scale * sigma above it on average
-        target = y[act] - bias * scale[act, None] * sigma[act] * (it > 0)
-        coef[act] = _weighted_lstsq(basis, target, w[act] * keep[act])
-        model[act] = coef[act].astype(np.float32) @ basis_t
-        resid = (y[act] - model[act]) * sqrt_w[act]
+        wcoef = _solve(sums, k, bias * wscale * (it > 0))
+        wmodel = wcoef.astype(np.float32) @ basis_t
+        resid = (wy - wmodel) * wsqrt
         # the first fit saw unclipped pixels; later ones saw pixels clipped at -low/+high scale
         lim = (low, high) if it > 0 else (np.inf, np.inf)
-        scale[act] = _clipped_scale(resid, keep[act], *lim)
-        new_keep = usable[act] & line_free[None, :] & ok[act, None]
-        new_keep &= (resid > -low * scale[act, None]) & (resid < high * scale[act, None])
+        wscale = _clipped_scale(resid, wkeep, *lim)
+        # resid > -low * scale and resid < high * scale, compared in float32 (to the same result, twice as fast)
+        new_keep = (resid > _f32_at_most(-low * wscale)[:, None]) & (resid < _f32_at_least(high * wscale)[:, None])
+        new_keep &= wallowed
         # converged once (almost) no pixel changes side: a few noise pixels can flip at the limits forever
-        changed = (new_keep != keep[act]).sum(axis=1) > 2e-3 * np.maximum(keep[act].sum(axis=1), 1)
-        n_iter[act] = it + 1
-        keep[act] = new_keep
-        converged[np.arange(n)[act][~changed]] = True
-        if converged.all():
-            break
-    ok &= keep.sum(axis=1) >= max(min_pixels // 2, 2 * k)
+        flip = new_keep != wkeep
+        changed = np.count_nonzero(flip, axis=1) > 2e-3 * np.maximum(np.count_nonzero(wkeep, axis=1), 1)
+        wkeep = new_keep
+        done = live & (~changed | (it == max_iter - 1))
+        if done.any():
+            out = rows[done]
+            coef[out], model[out], scale[out], keep[out] = wcoef[done], wmodel[done], wscale[done], wkeep[done]
+            n_iter[out] = it + 1
+            converged[out] = ~changed[done]
+            live &= ~done
+            if not live.any():
+                break
+            if np.count_nonzero(live) < _COMPACT * live.size:  # compact: drop the rows that are done
+                rows, wy, ww, wsqrt, wsigma, wallowed, wkeep, wscale, sums, flip = (
+                    a[live] for a in (rows, wy, ww, wsqrt, wsigma, wallowed, wkeep, wscale, sums, flip))
+                live = np.ones(rows.size, bool)
+    ok &= np.count_nonzero(keep, axis=1) >= max(min_pixels // 2, 2 * k)
     cont = np.where(ok[:, None], model * level[:, None], np.nan).astype(np.float32)
-    return {"continuum": cont, "coef": coef * level[:, None], "n_pixels": usable.sum(axis=1),
-            "n_used": keep.sum(axis=1), "n_iter": n_iter, "converged": converged, "scale": scale, "ok": ok}
+    return {"continuum": cont, "coef": coef * level[:, None], "n_pixels": n_pixels,
+            "n_used": np.count_nonzero(keep, axis=1), "n_iter": n_iter, "converged": converged, "scale": scale,
+            "ok": ok}
 
 
-def _weighted_lstsq(basis: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Solve the weighted least-squares problem of every row of ``y`` at once: (n, k) coefficients."""
-    n_sel, k = basis.shape
-    # two plain matrix products (BLAS) build all normal equations: A_i = sum_p w_ip B_p B_p^T, b_i = sum_p w_ip y_ip B_p
-    outer = (basis[:, :, None] * basis[:, None, :]).reshape(n_sel, k * k)
-    a = (w.astype(np.float64) @ outer).reshape(-1, k, k)
-    b = (w * y).astype(np.float64) @ basis
+def _median(values: np.ndarray) -> float:
+    """Return ``np.median(values)`` in float64 (to the bit), by partitioning ``values`` in place (float32 is faster)."""
+    h = values.size // 2
+    if values.size % 2:
+        values.partition(h)
+        return float(values[h])
+    values.partition([h - 1, h])
+    return (float(values[h - 1]) + float(values[h])) / 2
+
+
+def _update_sums(sums: np.ndarray, flip: np.ndarray, keep: np.ndarray, w: np.ndarray, y: np.ndarray,
+                 sigma: np.ndarray, outer: np.ndarray, basis: np.ndarray) -> None:
+    """Add the pixels that entered the fit (``flip`` and now ``keep``) to ``sums``, take out those that left."""
+    r, p = np.nonzero(flip)
+    if not r.size:
+        return
+    wf = np.where(keep[r, p], 1.0, -1.0) * w[r, p]
+    part = np.concatenate([wf[:, None] * outer[p], (wf * y[r, p])[:, None] * basis[p],
+                           (wf * sigma[r, p])[:, None] * basis[p]], axis=1)
+    first = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])  # r is sorted: one block per spectrum
+    sums[r[first]] += np.add.reduceat(part, first, axis=0)
+
+
+def _solve(sums: np.ndarray, k: int, shift: np.ndarray) -> np.ndarray:
+    """Solve every spectrum's weighted least-squares problem: (n, k) coefficients of a fit to y - shift * sigma.
+
+    ``sums`` holds per spectrum the normal matrix ``A = sum_p w_p B_p B_p^T`` (flattened), ``sum_p w_p y_p B_p`` and
+    ``sum_p w_p sigma_p B_p`` over its kept pixels.
+    """
+    a = sums[:, :k * k].reshape(-1, k, k).copy()
+    b = sums[:, k * k:k * k + k] - shift[:, None] * sums[:, k * k + k:]
     a += np.eye(k) * 1e-12 * np.maximum(np.trace(a, axis1=1, axis2=2), 1e-30)[:, None, None]
     return np.linalg.solve(a, b[..., None])[..., 0]
 
@@ -251,11 +372,25 @@ def _clipped_scale(resid: np.ndarray, keep: np.ndarray, low: float, high: float)
     z = ndtr(b) - ndtr(a)
     tails = (a * _normal_pdf(a) if np.isfinite(a) else 0.0) - (b * _normal_pdf(b) if np.isfinite(b) else 0.0)
     second_moment = 1.0 + tails / z
-    n_kept = keep.sum(axis=1)
+    n_kept = np.count_nonzero(keep, axis=1)
+    squares = resid * resid
+    squares *= keep  # the residuals are finite: the same as np.where(keep, squares, 0), 10 times faster
     with np.errstate(all="ignore"):
-        rms = np.sqrt(np.where(keep, resid * resid, 0.0).sum(axis=1) / n_kept)
+        rms = np.sqrt(squares.sum(axis=1) / n_kept)
     scale = rms / np.sqrt(second_moment)
     return np.clip(np.where(np.isfinite(scale), scale, 1.0), 0.3, 10.0)
+
+
+def _f32_at_most(t: np.ndarray) -> np.ndarray:
+    """Return the largest float32 <= each value: for float32 x, ``x > t`` and ``x > result`` agree."""
+    t32 = t.astype(np.float32)
+    return np.where(t32 > t, np.nextafter(t32, np.float32(-np.inf)), t32)
+
+
+def _f32_at_least(t: np.ndarray) -> np.ndarray:
+    """Return the smallest float32 >= each value: for float32 x, ``x < t`` and ``x < result`` agree."""
+    t32 = t.astype(np.float32)
+    return np.where(t32 < t, np.nextafter(t32, np.float32(np.inf)), t32)
 
 
 def _normal_pdf(x: float | np.ndarray) -> float | np.ndarray:

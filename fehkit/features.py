@@ -179,7 +179,7 @@ def build_features(
         joint = joint_abundance(value, err, clean, *args, cog=cog, lines=lines)
         perr_feh, shifts = parameter_error(value, err, clean, *args, errors=perr, cog=cog, lines=lines, base=joint)
         median = per_line_median(value, err, clean, *args, cog=cog, lines=lines)
-        sysd = physics_systematic(value, err, clean, *args, reference=cog, lines=lines)[
+        sysd = physics_systematic(value, err, clean, *args, reference=cog, lines=lines, base=joint)[
             ["feh_sys", "feh_sys_clipped"]] if systematic else None
         feh = joint["feh_cog"].to_numpy(float)
         has_feh = np.isfinite(feh)

@@ -129,3 +129,17 @@ def test_bad_arguments_name_the_argument(kw):
     sim = simulate(_population(1, 100, seed=8), seed=8)
     with pytest.raises(ContinuumError, match=next(iter(kw))):
         normalize(sim.batch, **kw)
+
+
+def test_blocks_and_early_finishers_do_not_change_the_fit(monkeypatch):
+    import fehkit.continuum as continuum
+
+    sim = simulate(_population(12, 40, seed=9), seed=9)
+    _, cont, diag = normalize(sim.batch, max_iter=4)        # some spectra stop at the iteration limit
+    assert (~diag["converged"]).any() and diag["converged"].any()
+    monkeypatch.setattr(continuum, "_BLOCK", 5)
+    _, cont5, diag5 = normalize(sim.batch, max_iter=4)
+    assert np.allclose(cont5, cont, rtol=1e-6, equal_nan=True)
+    for col in ("n_pixels", "n_used", "n_iter", "converged", "flag"):
+        assert (diag5[col] == diag[col]).all(), col
+    assert np.allclose(diag5["noise_scale"], diag["noise_scale"], rtol=1e-5)

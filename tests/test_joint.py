@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from fehkit.errors import GridRangeError
@@ -235,3 +238,71 @@ def test_likelihood_profile_minimum_is_the_joint_abundance(cog):
     at_min = prof["feh_grid"][prof["m2lnl"].argmin(axis=1)]
     assert np.all(np.abs(at_min - out["feh_cog"].to_numpy()) <= step + 1e-9)
     assert np.allclose(np.sqrt(np.clip(prof["m2lnl_none"], 0, None)), out["cog_signal_sigma"])
+
+
+# -- the coarse-to-fine search gives what the whole grid gives ---------------------------------------------------------
+def _mixed_stars(cog: CurveOfGrowth, n: int = 120, seed: int = 11):
+    """Detections, non-detections, flat and one-sided profiles, a star with no line and one above the grid."""
+    rng = np.random.default_rng(seed)
+    teff, logg, vmic = rng.uniform(4000, 6300, n), rng.uniform(0.5, 4.5, n), rng.uniform(1.0, 2.8, n)
+    feh = rng.uniform(-6.3, -0.7, n)
+    err = rng.uniform(0.5, 15.0, (n, cog.n_lines))
+    ew = cog.ew(teff, logg, feh, vmic) + rng.normal(size=err.shape) * err
+    usable = rng.random(err.shape) > 0.15
+    usable[0] = False                      # no usable line
+    ew[1] = 3 * ew[1] + 300.0              # stronger than the grid reaches
+    ew[2] = -np.abs(ew[2])                 # all negative: the minimum at the lower edge
+    return ew, err, usable, teff, logg, vmic
+
+
+def test_the_search_finds_the_whole_grid_minimum_and_crossings(cog):
+    from fehkit.physics.joint import _crossing, _joint
+
+    ew, err, usable, teff, logg, vmic = _mixed_stars(cog)
+    out = joint_abundance(ew, err, usable, teff, logg, vmic, cog=cog, chunk=50)
+    prof = likelihood_profile(ew, err, usable, teff, logg, vmic, cog=cog)
+    delta = prof["m2lnl"]                  # the whole grid, relative to its minimum
+    k = np.argmin(delta, axis=1)
+    rows = np.arange(len(k))
+    kk = np.clip(k, 1, FEH_GRID.size - 2)
+    y0, y1, y2 = delta[rows, kk - 1], delta[rows, kk], delta[rows, kk + 1]
+    curv = y0 - 2 * y1 + y2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        off = np.where((curv > 0) & (k == kk), 0.5 * (y0 - y2) / curv, 0.0)
+    feh = FEH_GRID[k] + np.clip(off, -0.5, 0.5) * (FEH_GRID[1] - FEH_GRID[0])
+    lo1, hi1 = _crossing(delta, k, 1.0)
+    _, hi9 = _crossing(delta, k, 9.0)
+    has = out["cog_n_lines"].to_numpy() > 0
+    assert not has[0] and has[1:].all()
+    assert out["cog_at_grid_edge"].iloc[1] and out["feh_cog"].iloc[2] < -6.4
+    for name, expected in (("feh_cog", feh), ("feh_cog_err", 0.5 * (hi1 - lo1)), ("feh_cog_upper", hi9),
+                           ("cog_signal_sigma", np.sqrt(np.clip(prof["m2lnl_none"], 0, None)))):
+        assert np.allclose(out[name].to_numpy()[has], expected[has], rtol=0, atol=1e-9), name
+    assert (out["cog_at_grid_edge"].to_numpy() == ((k == FEH_GRID.size - 1) & has)).all()
+    # the short search (parameter shifts, second physics) finds the same minimum
+    short = _joint(ew, err, usable, teff, logg, vmic, 0.4, cog=cog, full=False)
+    pd.testing.assert_frame_equal(short, out[list(short.columns)])
+
+
+def test_parameter_error_in_one_batch_equals_one_shift_at_a_time(cog):
+    ew, err, usable, teff, logg, vmic = _mixed_stars(cog, n=40, seed=12)
+    errors = {"teff": np.full(40, 120.0), "logg": 0.25, "vmic": 0.3}
+    _, d = parameter_error(ew, err, usable, teff, logg, vmic, errors=errors, cog=cog)
+    base = joint_abundance(ew, err, usable, teff, logg, vmic, cog=cog)["feh_cog"].to_numpy()
+    for name, moved in (("teff", (teff + 120.0, logg, vmic)), ("logg", (teff, logg + 0.25, vmic)),
+                        ("vmic", (teff, logg, vmic + 0.3))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a shifted star may leave the grid: clipped, as in parameter_error
+            one = joint_abundance(ew, err, usable, *moved, cog=cog)["feh_cog"].to_numpy() - base
+        assert np.allclose(d[f"dfeh_{name}"].to_numpy(), one, rtol=0, atol=1e-12, equal_nan=True), name
+
+
+def test_physics_systematic_reuses_a_given_reference_fit(cog):
+    from fehkit.physics.joint import physics_systematic
+
+    ew, err, usable, teff, logg, vmic = _mixed_stars(cog, n=40, seed=13)
+    alpha = np.where(np.arange(40) % 3 == 0, 0.2, 0.4)  # a third are refitted at the SME grid's +0.4
+    base = joint_abundance(ew, err, usable, teff, logg, vmic, alpha, cog=cog)
+    plain = physics_systematic(ew, err, usable, teff, logg, vmic, alpha, reference=cog)
+    reused = physics_systematic(ew, err, usable, teff, logg, vmic, alpha, reference=cog, base=base)
+    pd.testing.assert_frame_equal(plain, reused)

@@ -270,3 +270,19 @@ def test_physics_systematic_is_small_for_detected_stars_and_nan_otherwise(cog):
     assert out.feh_sys_clipped.tolist() == ["", "", "", ""]
     clipped = physics_systematic(ew[:1], err[:1], np.ones((1, cog.n_lines), bool), 4000, 1.5, 1.8, 0.4)
     assert clipped.feh_sys_clipped[0] == "teff 4000 -> 4200" and np.isfinite(clipped.feh_sys[0])
+
+
+def test_pchip_coefficients_are_scipys_bit_for_bit(cog):
+    from scipy.interpolate import PchipInterpolator
+
+    from fehkit.physics.cog import pchip_coefficients
+
+    rng = np.random.default_rng(5)
+    curves = cog.curves(rng.uniform(3900, 6500, 50), rng.uniform(0, 5, 50), rng.uniform(0.5, 3, 50), 0.4)
+    x = np.unique(rng.uniform(0, 10, 9))                   # uneven nodes, flat pieces, turning points
+    y = rng.normal(size=(20, x.size, 3))
+    y[:, 3] = y[:, 2]
+    y[:4] = 1.0
+    for nodes, values in ((cog.feh, curves), (x, y), (np.array([0.0, 1.0]), y[:, :2])):
+        expected = np.moveaxis(PchipInterpolator(nodes, values, axis=1).c, 2, 1)
+        assert np.array_equal(pchip_coefficients(nodes, values), expected)

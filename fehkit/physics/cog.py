@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.interpolate import PchipInterpolator, RegularGridInterpolator
+from scipy.interpolate import RegularGridInterpolator
 
 from fehkit.errors import FehkitWarning, GridRangeError, PhysicsGridError
 
@@ -98,7 +98,9 @@ class CurveOfGrowth:
                 ax = np.array([ax[0] - 0.5, ax[0] + 0.5])
                 values, filled_values = (np.repeat(v, 2, axis=j) for v in (values, filled_values))
             axes.append(ax)
-        self._rgi = RegularGridInterpolator(tuple(axes), values, bounds_error=False, fill_value=None)
+        # contiguous once here: the interpolator would otherwise copy the whole grid at every call
+        self._rgi = RegularGridInterpolator(tuple(axes), np.ascontiguousarray(values), bounds_error=False,
+                                            fill_value=None)
         self._filled_rgi = RegularGridInterpolator(tuple(axes), filled_values, bounds_error=False, fill_value=None)
 
     # ---- construction -------------------------------------------------------------------------------
@@ -281,11 +283,11 @@ class CurveOfGrowth:
 
     def _eval_feh(self, curves: np.ndarray, feh: np.ndarray) -> np.ndarray:
         """Monotone cubic (PCHIP) in [Fe/H] of log EW, each star at its own [Fe/H]."""
-        pp = PchipInterpolator(self.feh, curves, axis=1)  # coefficients c: (4, n_feh - 1, n_stars, n_lines)
+        coef = pchip_coefficients(self.feh, curves)  # (4, n_stars, n_feh - 1, n_lines)
         x = np.clip(feh, self.feh[0], self.feh[-1])
         k = np.clip(np.searchsorted(self.feh, x, side="right") - 1, 0, len(self.feh) - 2)
         dx = (x - self.feh[k])[:, None]
-        c = pp.c[:, k, np.arange(len(feh)), :]
+        c = coef[:, np.arange(len(feh)), k, :]
         val = ((c[0] * dx + c[1]) * dx + c[2]) * dx + c[3]
         below = feh < self.feh[0]
         val[below] = curves[below, 0, :] + (feh[below] - self.feh[0])[:, None]  # EW proportional to N(Fe)
@@ -341,12 +343,12 @@ class CurveOfGrowth:
                                  f"{(curves.shape[0], curves.shape[2])}")
         with np.errstate(divide="ignore", invalid="ignore"):
             y = np.where(np.isfinite(ew) & (ew > 0), np.log10(ew), np.nan)
-        pp = PchipInterpolator(self.feh, curves, axis=1)
+        coef = pchip_coefficients(self.feh, curves)
         nf = len(self.feh)
         # the interval of each (star, line): curves are increasing in [Fe/H]
         k = np.clip((curves <= y[:, None, :]).sum(axis=1) - 1, 0, nf - 2)
         s, li = np.meshgrid(np.arange(ew.shape[0]), np.arange(ew.shape[1]), indexing="ij")
-        c = pp.c[:, k, s, li]  # (4, n_stars, n_lines)
+        c = coef[:, s, k, li]  # (4, n_stars, n_lines)
         lo = np.zeros_like(y)
         hi = np.broadcast_to(np.diff(self.feh)[k], y.shape).copy()
         for _ in range(40):  # bisection on a monotone cubic: 2**-40 of 0.25 dex
@@ -368,6 +370,41 @@ class CurveOfGrowth:
         with np.errstate(divide="ignore", invalid="ignore"):
             feh_err = np.asarray(ew_err, float) / (ew * np.log(10) * slope)
         return feh, np.where(np.isnan(feh), np.nan, feh_err)
+
+
+def pchip_coefficients(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Return the coefficients of the monotone cubic (PCHIP) through ``y`` (n, len(x), m) along axis 1.
+
+    Shape (4, n, len(x) - 1, m): the numbers ``scipy.interpolate.PchipInterpolator(x, y, axis=1).c`` holds (same
+    formulas in the same order: bit for bit), with the stars first and no interpolator object. Piece ``i`` of star
+    ``s`` is ``c[0] d**3 + c[1] d**2 + c[2] d + c[3]`` at ``d = x' - x[i]``.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    h = np.diff(x)[None, :, None]
+    m = (y[:, 1:] - y[:, :-1]) / h                         # slope of each piece
+    d = np.zeros_like(y)                                  # derivative at each node: weighted harmonic mean
+    if x.size == 2:
+        d[:, 0] = d[:, 1] = m[:, 0]
+    else:
+        h0, h1 = h[:, :-1], h[:, 1:]
+        sign = np.sign(m)
+        flat = (sign[:, 1:] != sign[:, :-1]) | (m[:, 1:] == 0) | (m[:, :-1] == 0)
+        w1, w2 = 2 * h1 + h0, h1 + 2 * h0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = (w1 / m[:, :-1] + w2 / m[:, 1:]) / (w1 + w2)
+            d[:, 1:-1] = np.where(flat, 0.0, 1.0 / mean)
+        d[:, 0] = _pchip_end(h[0, 0, 0], h[0, 1, 0], m[:, 0], m[:, 1])
+        d[:, -1] = _pchip_end(h[0, -1, 0], h[0, -2, 0], m[:, -1], m[:, -2])
+    t = (d[:, :-1] + d[:, 1:] - 2 * m) / h
+    return np.stack((t / h, (m - d[:, :-1]) / h - t, d[:, :-1], y[:, :-1]))
+
+
+def _pchip_end(h0: float, h1: float, m0: np.ndarray, m1: np.ndarray) -> np.ndarray:
+    """One-sided three-point derivative at an end, kept monotone (as scipy's PCHIP does)."""
+    d = ((2 * h0 + h1) * m0 - h0 * m1) / (h0 + h1)
+    wrong = np.sign(d) != np.sign(m0)
+    steep = (np.sign(m0) != np.sign(m1)) & (np.abs(d) > 3.0 * np.abs(m0))
+    return np.where(wrong, 0.0, np.where(steep, 3.0 * m0, d))
 
 
 @lru_cache(maxsize=len(GRIDS))

@@ -8,6 +8,10 @@ iron at all" stays below 3 sigma, the spectrum holds no measurement, only an upp
 
 The per-line inversion with a sigma-clipped median -- the textbook way -- is kept beside it for comparison
 (:func:`per_line_median`). Both are vectorized over stars: arrays are shaped (n_stars, n_lines).
+
+-2 ln L is not computed at all 601 [Fe/H] of the grid: a coarse-to-fine search (every 30th point, then every 6th,
+then every one, where bounds on the curve of growth say the minimum or a crossing can be) finds the same grid
+minimum and crossings with the same numbers from ~1/7 of the points; :func:`likelihood_profile` gives the whole curve.
 """
 
 from __future__ import annotations
@@ -19,10 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from astropy.stats import sigma_clipped_stats
-from scipy.interpolate import PchipInterpolator
 
 from fehkit.errors import FehkitWarning, GridRangeError
-from fehkit.physics.cog import ALPHA_RANGE, CurveOfGrowth
+from fehkit.physics.cog import ALPHA_RANGE, CurveOfGrowth, pchip_coefficients
 
 #: [Fe/H] grid of the likelihood (dex): below the curve-of-growth grid (-5) the lines are on the linear part.
 FEH_GRID = np.round(np.arange(-6.5, -0.5 + 1e-9, 0.01), 2)
@@ -36,6 +39,9 @@ MODEL_FLOOR_MA = 1.0
 #: Columns of :func:`joint_abundance`.
 JOINT_COLUMNS = ("feh_cog", "feh_cog_err", "feh_cog_upper", "cog_signal_sigma", "cog_detected", "cog_n_lines",
                  "cog_chi2_red", "cog_at_grid_edge")
+
+#: The part of them the parameter shifts and the second physics need (``_joint(..., full=False)``).
+_SHORT_COLUMNS = ("feh_cog", "cog_signal_sigma", "cog_detected", "cog_n_lines")
 
 
 def joint_abundance(
@@ -52,7 +58,7 @@ def joint_abundance(
     model_fraction: float = MODEL_FRACTION,
     model_floor_mA: float = MODEL_FLOOR_MA,
     detection_sigma: float = 3.0,
-    chunk: int = 256,
+    chunk: int = 1024,
 ) -> pd.DataFrame:
     """Maximum-likelihood [Fe/H] from all usable lines at once, its error, significance and upper limit.
 
@@ -73,7 +79,7 @@ def joint_abundance(
     detection_sigma : float
         Joint significance below which a star counts as not detected (upper limit).
     chunk : int
-        Stars evaluated together (memory: chunk x 601 x n_lines floats).
+        Stars evaluated together (memory: ~3 x chunk x 601 floats and a few chunk x 21 x n_lines).
 
     Returns
     -------
@@ -92,17 +98,28 @@ def joint_abundance(
     >>> np.round(out["feh_cog"].to_numpy(), 2).tolist(), out["cog_detected"].tolist()
     ([-2.0, -3.0], [True, True])
     """
-    cog = cog or CurveOfGrowth.load()
+    return _joint(ew_mA, ew_err_mA, usable, teff, logg, vmic, alpha_fe, cog=cog or CurveOfGrowth.load(), lines=lines,
+                  model_fraction=model_fraction, model_floor_mA=model_floor_mA, detection_sigma=detection_sigma,
+                  chunk=chunk)
+
+
+def _joint(ew_mA: Any, ew_err_mA: Any, usable: Any, teff: Any, logg: Any, vmic: Any, alpha_fe: Any, *,
+           cog: CurveOfGrowth, lines: np.ndarray | None = None, model_fraction: float = MODEL_FRACTION,
+           model_floor_mA: float = MODEL_FLOOR_MA, detection_sigma: float = 3.0, chunk: int = 1024,
+           full: bool = True) -> pd.DataFrame:
+    """Run :func:`joint_abundance`; without ``full``, only its :data:`_SHORT_COLUMNS` (a cheaper search).
+
+    The parameter shifts and the second physics need only the maximum-likelihood [Fe/H] and the detection.
+    """
     ew, err, use = _inputs(ew_mA, ew_err_mA, usable, cog, lines)
     n = ew.shape[0]
     params = [np.broadcast_to(np.asarray(a, float), (n,)) for a in (teff, logg, vmic, alpha_fe)]
     rows = [_joint_chunk(ew[s:s + chunk], err[s:s + chunk], use[s:s + chunk],
-                         *(p[s:s + chunk] for p in params), cog, lines, model_fraction, model_floor_mA)
+                         *(p[s:s + chunk] for p in params), cog, lines, model_fraction, model_floor_mA, full)
             for s in range(0, n, chunk)]
-    out = pd.DataFrame({k: np.concatenate([r[k] for r in rows]) if rows else np.array([])
-                        for k in ("feh_cog", "feh_cog_err", "feh_cog_upper", "cog_signal_sigma", "cog_n_lines",
-                                  "cog_chi2_red", "cog_at_grid_edge")})
-    out.insert(4, "cog_detected", out["cog_signal_sigma"].to_numpy() >= detection_sigma)
+    names = [c for c in JOINT_COLUMNS if c != "cog_detected" and (full or c in _SHORT_COLUMNS)]
+    out = pd.DataFrame({k: np.concatenate([r[k] for r in rows]) if rows else np.array([]) for k in names})
+    out.insert(names.index("cog_n_lines"), "cog_detected", out["cog_signal_sigma"].to_numpy() >= detection_sigma)
     return out
 
 
@@ -127,19 +144,21 @@ def parameter_error(
     vmic to their 1-sigma errors (scalars or one per star). ``base`` is the unperturbed result, if known.
     """
     cog = cog or CurveOfGrowth.load()
-    base = base if base is not None else joint_abundance(ew_mA, ew_err_mA, usable, teff, logg, vmic, alpha_fe,
-                                                         cog=cog, **kwargs)
-    p = {"teff": np.asarray(teff, float), "logg": np.asarray(logg, float), "vmic": np.asarray(vmic, float)}
-    shifts = {}
-    for name in ("teff", "logg", "vmic"):
-        moved = dict(p)
-        moved[name] = p[name] + np.asarray(errors[name], float)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FehkitWarning)  # a shifted star may leave the grid: clipped
-            res = joint_abundance(ew_mA, ew_err_mA, usable, moved["teff"], moved["logg"], moved["vmic"], alpha_fe,
-                                  cog=cog, **kwargs)
-        shifts[f"dfeh_{name}"] = res["feh_cog"].to_numpy() - base["feh_cog"].to_numpy()
-    d = pd.DataFrame(shifts)
+    ew = np.atleast_2d(np.asarray(ew_mA, float))
+    n = ew.shape[0]
+    if base is None:
+        base = _joint(ew, ew_err_mA, usable, teff, logg, vmic, alpha_fe, cog=cog, full=False, **kwargs)
+    names = ("teff", "logg", "vmic")
+    p = [np.broadcast_to(np.asarray(a, float), (n,)) for a in (teff, logg, vmic, alpha_fe)]
+    # the three shifted copies of every star in one batch: parameter j moved by its error in copy j
+    moved = [np.concatenate([p[i] + (np.asarray(errors[name], float) if i == j else 0.0) * np.ones(n)
+                             for j, name in enumerate(names)]) for i in range(3)]
+    tiled = [np.tile(np.atleast_2d(np.asarray(a)), (3, 1)) for a in (ew, ew_err_mA, usable)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FehkitWarning)  # a shifted star may leave the grid: clipped
+        res = _joint(*tiled, *moved, np.tile(p[3], 3), cog=cog, full=False, **kwargs)
+    feh = res["feh_cog"].to_numpy().reshape(3, n) - base["feh_cog"].to_numpy()
+    d = pd.DataFrame({f"dfeh_{name}": feh[j] for j, name in enumerate(names)})
     return np.sqrt((d.to_numpy() ** 2).sum(axis=1)), d
 
 
@@ -184,19 +203,6 @@ def per_line_median(
                          "cog_median_n_lines": n_ok})
 
 
-# ---------------------------------------------------------------------------------------------------------------
-def _model_ew(cog: CurveOfGrowth, teff: np.ndarray, logg: np.ndarray, vmic: np.ndarray, alpha: np.ndarray,
-              lines: np.ndarray | None) -> np.ndarray:
-    """Model EW (mA) on :data:`FEH_GRID` for each star and line: (n_stars, n_grid, n_lines)."""
-    curves = cog.curves(teff, logg, vmic, alpha, lines)  # log10 EW at the grid's [Fe/H] nodes
-    on_grid = FEH_GRID >= cog.feh[0]
-    log_ew = np.empty((curves.shape[0], FEH_GRID.size, curves.shape[2]))
-    log_ew[:, on_grid] = PchipInterpolator(cog.feh, curves, axis=1)(FEH_GRID[on_grid])
-    # below the grid: the linear part of the curve of growth, EW proportional to the number of iron atoms
-    log_ew[:, ~on_grid] = curves[:, :1, :] + (FEH_GRID[~on_grid] - cog.feh[0])[None, :, None]
-    return 10.0 ** log_ew
-
-
 def likelihood_profile(
     ew_mA: np.ndarray,
     ew_err_mA: np.ndarray,
@@ -226,55 +232,231 @@ def likelihood_profile(
             "model_ew": model}
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# -2 ln L is a sum over lines of (EW - model)**2 / var + ln var, with model and var growing with [Fe/H]. It is
+# evaluated where it is needed, not on all 601 grid points: first at every SEARCH_STEPS[0]-th point, then, level by
+# level, at every SEARCH_STEPS[i]-th point of the intervals that may hold the minimum, and last at every point of the
+# finest such intervals and where the error levels are crossed. On an interval each line's model EW lies between its
+# values at the two ends (the curve of growth is monotone), which bounds every term from below and above: an
+# interval whose lower bound is above the best value found cannot hold the minimum, and one whose upper bound stays
+# under a level cannot hold its crossing. The values found are the very numbers the full grid gives (same formula,
+# same interpolation), so the results do not depend on the search.
+
+#: Strides (grid points) of the levels of the likelihood search, coarse to fine; each divides the one before.
+SEARCH_STEPS = (30, 6, 1)
+
+_G = FEH_GRID.size
+assert (_G - 1) % SEARCH_STEPS[0] == 0 and SEARCH_STEPS[-1] == 1
+assert all(a % b == 0 for a, b in zip(SEARCH_STEPS[:-1], SEARCH_STEPS[1:], strict=True))
+
+
+class _Table:
+    """Each star's curve of growth along :data:`FEH_GRID`: log EW at the grid's [Fe/H] nodes and PCHIP pieces.
+
+    The model EW at any grid point is computed exactly as ``PchipInterpolator(cog.feh, curves, axis=1)`` gives it
+    (same coefficients, same power sum: bit for bit), linear in the number of iron atoms below the grid.
+    """
+
+    def __init__(self, cog: CurveOfGrowth, teff: np.ndarray, logg: np.ndarray, vmic: np.ndarray, alpha: np.ndarray,
+                 lines: np.ndarray | None) -> None:
+        self.curves = cog.curves(teff, logg, vmic, alpha, lines)  # (n, F, L) log10 EW at the grid's nodes
+        self.coef = pchip_coefficients(cog.feh, self.curves)  # (4, n, F - 1, L)
+        self.feh0 = cog.feh[0]
+        self.piece = np.clip(np.searchsorted(cog.feh, FEH_GRID, side="right") - 1, 0, len(cog.feh) - 2)
+        self.s = FEH_GRID - cog.feh[self.piece]
+        self.on_grid = FEH_GRID >= cog.feh[0]
+
+    def model(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Model EW (mA) of stars ``rows`` (M,) at grid points ``idx`` (M, Q): (M, Q, n_lines)."""
+        p = self.piece[idx]
+        s = self.s[idx][..., None]
+        if rows.size == self.coef.shape[1] > 1 and (rows == np.arange(rows.size)).all() and (idx[1:] == idx[0]).all():
+            # the same points for all stars (the coarse pass): a slice per piece, no gather
+            c0, c1, c2, c3 = (self.coef[j][:, p[0]] for j in range(4))
+        else:
+            c0, c1, c2, c3 = (self.coef[j][rows[:, None], p] for j in range(4))
+        z = s * s
+        log_ew = c3 + c2 * s + c1 * z + c0 * (z * s)  # scipy's PPoly sum, term by term
+        below = ~self.on_grid[idx]
+        if below.any():
+            lin = self.curves[rows, 0, :][:, None, :] + (FEH_GRID[idx] - self.feh0)[..., None]
+            log_ew = np.where(below[..., None], lin, log_ew)
+        return 10.0 ** log_ew
+
+
+class _Profile:
+    """-2 ln L of each star on :data:`FEH_GRID`, filled in where evaluated (NaN elsewhere).
+
+    ``lower`` and ``upper`` bound the values not evaluated yet (from the ends of the finest interval around them).
+    """
+
+    def __init__(self, table: _Table, ew: np.ndarray, err: np.ndarray, use: np.ndarray, frac: float,
+                 floor: float) -> None:
+        self.table, self.err, self.use, self.frac, self.floor = table, err, use, frac, floor
+        self.e = np.where(use, ew, 0.0)
+        n = ew.shape[0]
+        self.value = np.full((n, _G), np.nan)
+        self.value[~use.any(axis=1)] = 0.0  # no line: a flat profile of zeros
+        self.lower = np.full((n, _G), -np.inf)
+        self.upper = np.full((n, _G), np.inf)
+        #: per search step: True at the first point of each interval already evaluated at that step
+        self.refined = {step: np.zeros((n, _G), bool) for step in SEARCH_STEPS}
+
+    def evaluate(self, rows: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Evaluate stars ``rows`` (M,) at points ``idx`` (M, Q); return the model EW, its variance and ln var."""
+        model = self.table.model(rows, idx)
+        var = self.err[rows][:, None, :] ** 2 + (self.frac * model) ** 2 + self.floor ** 2
+        log_var = np.log(var)
+        terms = np.where(self.use[rows][:, None, :], (self.e[rows][:, None, :] - model) ** 2 / var + log_var, 0.0)
+        self.value[rows[:, None], idx] = np.sum(terms, axis=2)
+        return model, var, log_var
+
+    def refine(self, rows: np.ndarray, start: np.ndarray, step: int, count: int) -> None:
+        """Evaluate stars ``rows`` at ``start + step * j``, j = 0..count, and bound the points left between them.
+
+        With ``step`` 1, the points strictly between ``start`` and ``start + count`` are evaluated (no bounds).
+        """
+        if not rows.size:
+            return
+        self.refined[step][rows, start] = True
+        if step == 1:
+            self.evaluate(rows, start[:, None] + np.arange(1, count))
+            return
+        idx = start[:, None] + step * np.arange(count + 1)
+        model, var, log_var = self.evaluate(rows, idx)
+        use, e = self.use[rows][:, None, :], self.e[rows][:, None, :]
+        lo_m, hi_m = model[:, :-1], model[:, 1:]  # each line's model EW at the two ends (var grows with it)
+        dist = np.maximum(np.maximum(lo_m - e, e - hi_m), 0.0)
+        lower = np.sum(np.where(use, dist ** 2 / var[:, 1:] + log_var[:, :-1], 0.0), axis=2)
+        far = np.maximum((e - lo_m) ** 2, (e - hi_m) ** 2)
+        upper = np.sum(np.where(use, far / var[:, :-1] + log_var[:, 1:], 0.0), axis=2)
+        inside = (idx[:, :-1, None] + np.arange(1, step)).reshape(rows.size, -1)
+        r = rows[:, None]
+        self.lower[r, inside] = np.repeat(lower, step - 1, axis=1)
+        self.upper[r, inside] = np.repeat(upper, step - 1, axis=1)
+
+    def ensure(self, rows: np.ndarray, idx: np.ndarray) -> None:
+        """Evaluate stars ``rows`` at the points ``idx`` (M, Q) where not done yet."""
+        r, q = np.nonzero(np.isnan(self.value[rows[:, None], idx]))
+        if r.size:
+            self.evaluate(rows[r], idx[r, q][:, None])
+
+
+def _search(prof: _Profile, full: bool) -> dict[str, np.ndarray]:
+    """Minimum of -2 ln L for every star (and with ``full``, its Delta = 1 and 9 crossings), exactly as on the grid.
+
+    Returns ``k`` (grid index of the minimum), ``best`` and, with ``full``, the profile relative to the minimum
+    (``delta``, with 0 where not needed: below both levels) ready for :func:`_crossing`.
+    """
+    n = prof.e.shape[0]
+    rows = np.arange(n)
+    prof.refine(rows, np.zeros(n, int), SEARCH_STEPS[0], (_G - 1) // SEARCH_STEPS[0])
+    for coarse, fine in zip(SEARCH_STEPS[:-1], SEARCH_STEPS[1:], strict=True):
+        best = np.nanmin(prof.value, axis=1)
+        slack = 1e-8 * (1.0 + np.abs(best))  # rounding of the bounds: refine rather than miss
+        start = np.arange(0, _G - 1, coarse)
+        # intervals of this level that may hold a value at or below the best one, not yet evaluated finer
+        maybe = (prof.lower[:, start + 1] <= (best + slack)[:, None]) & ~prof.refined[fine][:, start]
+        r, j = np.nonzero(maybe)
+        prof.refine(r, start[j], fine, coarse // fine)
+
+    k = np.argmin(np.where(np.isnan(prof.value), np.inf, prof.value), axis=1)
+    kk = np.clip(k, 1, _G - 2)
+    prof.ensure(rows, kk[:, None] + np.array([-1, 0, 1]))  # the parabola through the minimum's neighbours
+    best = prof.value[rows, k]
+    out = {"k": k, "best": best}
+    if not full:
+        return out
+    slack = 1e-8 * (1.0 + np.abs(best))
+    idx = np.arange(_G)[None, :]
+    for level, sides in ((1.0, (-1, 1)), (9.0, (1,))):
+        act = rows  # the stars whose crossing is not settled yet
+        width = SEARCH_STEPS[-2]
+        while act.size:
+            value = prof.value[act]
+            delta = value - best[act, None]
+            below = prof.upper[act] < (best[act] - slack[act] + level)[:, None]  # certainly, where not evaluated
+            hit = np.where(np.isnan(delta), ~below, delta >= level)
+            at = np.arange(act.size)
+            again = np.zeros(act.size, bool)
+            for side in sides:
+                if side > 0:
+                    p = np.where(hit & (idx > k[act, None]), idx, _G).min(axis=1)
+                else:
+                    p = np.where(hit & (idx < k[act, None]), idx, -1).max(axis=1)
+                inside = (p >= 0) & (p < _G)
+                pc = np.clip(p, 0, _G - 1)
+                # the first point at or over the level, and the one before it, must be known exactly
+                unknown = inside & np.isnan(value[at, pc])
+                if unknown.any():  # evaluate onwards from it, twice as far each round: the crossing is near
+                    prof.evaluate(act[unknown], np.clip(pc[unknown, None] + side * np.arange(width), 0, _G - 1))
+                    again |= unknown
+                inward = inside & ~unknown & np.isnan(value[at, np.clip(pc - side, 0, _G - 1)])
+                if inward.any():
+                    prof.evaluate(act[inward], (pc[inward] - side)[:, None])
+            act, width = act[again], 2 * width
+    out["delta"] = np.where(np.isnan(prof.value), 0.0, prof.value - best[:, None])
+    return out
+
+
 def _m2lnl(ew: np.ndarray, err: np.ndarray, use: np.ndarray, teff: np.ndarray, logg: np.ndarray, vmic: np.ndarray,
            alpha: np.ndarray, cog: CurveOfGrowth, lines: np.ndarray | None, frac: float,
            floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Model EWs (n, G, L), -2 ln L on the grid (n, G) and -2 ln L of "no iron" (n,)."""
-    model = _model_ew(cog, teff, logg, vmic, alpha, lines)  # (n, G, L)
-    w = use[:, None, :]
-    e = np.where(use, ew, 0.0)[:, None, :]
-    var = err[:, None, :] ** 2 + (frac * model) ** 2 + floor ** 2
-    m2lnl = np.sum(np.where(w, (e - model) ** 2 / var + np.log(var), 0.0), axis=2)  # -2 ln L: (n, G)
+    """Model EWs (n, G, L), -2 ln L on the whole grid (n, G) and -2 ln L of "no iron" (n,)."""
+    prof = _Profile(_Table(cog, teff, logg, vmic, alpha, lines), ew, err, use, frac, floor)
+    n = ew.shape[0]
+    model, _, _ = prof.evaluate(np.arange(n), np.broadcast_to(np.arange(_G), (n, _G)))
+    return model, prof.value, _m2lnl_none(ew, err, use, floor)
+
+
+def _m2lnl_none(ew: np.ndarray, err: np.ndarray, use: np.ndarray, floor: float) -> np.ndarray:
+    """-2 ln L of "no iron" (every model EW zero): (n,)."""
     var0 = np.where(use, err ** 2 + floor ** 2, 1.0)
-    m2lnl_none = np.sum(np.where(use, np.where(use, ew, 0.0) ** 2 / var0 + np.log(var0), 0.0), axis=1)
-    return model, m2lnl, m2lnl_none
+    return np.sum(np.where(use, np.where(use, ew, 0.0) ** 2 / var0 + np.log(var0), 0.0), axis=1)
 
 
 def _joint_chunk(ew: np.ndarray, err: np.ndarray, use: np.ndarray, teff: np.ndarray, logg: np.ndarray,
                  vmic: np.ndarray, alpha: np.ndarray, cog: CurveOfGrowth, lines: np.ndarray | None,
-                 frac: float, floor: float) -> dict[str, np.ndarray]:
-    model, m2lnl, m2lnl_none = _m2lnl(ew, err, use, teff, logg, vmic, alpha, cog, lines, frac, floor)
-    var = err[:, None, :] ** 2 + (frac * model) ** 2 + floor ** 2
+                 frac: float, floor: float, full: bool = True) -> dict[str, np.ndarray]:
+    """Return the columns of :func:`joint_abundance` for a chunk of stars (without ``full``: the short ones).
 
-    n, g = m2lnl.shape
-    k = np.argmin(m2lnl, axis=1)
+    The errors, the upper limit and chi2 need more of the profile than the maximum and the signal do.
+    """
+    prof = _Profile(_Table(cog, teff, logg, vmic, alpha, lines), ew, err, use, frac, floor)
+    found = _search(prof, full)
+    k, best = found["k"], found["best"]
+    n, g = prof.value.shape
     rows = np.arange(n)
-    best = m2lnl[rows, k]
     # parabolic refinement between the neighbouring grid points
     kk = np.clip(k, 1, g - 2)
-    y0, y1, y2 = m2lnl[rows, kk - 1], m2lnl[rows, kk], m2lnl[rows, kk + 1]
+    y0, y1, y2 = prof.value[rows, kk - 1], prof.value[rows, kk], prof.value[rows, kk + 1]
     curv = y0 - 2 * y1 + y2
     with np.errstate(divide="ignore", invalid="ignore"):
         off = np.where((curv > 0) & (k == kk), 0.5 * (y0 - y2) / curv, 0.0)
     step = FEH_GRID[1] - FEH_GRID[0]
     feh = FEH_GRID[k] + np.clip(off, -0.5, 0.5) * step
-    delta = m2lnl - best[:, None]
-    lo1, hi1 = _crossing(delta, k, 1.0)
-    _, hi9 = _crossing(delta, k, 9.0)
     n_lines = use.sum(axis=1)
-    feh_err = 0.5 * (hi1 - lo1)
-    chi2 = np.sum(np.where(use, (np.where(use, ew, 0.0) - _at(model, k)) ** 2 / _at(var, k), 0.0), axis=1)
-    signal = np.sqrt(np.clip(m2lnl_none - best, 0.0, None))
+    signal = np.sqrt(np.clip(_m2lnl_none(ew, err, use, floor) - best, 0.0, None))
     none = n_lines == 0
-    return {
+    out = {
         "feh_cog": np.where(none, np.nan, feh),
-        "feh_cog_err": np.where(none, np.nan, feh_err),
-        "feh_cog_upper": np.where(none, np.nan, hi9),
         "cog_signal_sigma": np.where(none, 0.0, signal),
         "cog_n_lines": n_lines,
+    }
+    if not full:
+        return out
+    delta = found["delta"]
+    lo1, hi1 = _crossing(delta, k, 1.0)
+    _, hi9 = _crossing(delta, k, 9.0)
+    model, var, _ = prof.evaluate(rows, k[:, None])
+    chi2 = np.sum(np.where(use, (np.where(use, ew, 0.0) - model[:, 0]) ** 2 / var[:, 0], 0.0), axis=1)
+    out.update({
+        "feh_cog_err": np.where(none, np.nan, 0.5 * (hi1 - lo1)),
+        "feh_cog_upper": np.where(none, np.nan, hi9),
         "cog_chi2_red": np.where(n_lines > 1, chi2 / np.maximum(n_lines - 1, 1), np.nan),
         "cog_at_grid_edge": (k == g - 1) & ~none,
-    }
+    })
+    return out
 
 
 def _inputs(ew_mA: Any, ew_err_mA: Any, usable: Any, cog: CurveOfGrowth,
@@ -332,6 +514,7 @@ def physics_systematic(
     *,
     reference: CurveOfGrowth | None = None,
     alternative: CurveOfGrowth | None = None,
+    base: pd.DataFrame | None = None,
     **kwargs: Any,
 ) -> pd.DataFrame:
     """Return the code-to-code systematic of the classical method: |feh_cog(MOOG) - feh_cog(SME)| per star.
@@ -349,6 +532,9 @@ def physics_systematic(
         As for :func:`joint_abundance`.
     reference, alternative : CurveOfGrowth, optional
         The two grids (default: the packaged ``"moog"`` and ``"sme"`` grids).
+    base : DataFrame, optional
+        :func:`joint_abundance` with ``reference`` (and the same ``**kwargs``) at the given parameters, if known:
+        reused for the stars that the clipping and the [alpha/Fe] of the alternative grid leave unchanged.
     **kwargs
         Passed to :func:`joint_abundance` (e.g. ``lines``).
 
@@ -369,17 +555,25 @@ def physics_systematic(
     ref = reference or CurveOfGrowth.load("moog")
     alt = alternative or CurveOfGrowth.load("sme")
     ew = np.atleast_2d(np.asarray(ew_mA, float))
+    err, use = np.atleast_2d(np.asarray(ew_err_mA, float)), np.atleast_2d(np.asarray(usable, bool))
     n = ew.shape[0]
-    params = [np.broadcast_to(np.asarray(a, float), (n,)).copy() for a in (teff, logg, vmic, alpha_fe)]
+    given = [np.broadcast_to(np.asarray(a, float), (n,)) for a in (teff, logg, vmic, alpha_fe)]
+    params = [p.copy() for p in given]
     clipped = alt.clipped(*params)
     if alt.alpha_fe.size == 1:
         params[3][:] = alt.alpha_fe[0]
     for p, lo, hi in zip(params, (alt.teff[0], alt.logg[0], alt.vmic[0], ALPHA_RANGE[0]),
                          (alt.teff[-1], alt.logg[-1], alt.vmic[-1], ALPHA_RANGE[1]), strict=True):
         np.clip(p, lo, hi, out=p)
-    a = joint_abundance(ew, ew_err_mA, usable, *params, cog=ref, **kwargs)
-    b = joint_abundance(ew, ew_err_mA, usable, *params, cog=alt, **kwargs)
-    both = a["cog_detected"].to_numpy() & b["cog_detected"].to_numpy()
-    fa, fb = a["feh_cog"].to_numpy(), b["feh_cog"].to_numpy()
+    # the reference fit: reused from base where the parameters are the given ones, the rest refitted
+    redo = np.ones(n, bool) if base is None else np.any([p != q for p, q in zip(params, given, strict=True)], axis=0)
+    fa = np.full(n, np.nan) if base is None else base["feh_cog"].to_numpy(float).copy()
+    det_a = np.zeros(n, bool) if base is None else base["cog_detected"].to_numpy(bool).copy()
+    if redo.any():
+        a = _joint(ew[redo], err[redo], use[redo], *(p[redo] for p in params), cog=ref, full=False, **kwargs)
+        fa[redo], det_a[redo] = a["feh_cog"].to_numpy(), a["cog_detected"].to_numpy()
+    b = _joint(ew, err, use, *params, cog=alt, full=False, **kwargs)
+    both = det_a & b["cog_detected"].to_numpy()
+    fb = b["feh_cog"].to_numpy()
     return pd.DataFrame({"feh_sys": np.where(both, np.abs(fa - fb), np.nan), "feh_cog_ref": fa, "feh_cog_alt": fb,
                          "feh_sys_clipped": clipped})
