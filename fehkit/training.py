@@ -223,13 +223,16 @@ def train_model(data: str | os.PathLike[str], out: str | os.PathLike[str], *, se
     return ens
 
 
-def predict_spectra(ens: FeHEnsemble, batch: SpectrumBatch, params: pd.DataFrame) -> pd.DataFrame:
+def predict_spectra(ens: FeHEnsemble, batch: SpectrumBatch, params: pd.DataFrame, *,
+                    member_predictor: Any = None, backend: str = "numpy", device: str | None = None) -> pd.DataFrame:
     """``fehkit predict``: the results table (:data:`PREDICT_COLUMNS`) of spectra with known Teff, log g, vmic.
 
     ``params`` has one row per spectrum of ``batch``, in its order, with finite ``teff``, ``logg`` and ``vmic``
     that a star can have (:func:`fehkit.features.check_param_values`; :class:`~fehkit.errors.InputTableError`
     otherwise, before any work). ``flag`` and ``flag_reason`` say where the [Fe/H] is not to be trusted
-    (:mod:`fehkit.flags`).
+    (:mod:`fehkit.flags`). ``member_predictor``, ``backend`` and ``device`` are how :func:`fehkit.infer.infer`
+    runs the members and the EW fits on its device (see :meth:`FeHEnsemble.predict` and
+    :func:`fehkit.ew.measure_ew`).
     """
     if len(params) != batch.n_spectra:
         raise InputTableError(f"params: {len(params)} rows for {batch.n_spectra} spectra; expected one row per "
@@ -241,16 +244,17 @@ def predict_spectra(ens: FeHEnsemble, batch: SpectrumBatch, params: pd.DataFrame
             raise InputTableError(f"params: {which} {col!r}; expected finite teff, logg and vmic for every spectrum")
     ids = batch.meta["star_id"].astype(str).to_numpy() if "star_id" in batch.meta else None
     check_param_values(params.reset_index(drop=True), "params", ids=ids)
-    return predict_features(ens, spectra_features(batch, params))
+    return predict_features(ens, spectra_features(batch, params, backend=backend, device=device),
+                            member_predictor=member_predictor)
 
 
-def predict_features(ens: FeHEnsemble, feats: Features) -> pd.DataFrame:
+def predict_features(ens: FeHEnsemble, feats: Features, *, member_predictor: Any = None) -> pd.DataFrame:
     """Return the results table (:data:`PREDICT_COLUMNS`) of stars whose features are already measured.
 
     The ensemble's predictions with the star ids, the code-to-code systematic ``feh_sys`` and ``n_lines`` from
     the features' per-star table; what :func:`predict_spectra` returns after measuring the spectra.
     """
-    pred = ens.predict(feats)
+    pred = ens.predict(feats, member_predictor=member_predictor)
     pred.insert(0, "star_id", feats.stars["star_id"].to_numpy())
     pred["feh_sys"] = feats.stars["feh_sys"].to_numpy() if "feh_sys" in feats.stars else np.nan
     pred["n_lines"] = feats.stars["n_lines"].to_numpy()

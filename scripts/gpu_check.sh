@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# GPU checks in one call (for the lent GPU machine, or any CUDA box): the torch EW engine against numpy on CUDA,
-# then the EW benchmark with its CUDA rows. Needs fehkit's dependencies importable (a venv carried along, or
-# installed); prints the device, writes $OUT/bench_ew_gpu.json when OUT is set.
+# GPU checks in one call (for a lent GPU machine, or any CUDA box): the CUDA tests (EW engine, MLP, trees as
+# tensors, fehkit.infer on cuda against the CPU), then `fehkit bench --device cuda`. Needs fehkit's dependencies
+# importable (a venv carried along, or installed). Prints the device; writes $OUT/bench_gpu.json and
+# $OUT/bench_ew_gpu.json when OUT is set (default: here).
 set -euo pipefail
 PY=${PY:-python}
 OUT=${OUT:-.}
+N=${N:-100000}
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
-$PY -m pytest -q -p no:cacheprovider tests/test_ew.py -k "torch" -o addopts=""
+$PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_ew.py -k "torch or cuda"
+$PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_mlp_cuda.py tests/test_trees.py tests/test_infer.py
 $PY scripts/bench_ew.py --n 1000 --no-baseline --json "$OUT/bench_ew_gpu.json"
-# the ensemble's MLP member on CUDA (same weights on CPU give the same predictions)
-$PY -m pytest -q -p no:cacheprovider tests/test_mlp_cuda.py -o addopts=""
+# the whole path on the GPU: N synthetic spectra in memory (the model is trained first, ~1 min on the CPU)
+$PY -m fehkit bench --n "$N" --device cuda --no-cannon --no-files --baseline-n 20 --json "$OUT/bench_gpu.json"

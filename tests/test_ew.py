@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -204,19 +202,9 @@ def test_torch_cuda_matches_numpy_within_0_1_mA():
     assert np.nanmax(np.abs(a.ew_mA - b.ew_mA)) < 0.1
 
 
-def _curve_fit_baseline():
-    """The naive per-line baseline lives in the benchmark script that compares against it."""
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "scripts" / "bench_ew.py"
-    spec = importlib.util.spec_from_file_location("bench_ew", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.curve_fit_baseline
-
-
 def test_curve_fit_baseline_agrees_on_strong_lines():
-    curve_fit_baseline = _curve_fit_baseline()
+    from fehkit.baselines.curve_fit import curve_fit_baseline
+
     sim = simulate(_population(4, 150.0, seed=4, feh=(-1.8, -1.2)), seed=4, **CLEAN)
     fast = measure_ew(sim.batch, mc_draws=0, damping="tied")      # the baseline's model: damping tied
     slow = curve_fit_baseline(sim.batch)

@@ -16,7 +16,7 @@ is below 3 sigma keep flag ``upper_limit`` and the classical 3-sigma upper limit
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -301,7 +301,8 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
                 "oof_coverage_68": float(c68[i]), "oof_coverage_95": float(c95[i])}
 
     # ---- prediction --------------------------------------------------------------------------------------------
-    def predict(self, X: Any, *, feature_names: Sequence[str] | None = None) -> pd.DataFrame:
+    def predict(self, X: Any, *, feature_names: Sequence[str] | None = None,
+                member_predictor: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None = None) -> pd.DataFrame:
         """[Fe/H], its 1-sigma error, the upper limit where the joint signal is below 3 sigma, each member's value.
 
         Returns a DataFrame with ``feh`` (NaN, empty, for ``upper_limit`` and ``no_usable_lines``: no measurement),
@@ -315,6 +316,10 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
         why, e.g. ``teff 3677 K outside the training range 4002..6386 K``. Given a
         :class:`~fehkit.features.Features`, the grid checks and S/N come from its ``stars`` table; given an array,
         from the feature columns and the packaged curve of growth.
+
+        ``member_predictor`` (optional) maps the feature matrix to each member's raw output (what its
+        ``predict`` returns): :func:`fehkit.infer.infer` passes the members run as torch tensors on a device;
+        the fusion, errors and flags are the same code either way.
         """
         check_fitted(self, _FITTED, "call fit(X, y) or FeHEnsemble.load(folder)")
         expected = list(self.feature_names_in_)
@@ -326,7 +331,9 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
                                  for c in PREDICT_COLUMNS})
         base = self._base(Xa)
         out = pd.DataFrame(index=range(len(Xa)))
-        preds = {m: base + est.predict(Xa) for m, est in self.members_.items()}
+        raw = member_predictor(Xa) if member_predictor is not None else \
+            {m: est.predict(Xa) for m, est in self.members_.items()}
+        preds = {m: base + np.asarray(raw[m], float) for m in self.members_}
         out["feh"] = sum(self.weights_[m] * preds[m] for m in preds)
         out["feh_err"] = self._feh_err(Xa)
         upper = ~self._detected(Xa)

@@ -1,0 +1,201 @@
+"""One call from spectra to [Fe/H] on one device: :func:`infer`.
+
+The same path as ``fehkit predict`` (:func:`fehkit.training.predict_spectra`), chunk by chunk:
+
+1. read the files of a chunk (threads: FITS decompression and parsing release the GIL for much of the time);
+2. normalize the continuum (:func:`fehkit.continuum.normalize`);
+3. measure the EWs (:func:`fehkit.ew.measure_ew`; its torch backend on a GPU);
+4. build the features and run the classical method (:func:`fehkit.features.build_features`);
+5. run the three members as torch tensor operations on the device: the forest and the boosted trees as packed
+   tensors (:class:`fehkit.models.trees.TensorTrees`), the MLP as it is;
+6. fuse them, and compute errors and flags with :meth:`fehkit.models.FeHEnsemble.predict` -- the same code as the
+   scikit-learn/XGBoost path, so the two agree to float rounding (tested).
+
+Without a GPU everything runs on the CPU; ``device="auto"`` takes CUDA when torch sees one.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fehkit.errors import FehkitWarning, UsageError
+from fehkit.models.ensemble import FeHEnsemble
+from fehkit.spectra import SpectrumBatch
+
+__all__ = ["TorchMembers", "infer", "resolve_device"]
+
+#: Spectra per chunk by default: bounds the memory (~0.3 MB a spectrum through the path) and feeds a GPU well.
+DEFAULT_BATCH_SIZE = 2048
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA when torch sees a GPU, else the CPU; any other torch device name as given (checked)."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise UsageError(f"device {device!r}: {err}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r}: torch sees no CUDA GPU here; expected 'cpu' or 'auto'")
+    return dev
+
+
+class TorchMembers:
+    """The ensemble's members as torch modules on one device: what :meth:`FeHEnsemble.predict` needs of them.
+
+    Parameters
+    ----------
+    ensemble : FeHEnsemble
+        A fitted or loaded ensemble.
+    device : str or torch.device
+        Where the members run.
+    dtype : torch.dtype
+        Arithmetic of the leaf sums and the comparison inputs of the trees (float64 reproduces scikit-learn and
+        XGBoost to float rounding; float32 is faster on a GPU). The MLP runs in float32 as it was trained.
+    """
+
+    def __init__(self, ensemble: FeHEnsemble, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float64) -> None:
+        from fehkit.models.trees import TensorTrees
+
+        self.device = resolve_device(device)
+        self.dtype = dtype
+        self.trees: dict[str, TensorTrees] = {}
+        self.mlp = None
+        for name, est in ensemble.members_.items():
+            if name == "rf":
+                self.trees[name] = TensorTrees.from_sklearn_forest(est).to(self.device)
+            elif name == "xgb":
+                self.trees[name] = TensorTrees.from_xgboost(est).to(self.device)
+            elif name == "dnn":
+                self.mlp = est.to(str(self.device)) if hasattr(est, "to") else est
+        self.names = tuple(ensemble.members_)
+
+    def __call__(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Each member's raw output (what its own ``predict`` returns) for the feature matrix ``X``."""
+        out: dict[str, np.ndarray] = {}
+        if self.trees:
+            xt = torch.as_tensor(np.asarray(X, np.float64), device=self.device, dtype=self.dtype)
+            with torch.no_grad():
+                for name, trees in self.trees.items():
+                    out[name] = trees.forward(xt, dtype=self.dtype).double().cpu().numpy()
+        if self.mlp is not None:
+            out["dnn"] = self.mlp.predict(X)
+        return {m: out[m] for m in self.names}
+
+
+def infer(
+    spectra: SpectrumBatch | str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    model: FeHEnsemble | str | os.PathLike[str],
+    params: pd.DataFrame | Mapping[str, Any],
+    *,
+    device: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    dtype: torch.dtype | None = None,
+    progress: bool | None = None,
+    read_threads: int | None = None,
+    trees: str = "auto",
+) -> pd.DataFrame:
+    """[Fe/H] of every spectrum: the ``fehkit predict`` table, computed chunk by chunk on one device.
+
+    Parameters
+    ----------
+    spectra : SpectrumBatch, path or iterable of paths
+        Spectra in memory, or APOGEE files (read a chunk at a time, with ``read_threads`` threads).
+    model : FeHEnsemble or path
+        A fitted ensemble or a saved model folder.
+    params : DataFrame or mapping
+        One row per spectrum, in order: ``teff``, ``logg``, ``vmic`` (and optionally ``alpha_fe``, ``teff_err``,
+        ``logg_err``, ``vmic_err``), as for :func:`fehkit.training.predict_spectra`.
+    device : str
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    batch_size : int
+        Spectra per chunk.
+    dtype : torch.dtype, optional
+        Arithmetic of the trees (default float64 on the CPU, float32 on a GPU).
+    progress : bool, optional
+        A tqdm bar over the spectra (default: when there is more than one chunk).
+    read_threads : int, optional
+        Threads reading files (default: the number of CPUs, at most 8).
+    trees : {"auto", "tensor", "library"}
+        How the forest and the boosted trees run: as torch tensors on the device (``"tensor"``), or through
+        scikit-learn and XGBoost themselves on the CPU (``"library"``). ``"auto"``: tensors on a GPU, the libraries
+        on the CPU, where their compiled tree walks are faster than torch's gathers. Both give the same numbers
+        (to float rounding; tested).
+
+    Returns
+    -------
+    DataFrame
+        :data:`fehkit.training.PREDICT_COLUMNS`, one row per spectrum in input order.
+
+    Examples
+    --------
+    >>> from fehkit.synth import make_benchmark
+    >>> from fehkit.training import reference_params
+    >>> sim = make_benchmark(60, seed=4)
+    >>> # infer(sim.batch, "fehkit-demo/model", reference_params(sim.truth), device="auto")
+    """
+    from fehkit.training import PREDICT_COLUMNS, predict_spectra
+
+    if int(batch_size) < 1:
+        raise UsageError(f"batch_size = {batch_size}: expected a positive number of spectra per chunk")
+    dev = resolve_device(device)
+    ens = model if isinstance(model, FeHEnsemble) else FeHEnsemble.load(model, device=str(dev))
+    if trees not in ("auto", "tensor", "library"):
+        raise UsageError(f"trees {trees!r}: expected 'auto', 'tensor' or 'library'")
+    use_tensors = trees == "tensor" or (trees == "auto" and dev.type != "cpu")
+    members = TorchMembers(ens, dev, dtype or (torch.float64 if dev.type == "cpu" else torch.float32)) \
+        if use_tensors else None
+    params = pd.DataFrame(params).reset_index(drop=True)
+    if isinstance(spectra, SpectrumBatch):
+        n, paths = spectra.n_spectra, None
+    else:
+        paths = [Path(spectra)] if isinstance(spectra, str | os.PathLike) else [Path(p) for p in spectra]
+        n = len(paths)
+    if len(params) != n:
+        raise UsageError(f"params: {len(params)} rows for {n} spectra; expected one row per spectrum, in order")
+    starts = range(0, n, int(batch_size))
+    show = len(starts) > 1 if progress is None else progress
+    bar = _bar(n, show)
+    parts = []
+    ew_backend = "torch" if dev.type == "cuda" else "numpy"
+    with ThreadPoolExecutor(read_threads or min(8, os.cpu_count() or 1)) as pool:
+        for start in starts:
+            stop = min(start + int(batch_size), n)
+            batch = spectra.select(np.arange(start, stop)) if paths is None else _read(paths[start:stop], pool)
+            parts.append(predict_spectra(ens, batch, params.iloc[start:stop].reset_index(drop=True),
+                                         member_predictor=members, backend=ew_backend, device=str(dev)))
+            bar.update(stop - start)
+    bar.close()
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype=object if c in ("star_id", "flag", "flag_reason") else float)
+                             for c in PREDICT_COLUMNS})
+    return pd.concat(parts, ignore_index=True)
+
+
+def _read(paths: Sequence[Path], pool: ThreadPoolExecutor) -> SpectrumBatch:
+    """Read files in parallel threads into one batch, in order (a bad file raises, naming it)."""
+    from fehkit.io import read_apogee
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FehkitWarning)
+        batches = list(pool.map(read_apogee, paths))
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return SpectrumBatch.concat(batches) if len(batches) > 1 else batches[0]
+
+
+def _bar(total: int, show: bool) -> Any:
+    from fehkit.models.ensemble import _progress
+
+    return _progress(total, show, "fehkit.infer")

@@ -1,0 +1,174 @@
+"""fehkit.infer: the one CPU/GPU helper gives the predict table of the library path, from memory or from files,
+with the members run as torch tensors or by their own libraries; and fehkit bench reports its keys."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fehkit.cli import main
+from fehkit.errors import FehkitWarning, UsageError
+from fehkit.examples import example_paths
+from fehkit.infer import TorchMembers, infer, resolve_device
+from fehkit.io import read_apogee, write_apstar
+from fehkit.models.ensemble import FeHEnsemble
+from fehkit.synth import make_benchmark
+from fehkit.training import PREDICT_COLUMNS, predict_spectra, reference_params, spectra_features
+
+SMALL = dict(rf={"n_estimators": 40, "max_depth": 10}, xgb={"n_estimators": 60}, dnn={"max_epochs": 20,
+             "hidden": (32, 16)}, n_folds=3)
+MEMBER_COLUMNS = ("feh_rf", "feh_xgb", "feh_dnn")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _quiet(f, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FehkitWarning)
+        return f(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A small ensemble trained on 200 SYNTHETIC stars; 60 other stars, their parameters and the library's table."""
+    train = make_benchmark(200, seed=31)
+    feats = _quiet(spectra_features, train.batch, reference_params(train.truth))
+    ens = FeHEnsemble(**SMALL, seed=1).fit(feats, train.truth["feh_ref"].to_numpy(float))
+    sim = make_benchmark(60, seed=32)
+    params = reference_params(sim.truth)
+    expected = _quiet(predict_spectra, ens, sim.batch, params)
+    path = tmp_path_factory.mktemp("infer") / "model"
+    ens.save(path, card={"synthetic": True})
+    return ens, path, sim, params, expected
+
+
+def _same(a: pd.DataFrame, b: pd.DataFrame, member_tol: float, fused_tol: float) -> None:
+    assert list(a.columns) == list(b.columns) == list(PREDICT_COLUMNS)
+    assert (a["star_id"].to_numpy() == b["star_id"].to_numpy()).all()
+    assert (a["flag"].to_numpy() == b["flag"].to_numpy()).all()
+    for col in MEMBER_COLUMNS:
+        assert np.allclose(a[col], b[col], rtol=0, atol=member_tol, equal_nan=True), col
+    for col in ("feh", "feh_err", "feh_upper"):
+        assert np.allclose(a[col], b[col], rtol=0, atol=fused_tol, equal_nan=True), col
+    for col in ("feh_cog", "feh_sys", "n_lines"):
+        assert np.allclose(a[col].to_numpy(float), b[col].to_numpy(float), equal_nan=True), col
+
+
+def test_infer_on_the_cpu_gives_the_library_table(setup):
+    ens, _, sim, params, expected = setup
+    got = _quiet(infer, sim.batch, ens, params, device="cpu", batch_size=25)  # three chunks, the last one short
+    # chunks change only the MLP's float32 matrix products (another BLAS blocking): rounding, no more
+    _same(expected, got, 1e-6, 1e-6)
+
+
+def test_members_as_float64_tensors_equal_scikit_learn_and_xgboost(setup):
+    """The float64 check of the tensor trees: 1e-5 dex per member and 1e-4 dex fused at most (both far smaller)."""
+    ens, _, sim, params, expected = setup
+    got = _quiet(infer, sim.batch, ens, params, device="cpu", trees="tensor", dtype=torch.float64)
+    _same(expected, got, 1e-5, 1e-4)
+    diff = np.nanmax(np.abs(expected["feh_rf"] - got["feh_rf"]))
+    assert diff < 1e-12  # the forest's leaf means in float64: the same sums
+
+
+def test_torch_members_return_each_members_raw_output(setup):
+    ens, _, sim, params, _ = setup
+    feats = _quiet(spectra_features, sim.batch, params)
+    assert list(feats.names) == list(ens.feature_names_in_)
+    X = np.asarray(feats.X, float)
+    raw = TorchMembers(ens, "cpu", torch.float64)(X)
+    assert list(raw) == list(ens.members_)
+    for name, est in ens.members_.items():
+        assert np.allclose(raw[name], est.predict(X), rtol=0, atol=1e-5)
+
+
+def test_infer_reads_files_and_loads_a_model_folder(setup, tmp_path):
+    ens, path, sim, params, expected = setup
+    files = write_apstar(sim.batch.select(np.arange(12)), tmp_path)
+    got = _quiet(infer, files, path, params.iloc[:12], device="cpu", batch_size=5, read_threads=3)
+    # apStar files store float32 flux: the same spectra, so the same table to float32 rounding of the input
+    ref = expected.iloc[:12].reset_index(drop=True)
+    assert (got["star_id"].to_numpy() == ref["star_id"].to_numpy()).all()
+    assert np.allclose(got["feh"], ref["feh"], atol=1e-4, equal_nan=True)
+
+
+def test_infer_on_the_real_dr17_files_flags_them(setup):
+    ens, _, _, _, _ = setup
+    batch = read_apogee(example_paths())
+    params = pd.DataFrame({"star_id": ["2M17335483-2753043", "2M19485057+5005279"], "teff": [3677.0, 5226.0],
+                           "logg": [0.53, 5.0], "vmic": [1.8, 1.0]}).set_index("star_id")
+    params = params.loc[batch.meta["star_id"].astype(str)].reset_index()
+    out = _quiet(infer, batch, ens, params, device="cpu")
+    assert len(out) == 2 and (out["flag"] != "ok").all()
+    assert out["flag"].str.contains("out_of_domain").all()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"device": "tpu"}, "device 'tpu'"),
+    ({"batch_size": 0}, "batch_size = 0"),
+    ({"trees": "onnx"}, "trees 'onnx'"),
+])
+def test_bad_settings_are_clear_errors(setup, kwargs, message):
+    ens, _, sim, params, _ = setup
+    with pytest.raises(UsageError, match=message):
+        infer(sim.batch, ens, params, **kwargs)
+
+
+def test_params_must_have_one_row_per_spectrum(setup):
+    ens, _, sim, params, _ = setup
+    with pytest.raises(UsageError, match="params: 59 rows for 60 spectra"):
+        infer(sim.batch, ens, params.iloc[:59])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="only without a GPU")
+def test_asking_for_cuda_without_a_gpu_says_so():
+    with pytest.raises(UsageError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+
+
+@cuda
+def test_infer_on_cuda_agrees_with_the_cpu(setup):
+    ens, _, sim, params, expected = setup
+    got = _quiet(infer, sim.batch, ens, params, device="cuda")
+    assert got["flag"].tolist() == expected["flag"].tolist()
+    for col in MEMBER_COLUMNS:
+        assert np.allclose(expected[col], got[col], atol=2e-3, equal_nan=True), col  # float32 EWs and trees
+    assert np.allclose(expected["feh"], got["feh"], atol=2e-3, equal_nan=True)
+
+
+def test_predict_cli_takes_a_device(setup, tmp_path):
+    ens, path, sim, params, expected = setup
+    files = write_apstar(sim.batch.select(np.arange(6)), tmp_path / "spectra")
+    table = params.iloc[:6].assign(file=[f.name for f in files])
+    table.to_csv(tmp_path / "params.csv", index=False)
+    out = tmp_path / "results.csv"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FehkitWarning)
+        assert main(["predict", *map(str, files), "--model", str(path), "--params", str(tmp_path / "params.csv"),
+                     "--out", str(out), "--device", "cpu"]) == 0
+    got = pd.read_csv(out, comment="#")
+    assert np.allclose(got["feh"], expected["feh"].iloc[:6], atol=1e-4, equal_nan=True)
+    assert main(["predict", *map(str, files), "--model", str(path), "--params", str(tmp_path / "params.csv"),
+                 "--out", str(out), "--device", "nonsense"]) == 2
+
+
+def test_bench_reports_every_key_it_promises(setup, tmp_path, capsys):
+    from fehkit.bench import run_bench
+
+    ens, path, _, _, _ = setup
+    res = run_bench(24, device="cpu", model=ens, baseline_n=2, cannon=False, files=True, seed=3)
+    for key in ("device", "n", "stages", "end_to_end_spectra_per_s", "files_per_s", "baseline_spectra_per_s",
+                "speedup_vs_baseline", "ew_agreement_mA", "peak_rss_mb", "synthetic"):
+        assert key in res, key
+    assert set(res["stages"]) == {"normalize", "ew", "features", "predict"}
+    assert all(s["spectra_per_s"] > 0 for s in res["stages"].values())
+    assert res["synthetic"] is True and res["n"] == 24 and res["device"] == "cpu"
+    assert main(["bench", "--n", "12", "--device", "cpu", "--model", str(path), "--baseline-n", "1", "--no-cannon",
+                 "--no-files", "--json", str(tmp_path / "bench.json")]) == 0
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["n"] == 12 and "files_per_s" not in saved
+    assert "SYNTHETIC" in capsys.readouterr().out
