@@ -73,7 +73,7 @@ def _quick_model(seed: int) -> Any:
 
 def run_bench(n: int = 2000, *, device: str = "auto", model: Any = None, seed: int = 7, baseline_n: int = 40,
               cannon: bool = True, files: bool = True, batch_size: int | None = None,
-              progress: bool = False) -> dict:
+              stream: int = 0, progress: bool = False) -> dict:
     """Measure fehkit's speed on ``n`` synthetic spectra; return the numbers (the ``--json`` content).
 
     Parameters
@@ -91,7 +91,10 @@ def run_bench(n: int = 2000, *, device: str = "auto", model: Any = None, seed: i
     cannon, files : bool
         Also time The Cannon's test step / reading apStar files from disk.
     batch_size : int, optional
-        Spectra per chunk of :func:`~fehkit.infer.infer` (default: all ``n`` in one chunk).
+        Spectra per chunk of :func:`~fehkit.infer.infer` (default: all ``n`` in one chunk; 2,048 when streaming).
+    stream : int
+        Also stream this many spectra through :func:`~fehkit.infer.infer_chunks`, simulated a chunk at a time
+        (never all in memory): ``stream_spectra_per_s`` (inference only) and the peak memory with it.
     """
     from fehkit.baselines.curve_fit import curve_fit_baseline
     from fehkit.continuum import normalize
@@ -199,8 +202,35 @@ def run_bench(n: int = 2000, *, device: str = "auto", model: Any = None, seed: i
         res["files_per_s"] = n / t_files
         res["files_read_only_per_s"] = n / t_read
         res["files_write_seconds"] = t_write
+    if stream:
+        res.update(_stream(ens, dev, int(stream), batch_size or 2048, seed, progress))
     res["peak_rss_mb"] = _peak_rss_mb()
     return res
+
+
+def _stream(ens: Any, dev: torch.device, total: int, chunk: int, seed: int, progress: bool) -> dict:
+    """Stream ``total`` simulated spectra through infer_chunks, a chunk at a time; time the inference alone."""
+    from fehkit.infer import infer_chunks
+    from fehkit.synth import make_benchmark
+    from fehkit.training import reference_params
+
+    spent = {"simulate": 0.0}
+
+    def chunks() -> Any:
+        for k, start in enumerate(range(0, total, chunk)):
+            t0 = time.perf_counter()
+            sim = make_benchmark(min(chunk, total - start), seed=seed + 1000 + k)
+            spent["simulate"] += time.perf_counter() - t0
+            yield sim.batch, reference_params(sim.truth)
+
+    rows, t0 = 0, time.perf_counter()
+    for table in infer_chunks(chunks(), ens, device=str(dev), progress=progress, total=total):
+        rows += len(table)
+    wall = time.perf_counter() - t0
+    return {"stream_n": rows, "stream_chunk": chunk, "stream_seconds": wall - spent["simulate"],
+            "stream_simulate_seconds": spent["simulate"],
+            "stream_spectra_per_s": rows / max(wall - spent["simulate"], 1e-9),
+            "stream_peak_rss_mb": _peak_rss_mb()}
 
 
 def _cannon_speed(norm: Any, seed: int) -> dict:
@@ -236,6 +266,10 @@ def summary(res: dict) -> str:
     if res.get("cannon_spectra_per_s"):
         lines.append(f"  The Cannon's test step {res['cannon_spectra_per_s']:.0f} spectra/s: fehkit end to end is "
                      f"{res['speedup_vs_cannon']:.1f}x that")
+    if "stream_n" in res:
+        lines.append(f"  streamed {res['stream_n']} spectra in chunks of {res['stream_chunk']}: "
+                     f"{res['stream_spectra_per_s']:.0f} spectra/s (simulating them took another "
+                     f"{res['stream_simulate_seconds']:.0f} s)")
     lines.append(f"  peak memory {res['peak_rss_mb']:.0f} MB; EW engine vs reference {res['ew_agreement_mA']:.4f} mA")
     return "\n".join(lines)
 

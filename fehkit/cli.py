@@ -306,6 +306,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cannon", action="store_true", help="skip The Cannon's test step")
     p.add_argument("--no-files", action="store_true", help="skip writing and reading apStar files")
     p.add_argument("--seed", type=int, default=7, help="seed of the simulated spectra (default %(default)s)")
+    p.add_argument("--stream", type=int, default=0, metavar="M", help="also stream M spectra, simulated a chunk "
+                   "at a time, through fehkit.infer.infer_chunks, and report the peak memory with it")
+    p.add_argument("--batch-size", type=int, default=None, help="spectra per chunk (default: N in one chunk; 2048 "
+                   "when streaming)")
     p.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
     p.set_defaults(func=_bench)
 
@@ -505,7 +509,8 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json is not None:
         check_output_file(args.json)
     res = run_bench(args.n, device=args.device, model=args.model, seed=args.seed, baseline_n=args.baseline_n,
-                    cannon=not args.no_cannon, files=not args.no_files, progress=False)
+                    cannon=not args.no_cannon, files=not args.no_files, stream=args.stream,
+                    batch_size=args.batch_size, progress=args.stream > 0)
     res["command"] = args.command_line
     print(summary(res))
     if args.json is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from fehkit.errors import FehkitWarning, UsageError
 from fehkit.models.ensemble import FeHEnsemble
 from fehkit.spectra import SpectrumBatch
 
-__all__ = ["TorchMembers", "infer", "resolve_device"]
+__all__ = ["TorchMembers", "infer", "infer_chunks", "resolve_device"]
 
 #: Spectra per chunk by default: bounds the memory (~0.3 MB a spectrum through the path) and feeds a GPU well.
 DEFAULT_BATCH_SIZE = 2048
@@ -145,17 +145,11 @@ def infer(
     >>> sim = make_benchmark(60, seed=4)
     >>> # infer(sim.batch, "fehkit-demo/model", reference_params(sim.truth), device="auto")
     """
-    from fehkit.training import PREDICT_COLUMNS, predict_spectra
+    from fehkit.training import PREDICT_COLUMNS
 
     if int(batch_size) < 1:
         raise UsageError(f"batch_size = {batch_size}: expected a positive number of spectra per chunk")
-    dev = resolve_device(device)
-    ens = model if isinstance(model, FeHEnsemble) else FeHEnsemble.load(model, device=str(dev))
-    if trees not in ("auto", "tensor", "library"):
-        raise UsageError(f"trees {trees!r}: expected 'auto', 'tensor' or 'library'")
-    use_tensors = trees == "tensor" or (trees == "auto" and dev.type != "cpu")
-    members = TorchMembers(ens, dev, dtype or (torch.float64 if dev.type == "cpu" else torch.float32)) \
-        if use_tensors else None
+    run = _Runner(model, device, dtype, trees)
     params = pd.DataFrame(params).reset_index(drop=True)
     if isinstance(spectra, SpectrumBatch):
         n, paths = spectra.n_spectra, None
@@ -168,19 +162,66 @@ def infer(
     show = len(starts) > 1 if progress is None else progress
     bar = _bar(n, show)
     parts = []
-    ew_backend = "torch" if dev.type == "cuda" else "numpy"
     with ThreadPoolExecutor(read_threads or min(8, os.cpu_count() or 1)) as pool:
         for start in starts:
             stop = min(start + int(batch_size), n)
             batch = spectra.select(np.arange(start, stop)) if paths is None else _read(paths[start:stop], pool)
-            parts.append(predict_spectra(ens, batch, params.iloc[start:stop].reset_index(drop=True),
-                                         member_predictor=members, backend=ew_backend, device=str(dev)))
+            parts.append(run(batch, params.iloc[start:stop].reset_index(drop=True)))
             bar.update(stop - start)
     bar.close()
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=object if c in ("star_id", "flag", "flag_reason") else float)
                              for c in PREDICT_COLUMNS})
     return pd.concat(parts, ignore_index=True)
+
+
+def infer_chunks(
+    chunks: Iterable[tuple[SpectrumBatch, pd.DataFrame]],
+    model: FeHEnsemble | str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    dtype: torch.dtype | None = None,
+    trees: str = "auto",
+    progress: bool = False,
+    total: int | None = None,
+) -> Iterator[pd.DataFrame]:
+    """Stream: for each ``(batch, params)`` of ``chunks``, yield its results table (as :func:`infer` makes it).
+
+    Only one chunk is held at a time, so a catalogue of any size runs in the memory of one chunk (plus the
+    model): e.g. a generator that reads or simulates spectra a chunk at a time. ``total`` (spectra) sizes the
+    progress bar.
+    """
+    run = _Runner(model, device, dtype, trees)
+    bar = _bar(total, progress)
+    for batch, params in chunks:
+        params = pd.DataFrame(params).reset_index(drop=True)
+        if len(params) != batch.n_spectra:
+            raise UsageError(f"params: {len(params)} rows for a chunk of {batch.n_spectra} spectra; expected one "
+                             "row per spectrum, in order")
+        yield run(batch, params)
+        bar.update(batch.n_spectra)
+    bar.close()
+
+
+class _Runner:
+    """The model on its device, and the path from one chunk of spectra to its results table."""
+
+    def __init__(self, model: FeHEnsemble | str | os.PathLike[str], device: str, dtype: torch.dtype | None,
+                 trees: str) -> None:
+        if trees not in ("auto", "tensor", "library"):
+            raise UsageError(f"trees {trees!r}: expected 'auto', 'tensor' or 'library'")
+        self.device = resolve_device(device)
+        self.ensemble = model if isinstance(model, FeHEnsemble) else FeHEnsemble.load(model, device=str(self.device))
+        use_tensors = trees == "tensor" or (trees == "auto" and self.device.type != "cpu")
+        default = torch.float64 if self.device.type == "cpu" else torch.float32
+        self.members = TorchMembers(self.ensemble, self.device, dtype or default) if use_tensors else None
+        self.ew_backend = "torch" if self.device.type == "cuda" else "numpy"
+
+    def __call__(self, batch: SpectrumBatch, params: pd.DataFrame) -> pd.DataFrame:
+        from fehkit.training import predict_spectra
+
+        return predict_spectra(self.ensemble, batch, params, member_predictor=self.members,
+                               backend=self.ew_backend, device=str(self.device))
 
 
 def _read(paths: Sequence[Path], pool: ThreadPoolExecutor) -> SpectrumBatch:

@@ -172,3 +172,15 @@ def test_bench_reports_every_key_it_promises(setup, tmp_path, capsys):
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["n"] == 12 and "files_per_s" not in saved
     assert "SYNTHETIC" in capsys.readouterr().out
+
+
+def test_infer_chunks_streams_one_table_per_chunk(setup):
+    from fehkit.infer import infer_chunks
+
+    ens, _, sim, params, expected = setup
+    chunks = ((sim.batch.select(np.arange(a, a + 20)), params.iloc[a:a + 20]) for a in range(0, 60, 20))
+    tables = list(_quiet(lambda: list(infer_chunks(chunks, ens, device="cpu"))))
+    assert [len(t) for t in tables] == [20, 20, 20]
+    _same(expected, pd.concat(tables, ignore_index=True), 1e-6, 1e-6)
+    with pytest.raises(UsageError, match="19 rows for a chunk of 20"):
+        list(infer_chunks([(sim.batch.select(np.arange(20)), params.iloc[:19])], ens, device="cpu"))
