@@ -66,7 +66,7 @@ def test_reproduces_the_reference_ew_table_within_3_percent(cog):
 
 
 def test_interpolation_matches_direct_moog_runs_off_the_nodes(cog):
-    """134 random off-node points computed directly with MOOG by the build tool (EW > 1 mA compared)."""
+    """150 random off-node points computed directly with MOOG by the build tool (EW > 1 mA compared)."""
     p, ew_moog = cog.validation_params, cog.validation_ew
     assert len(p) >= 100
     ew = cog.ew(p[:, 0], p[:, 1], p[:, 2], p[:, 3], p[:, 4])
@@ -74,9 +74,10 @@ def test_interpolation_matches_direct_moog_runs_off_the_nodes(cog):
     rel = np.abs(ew / ew_moog - 1)
     dex = np.abs(np.log10(ew / ew_moog))  # an EW error of x dex is <= x dex in [Fe/H] (slope <= 1)
     clean = ~filled[:, None] & (ew_moog > 1.0)
-    # measured when the grid was built: median 0.9%, 95th percentile 2.7%, worst 0.046 dex (a 4000 K dwarf)
+    # measured when the grid was built: median 0.9%, 95th percentile 4.3%, worst 0.046 dex (a 4000 K dwarf). The
+    # cool dwarfs (Teff <= 5400, log g >= 3) interpolate worst (95th percentile 5.2%; 2.6% elsewhere)
     assert np.median(rel[clean]) < 0.015
-    assert np.percentile(rel[clean], 95) < 0.04
+    assert np.percentile(rel[clean], 95) < 0.05
     assert dex[~filled].max() < 0.06
     # points whose interpolation draws on filled nodes: median 2%, 95th percentile 8%, worst 0.037 dex
     near = filled[:, None] & (ew_moog > 1.0)
@@ -122,21 +123,21 @@ def test_inversion_flags_what_has_no_abundance(cog):
     assert abs(feh[4, 0] + 3.0) < 0.01
 
 
-def test_filled_nodes_are_the_two_known_failure_regions(cog):
+def test_filled_nodes_are_the_warm_low_gravity_corner(cog):
     assert cog.filled.any()
-    t, g, f = np.nonzero(cog.filled.any(axis=(3, 4)))
-    teff, logg, feh = cog.teff[t], cog.logg[g], cog.feh[f]
-    low_g = logg <= 1.0 + 0.5 * (teff >= 5700) + 0.5 * (teff >= 6600)  # atmosnet non-monotonic above tau 30
-    cool_dwarf = (logg >= 3.0) & (teff <= 5400) & (feh <= -1.0 + (teff < 4000))  # MOOG: zero EWs
-    assert np.all(low_g | cool_dwarf)
-    assert cog.filled[cog.teff == 5400][:, cog.logg == 0.5].all()
+    t, g, _ = np.nonzero(cog.filled.any(axis=(3, 4)))
+    teff, logg = cog.teff[t], cog.logg[g]
+    low_g = logg <= 0.5 + 0.5 * (teff >= 5100) + 0.5 * (teff >= 6000)  # atmosnet non-monotonic above tau 10
+    assert np.all(low_g)
+    assert not cog.filled[:, cog.logg >= 3.0].any()  # cool metal-poor dwarfs are computed
+    assert cog.filled[cog.teff == 6000][:, cog.logg == 0.5].all()
     assert not cog.filled[cog.teff == 4800][:, cog.logg == 1.5].any()
     assert cog.in_filled_region(5400, 0.5, 2.0, 0.4).any()
     assert not cog.in_filled_region(4800, 1.5, 2.0, 0.4).any()
 
 
 def test_benchmark_stars_touching_filled_nodes(cog):
-    """Only giants near the RGB tip (log g < 1.5) and cool dwarfs draw on filled nodes (~15% of stars)."""
+    """Only giants near the RGB tip (log g < 1.5) draw on filled nodes (~1% of stars)."""
     from fehkit.synth import draw_population
 
     pop = draw_population(3000, np.random.default_rng(0))
@@ -242,8 +243,8 @@ def test_sme_grid_clips_with_a_warning_and_knows_its_filled_nodes(sme):
 def test_filled_nodes_table_lists_every_filled_node(cog):
     t = cog.filled_nodes()
     assert t.n_filled.sum() == cog.filled.sum()
-    row = t[(t.teff == 4500) & (t.logg == 0.5) & (t.alpha_fe == 0.4)].iloc[0]
-    assert row.feh == "-3.25..-0.5" and row.vmic == "all"
+    row = t[(t.teff == 4800) & (t.logg == 0.5) & (t.alpha_fe == 0.4)].iloc[0]
+    assert row.feh == "-5..-3.5, -2.75..-2.25" and row.vmic == "all"
     assert not ((t.teff == 4800) & (t.logg == 1.5)).any()
 
 
@@ -253,8 +254,8 @@ def test_benchmark_touching_filled_nodes_is_counted():
 
     pop = draw_population(1500, np.random.default_rng(11))
     touch = CurveOfGrowth.load().touches_filled(pop.teff, pop.logg, pop.feh, pop.vmic, pop.alpha_fe)
-    assert int(touch.sum()) == 225
-    assert (pop.logg[touch] < 1.5).sum() == 205
+    assert int(touch.sum()) == 18
+    assert (pop.logg[touch] < 1.5).sum() == 18
 
 
 def test_physics_systematic_is_small_for_detected_stars_and_nan_otherwise(cog):

