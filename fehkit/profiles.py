@@ -64,22 +64,33 @@ def faddeeva(x: Any, y: Any) -> tuple[Any, Any]:
     >>> bool(np.max(np.abs(re + 1j * im - wofz(x + 1j * y))) < 1e-5)
     True
     """
+    return _faddeeva(x, y, True)
+
+
+def _faddeeva(x: Any, y: Any, imag: bool) -> tuple[Any, Any]:
+    """:func:`faddeeva`; without ``imag`` the imaginary part is not computed (None)."""
     big_l, coef = weideman_coefficients()
-    # L + iz = (L - y) + ix ;  L - iz = (L + y) - ix
-    ar, ai = big_l - y, x
-    br, bi = big_l + y, -x
-    den = br * br + bi * bi
-    zr = (ar * br + ai * bi) / den          # Z = (L + iz) / (L - iz)
-    zi = (ai * br - ar * bi) / den
-    pr = zr * coef[0] + coef[1]             # Horner's rule in complex arithmetic
+    # L + iz = (L - y) + ix ;  L - iz = (L + y) - ix. The operations (and so the roundings) are those of complex
+    # arithmetic written out, with -x x taken as -(x x) and so on: exact in floating point
+    ar, br = big_l - y, big_l + y
+    xx = x * x
+    den = br * br + xx
+    zr = (ar * br - xx) / den               # Z = (L + iz) / (L - iz)
+    zi = (x * br + ar * x) / den
+    pr = zr * coef[0] + coef[1]             # Horner's rule in complex arithmetic, in place: p <- p Z + c
     pi = zi * coef[0]
     for c in coef[2:]:
-        pr, pi = pr * zr - pi * zi + c, pr * zi + pi * zr
+        t = pr * zi                         # Im(p Z) = pr zi + pi zr
+        pr *= zr                            # Re(p Z) = pr zr - pi zi
+        pr -= pi * zi
+        pr += c
+        pi *= zr
+        pi += t
     # 1 / (L - iz) and its square
-    ur, ui = br / den, -bi / den
+    ur, ui = br / den, x / den
     u2r, u2i = ur * ur - ui * ui, 2.0 * ur * ui
     re = 2.0 * (pr * u2r - pi * u2i) + ur / _SQRT_PI
-    im = 2.0 * (pr * u2i + pi * u2r) + ui / _SQRT_PI
+    im = 2.0 * (pr * u2i + pi * u2r) + ui / _SQRT_PI if imag else None
     return re, im
 
 
@@ -103,7 +114,7 @@ def voigt(x: Any, sigma: Any, gamma: Any) -> Any:
     >>> bool(np.allclose(voigt(x, 0.3, 0.01), voigt_profile(x, 0.3, 0.01), rtol=0, atol=1e-4))
     True
     """
-    re, _ = faddeeva(x / (sigma * _SQRT_2), gamma / (sigma * _SQRT_2))
+    re, _ = _faddeeva(x / (sigma * _SQRT_2), gamma / (sigma * _SQRT_2), False)
     return re / (sigma * _SQRT_2PI)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -195,7 +196,7 @@ def measure_ew(
                      detection_sigma=detection_sigma, mc_draws=mc_draws, systematic_mA=systematic_mA,
                      telluric_sigma=telluric_sigma, seed=seed, resolution=resolution, half_width=half_width,
                      chunk=chunk)
-    lines = (load_linelist() if lines is None else lines).reset_index(drop=True)
+    lines = (_packaged_lines().copy() if lines is None else lines).reset_index(drop=True)
     if batch.flux_unit != "":
         batch = normalize(batch, lines=lines).batch
     n = batch.n_spectra
@@ -232,6 +233,12 @@ def measure_ew(
             "free_shape_snr": free_shape_snr, "mc_draws": mc_draws, "half_width_pix": half_width,
             "resolution": resolution}
     return EWTable(star_id=star_id, lines=lines, detection_sigma=detection_sigma, info=info, **res)
+
+
+@lru_cache(maxsize=1)
+def _packaged_lines() -> pd.DataFrame:
+    """Return the packaged line list, read and checked once per process (callers take a copy)."""
+    return load_linelist()
 
 
 def static_blends(lines: pd.DataFrame, sigma: float = 0.30, threshold: float = 0.05) -> np.ndarray:
@@ -289,7 +296,7 @@ def _measure_block(
     lin = linear_fit(xp, x, y, w0, zero, s_exp, g)
     for _ in range(2):
         wt = _clip_outliers(x, y, w0, lin["model"], in_core)
-        lin = linear_fit(xp, x, y, wt, zero, s_exp, g)
+        lin = linear_fit(xp, x, y, wt, zero, s_exp, g, v=lin["v"])       # the same shape: the same profile
     snr0 = _ratio(lin["ew"], lin["err"])
 
     # 2. the clearly detected lines get their own centre and width, then their own outlier clipping
@@ -309,7 +316,7 @@ def _measure_block(
     p, _, _, _ = levenberg_marquardt(xp, xs, ys, w0[s_idx], p, lo, hi, free, 10)
     wt[s_idx] = _clip_outliers(xs, ys, w0[s_idx], voigt_model(xs, p), in_core[s_idx])
     # refit from the expected shape: an outlier can have led the first fit astray
-    restart = linear_fit(xp, xs, ys, wt[s_idx], zero[s_idx], s_exp[s_idx], g[s_idx])
+    restart = linear_fit(xp, xs, ys, wt[s_idx], zero[s_idx], s_exp[s_idx], g[s_idx], v=lin["v"][s_idx])
     p[:, C0], p[:, EW], p[:, DL], p[:, SIG] = restart["c0"], restart["ew"], zero[s_idx], s_exp[s_idx]
     p = np.clip(p, lo, hi)
     # the last polish in float64: ill-conditioned fits (errors of tens of mA) then end at the same point on every
@@ -480,19 +487,7 @@ def _rv_scan(x: np.ndarray, y: np.ndarray, w: np.ndarray, sig: np.ndarray, lam: 
     """
     step = 2.0
     grid = np.arange(-3 * rv_tol, 3 * rv_tol + 0.5 * step, step)
-    s0, ty = w.sum(axis=1), (w * y).sum(axis=1)
-    gain = np.zeros((x.shape[0], grid.size), np.float32)
-    inv = -0.5 / (sig * sig)[:, None]
-    for j, v in enumerate(grid):
-        u = x - (lam * v / SPEED_OF_LIGHT_KMS)[:, None]
-        prof = np.exp(u * u * inv)
-        wp = w * prof
-        s1, s2, tv = wp.sum(axis=1), (wp * prof).sum(axis=1), (wp * y).sum(axis=1)
-        det = s0 * s2 - s1 * s1
-        ok = det > 0
-        depth = np.where(ok, (s1 * ty - s0 * tv) / np.where(ok, det, 1.0), 0.0)
-        var = np.where(ok, s0 / np.where(ok, det, 1.0), np.inf)
-        gain[:, j] = np.where(depth > 0, depth * depth / var, 0.0)
+    gain = _rv_gain(x, y, w, sig, lam, grid, step)
     peak_rv = grid[np.argmax(gain, axis=1)]
     significant = gain.max(axis=1) >= 25.0
     out = significant & (np.abs(peak_rv) > rv_tol + 1e-6)
@@ -503,6 +498,54 @@ def _rv_scan(x: np.ndarray, y: np.ndarray, w: np.ndarray, sig: np.ndarray, lam: 
         n_cluster = (np.abs(v - np.median(v)) <= 4.0).sum()
         beyond[i] = n_cluster >= 3 and n_cluster >= 0.5 * n_sig[i]
     return beyond
+
+
+def _rv_gain(x: np.ndarray, y: np.ndarray, w: np.ndarray, sig: np.ndarray, lam: np.ndarray, grid: np.ndarray,
+             step: float, block: int = 256) -> np.ndarray:
+    """Chi-square gain (n_fits, n_grid) of a Gaussian line of width ``sig`` at each trial velocity of ``grid``.
+
+    The profiles of all trial velocities (an evenly spaced grid) come from one recurrence in float64: with ``u`` the
+    offset from the first trial centre and ``delta`` the grid step (A), ``P_j+1 = P_j q_j`` and ``q_j+1 = q_j rho``,
+    ``q_0 = exp(a (delta^2 - 2 u delta))``, ``rho = exp(2 a delta^2)``, ``a = -1 / (2 sig^2)``: two exponentials a
+    pixel instead of one per trial velocity. The weighted sums are one batched matrix product. Fits whose profile
+    would underflow somewhere in the window take the exponential at every trial velocity.
+    """
+    n, nw = x.shape
+    ng = grid.size
+    s0, ty = w.sum(axis=1), (w * y).sum(axis=1)
+    a_all = (-0.5 / (sig.astype(np.float64) ** 2))
+    gain = np.zeros((n, ng), np.float32)
+    for b0 in range(0, n, block):
+        sl = slice(b0, min(b0 + block, n))
+        xb, wb, a = x[sl].astype(np.float64), w[sl].astype(np.float64), a_all[sl][:, None]
+        d0 = (lam[sl] * grid[0] / SPEED_OF_LIGHT_KMS)[:, None]
+        delta = (lam[sl] * step / SPEED_OF_LIGHT_KMS)[:, None]
+        u = xb - d0
+        stack = np.empty((ng, xb.shape[0], nw))                                           # (G, k, W)
+        stack[0] = np.exp(a * u * u)
+        q = np.exp(a * (delta * delta - 2.0 * u * delta))
+        rho = np.exp(2.0 * a * delta * delta)
+        for j in range(1, ng):
+            np.multiply(stack[j - 1], q, out=stack[j])
+            q *= rho
+        prof = stack.transpose(1, 0, 2)                                                  # (k, G, W) view
+        # far from the line the recurrence would start from an underflowed (or subnormal) value: compute directly
+        reach = np.maximum(np.abs(u).max(axis=1), np.abs(u - (ng - 1) * delta).max(axis=1))
+        direct = np.flatnonzero(-a[:, 0] * reach * reach > 600.0)
+        if direct.size:
+            off = xb[direct][:, None, :] - (lam[sl][direct, None] * grid[None] / SPEED_OF_LIGHT_KMS)[:, :, None]
+            prof[direct] = np.exp(off * off * a[direct, :, None])
+        sums = np.matmul(prof, np.stack([wb, wb * y[sl]], axis=-1))                      # (k, G, 2)
+        s1, tv = sums[..., 0], sums[..., 1]
+        stack *= stack
+        s2 = np.matmul(prof, wb[:, :, None])[..., 0]
+        s0b, tyb = s0[sl, None], ty[sl, None]
+        det = s0b * s2 - s1 * s1
+        ok = det > 0
+        depth = np.where(ok, (s1 * tyb - s0b * tv) / np.where(ok, det, 1.0), 0.0)
+        var = np.where(ok, s0b / np.where(ok, det, 1.0), np.inf)
+        gain[sl] = np.where(depth > 0, depth * depth / var, 0.0)
+    return gain
 
 
 def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -586,7 +629,7 @@ def _clip_outliers(x: np.ndarray, y: np.ndarray, w: np.ndarray, model: np.ndarra
     wing_z = np.where((w > 0) & ~core, z, np.nan)
     all_nan = ~np.isfinite(wing_z).any(axis=1)
     wing_z[all_nan] = 0.0
-    z = z - np.nanmedian(wing_z, axis=1)[:, None]
+    z = z - _nanmedian_rows(wing_z)[:, None]
     high = z > 5.0
     low = (z < -3.0) & ~core
     low[:, 1:] |= low[:, :-1].copy()
@@ -596,6 +639,16 @@ def _clip_outliers(x: np.ndarray, y: np.ndarray, w: np.ndarray, model: np.ndarra
     crowded = low.sum(axis=1) > 0.5 * wing
     low[crowded] = False
     return np.where(high | low, 0.0, w).astype(np.float32)
+
+
+def _nanmedian_rows(a: np.ndarray) -> np.ndarray:
+    """Median of each row of ``a`` over its non-NaN values, as ``np.nanmedian(a, axis=1)`` (the same numbers)."""
+    s = np.sort(a, axis=1)                              # NaNs last
+    n = (~np.isnan(a)).sum(axis=1)
+    h = n // 2
+    lo = np.where(n % 2 == 1, h, np.maximum(h - 1, 0))
+    rows = np.arange(a.shape[0])
+    return (s[rows, lo] + s[rows, np.minimum(h, a.shape[1] - 1)]) / a.dtype.type(2)
 
 
 def window_pixels(wave: np.ndarray, lines: pd.DataFrame,
