@@ -37,8 +37,10 @@ from bokeh.layouts import row
 from bokeh.resources import INLINE
 
 from fehkit.benchmark import run_benchmark
+from fehkit.infer import infer
 from fehkit.models import FeHEnsemble
 from fehkit.plots import binned_mae_figure, model_label, model_stats, one_to_one_figure
+from fehkit.training import reference_params
 from fehkit.widgets import FeHExplorer
 
 output_notebook(INLINE, hide_banner=True)  # INLINE: plots work offline too
@@ -117,16 +119,18 @@ FeHExplorer(run)
 # %% [markdown]
 # ## Saving and loading the model
 #
-# `FeHEnsemble.save` writes no pickles: the forest with skops, XGBoost as JSON, the network as safetensors, and `card.json` with the versions, the features, the weights and each file's SHA-256. Loaded back, it predicts the same test stars exactly.
+# `FeHEnsemble.save` writes no pickles: the forest with skops, XGBoost as JSON, the network as safetensors, and `card.json` with the versions, the features, the weights and each file's SHA-256. Loaded back, it predicts the same test stars: here from their spectra, with `fehkit.infer.infer`, the one helper that runs the whole path (continuum, EWs, features, members, flags) on the CPU, or on a GPU with `device="cuda"` (`"auto"` picks one when torch sees it).
 
 # %%
 # NBVAL_CHECK_OUTPUT
 folder = tempfile.TemporaryDirectory()
 model_dir = run.ensemble.save(Path(folder.name) / 'model')
 print(sorted(p.name for p in model_dir.iterdir()))
-test = run.features.select(run.sim.truth['split'].to_numpy() == 'test')
+is_test = run.sim.truth['split'].to_numpy() == 'test'
 loaded = FeHEnsemble.load(model_dir)
-print('same predictions:', np.allclose(loaded.predict(test)['feh'], pred['feh'], equal_nan=True))
+again = infer(run.sim.batch.select(np.flatnonzero(is_test)), loaded, reference_params(run.sim.truth)[is_test],
+              device='cpu')
+print('same predictions:', np.allclose(again['feh'], pred['feh'], equal_nan=True))
 
 # %% [markdown]
 # A model someone sends you is code you would run, so `load` checks every file against the card before reading it. One extra byte at the end of the XGBoost file:
