@@ -194,7 +194,7 @@ def run_bench(n: int = 2000, *, device: str = "auto", model: Any = None, seed: i
             t_write = time.perf_counter()
             paths = write_apstar(sim.batch, tmp)
             t_write = time.perf_counter() - t_write
-            t_files, _ = _timed(lambda: infer(paths, ens, params, device=str(dev), batch_size=batch_size or n,
+            t_files, _ = _timed(lambda: infer(paths, ens, params, device=str(dev), batch_size=batch_size or 250,
                                               progress=progress))
             from fehkit.io import read_apogee
 

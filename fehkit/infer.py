@@ -17,7 +17,6 @@ Without a GPU everything runs on the CPU; ``device="auto"`` takes CUDA when torc
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fehkit.errors import FehkitWarning, UsageError
+from fehkit.errors import UsageError
 from fehkit.models.ensemble import FeHEnsemble
 from fehkit.spectra import SpectrumBatch
 
@@ -225,14 +224,14 @@ class _Runner:
 
 
 def _read(paths: Sequence[Path], pool: ThreadPoolExecutor) -> SpectrumBatch:
-    """Read files in parallel threads into one batch, in order (a bad file raises, naming it)."""
+    """Read files in parallel threads into one batch, in order (a bad file raises, naming it).
+
+    The reading threads' warnings reach the caller as any warning does (Python's warning capture is one global
+    state, not a thing for threads to enter and leave).
+    """
     from fehkit.io import read_apogee
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", FehkitWarning)
-        batches = list(pool.map(read_apogee, paths))
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    batches = list(pool.map(read_apogee, paths))
     return SpectrumBatch.concat(batches) if len(batches) > 1 else batches[0]
 
 
