@@ -534,6 +534,10 @@ def _batch(args: argparse.Namespace) -> int:
                       params=args.params, overwrite=args.overwrite, progress=not args.quiet, workers=args.workers,
                       command=args.command_line)
     res, info = run.results, run.info
+    from fehkit.models.persist import read_card
+
+    if read_card(args.model).get("synthetic"):
+        print("note: this model was trained on SYNTHETIC spectra", file=sys.stderr)
     errors = res[res["error"] != ""]
     for path, error in zip(errors["path"][:10], errors["error"][:10], strict=True):
         print(f"{path}: {error}", file=sys.stderr)

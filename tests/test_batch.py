@@ -247,6 +247,7 @@ def test_cli_files_with_params_on_its_own_local_cluster(catalog, model, tmp_path
     captured = capsys.readouterr()
     assert "wrote" in captured.out and "results.parquet: 30 spectra" in captured.out
     assert "1 file(s) could not be predicted" in captured.err and BAD[7] in captured.err
+    assert "trained on SYNTHETIC spectra" in captured.err  # as fehkit predict says it
     res = pd.read_parquet(out / "results.parquet")
     assert res["path"].tolist() == files and (res["error"] != "").sum() == 1
     info = json.loads((out / "run.json").read_text())
