@@ -34,6 +34,7 @@ from scipy.special import ndtr
 
 from fehkit.display import counts, html_summary, text_summary
 from fehkit.errors import FehkitError
+from fehkit.float32 import at_least, at_most
 from fehkit.lines import load_linelist
 from fehkit.spectra import CHIPS, SpectrumBatch
 
@@ -301,7 +302,7 @@ def _fit_chip(
         lim = (low, high) if it > 0 else (np.inf, np.inf)
         wscale = _clipped_scale(resid, wkeep, *lim)
         # resid > -low * scale and resid < high * scale, compared in float32 (to the same result, twice as fast)
-        new_keep = (resid > _f32_at_most(-low * wscale)[:, None]) & (resid < _f32_at_least(high * wscale)[:, None])
+        new_keep = (resid > at_most(-low * wscale)[:, None]) & (resid < at_least(high * wscale)[:, None])
         new_keep &= wallowed
         # converged once (almost) no pixel changes side: a few noise pixels can flip at the limits forever
         flip = new_keep != wkeep
@@ -379,18 +380,6 @@ def _clipped_scale(resid: np.ndarray, keep: np.ndarray, low: float, high: float)
         rms = np.sqrt(squares.sum(axis=1) / n_kept)
     scale = rms / np.sqrt(second_moment)
     return np.clip(np.where(np.isfinite(scale), scale, 1.0), 0.3, 10.0)
-
-
-def _f32_at_most(t: np.ndarray) -> np.ndarray:
-    """Return the largest float32 <= each value: for float32 x, ``x > t`` and ``x > result`` agree."""
-    t32 = t.astype(np.float32)
-    return np.where(t32 > t, np.nextafter(t32, np.float32(-np.inf)), t32)
-
-
-def _f32_at_least(t: np.ndarray) -> np.ndarray:
-    """Return the smallest float32 >= each value: for float32 x, ``x < t`` and ``x < result`` agree."""
-    t32 = t.astype(np.float32)
-    return np.where(t32 < t, np.nextafter(t32, np.float32(np.inf)), t32)
 
 
 def _normal_pdf(x: float | np.ndarray) -> float | np.ndarray:

@@ -66,6 +66,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fehkit.float32 import at_most
+
 __all__ = ["TensorTrees"]
 
 #: XGBoost objectives whose prediction is the raw margin (identity link): the only ones converted.
@@ -174,7 +176,7 @@ class TensorTrees:
             missing = getattr(t, "missing_go_to_left", None)
             missing = np.zeros(len(left), bool) if missing is None else np.asarray(missing).astype(bool)
             trees.append({"feature": np.asarray(t.feature, np.int64), "left": left, "right": right,
-                          "threshold": _f32_at_most(np.asarray(t.threshold, np.float64)),
+                          "threshold": at_most(np.asarray(t.threshold, np.float64)),
                           "missing_left": missing, "value": np.asarray(t.value, np.float64)[:, 0, 0]})
         n_features = getattr(forest, "n_features_in_", None)
         return cls._pack(trees, average=True, base_score=0.0, n_features=n_features, device=device)
@@ -358,15 +360,6 @@ class TensorTrees:
         kind = "forest" if self.average else f"boosted, base_score {self.base_score:.6g}"
         return (f"TensorTrees({self.n_trees} trees, {self.n_nodes} nodes each, depth {self.depth}, {kind}, "
                 f"{self.device})")
-
-
-def _f32_at_most(t: np.ndarray) -> np.ndarray:
-    """Round float64 thresholds down to float32: ``x <= t`` and ``x <= result`` agree for every float32 x."""
-    with np.errstate(over="ignore"):
-        t32 = t.astype(np.float32)
-    up = t32.astype(np.float64) > t
-    t32[up] = np.nextafter(t32[up], np.float32(-np.inf), dtype=np.float32)
-    return t32
 
 
 def _augment(x32: torch.Tensor) -> torch.Tensor:
