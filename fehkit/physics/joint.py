@@ -475,11 +475,6 @@ def _inputs(ew_mA: Any, ew_err_mA: Any, usable: Any, cog: CurveOfGrowth,
     return ew, err, usable & np.isfinite(ew) & np.isfinite(err) & (err > 0)
 
 
-def _at(a: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """``a[i, k[i], :]`` for every star i."""
-    return a[np.arange(a.shape[0]), k, :]
-
-
 def _crossing(delta: np.ndarray, k: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     """[Fe/H] below and above the minimum where ``delta`` first reaches ``level`` (grid ends if never)."""
     n, g = delta.shape
