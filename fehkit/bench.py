@@ -35,11 +35,11 @@ import torch
 
 from fehkit.errors import FehkitWarning
 
-__all__ = ["run_bench"]
+__all__ = ["best_time", "run_bench"]
 
 
-def _timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
-    """Best wall time of ``repeat`` calls, and the last result."""
+def best_time(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
+    """Return the best wall time of ``repeat`` calls of ``fn`` and the last result."""
     best, out = np.inf, None
     for _ in range(max(1, repeat)):
         t0 = time.perf_counter()
@@ -96,34 +96,41 @@ def run_bench(n: int = 2000, *, device: str = "auto", model: Any = None, seed: i
         Also stream this many spectra through :func:`~fehkit.infer.infer_chunks`, simulated a chunk at a time
         (never all in memory): ``stream_spectra_per_s`` (inference only) and the peak memory with it.
     """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FehkitWarning)  # grid-edge notes of simulated stars are not the subject here
+        return _run(n, device=device, model=model, seed=seed, baseline_n=baseline_n, cannon=cannon, files=files,
+                    batch_size=batch_size, stream=stream, progress=progress)
+
+
+def _run(n: int, *, device: str, model: Any, seed: int, baseline_n: int, cannon: bool, files: bool,
+         batch_size: int | None, stream: int, progress: bool) -> dict:
+    """:func:`run_bench` itself (which holds the warning filter around it)."""
     from fehkit.baselines.curve_fit import curve_fit_baseline
     from fehkit.continuum import normalize
     from fehkit.ew import measure_ew
     from fehkit.features import build_features
-    from fehkit.infer import TorchMembers, infer, resolve_device
+    from fehkit.infer import _Runner, infer, resolve_device
     from fehkit.io import write_apstar
     from fehkit.models.ensemble import FeHEnsemble
     from fehkit.synth import make_benchmark
     from fehkit.training import reference_params
 
     dev = resolve_device(device)
-    warnings.simplefilter("ignore", FehkitWarning)  # grid-edge notes of simulated stars are not the subject here
     t_model = time.perf_counter()
     ens = _quick_model(seed + 1) if model is None else (
         model if isinstance(model, FeHEnsemble) else FeHEnsemble.load(model, device=str(dev)))
     t_model = time.perf_counter() - t_model
     sim = make_benchmark(n, seed=seed)
     params = reference_params(sim.truth)
-    # as infer(trees="auto") runs them: torch tensors on a GPU, scikit-learn/XGBoost on the CPU
-    members = TorchMembers(ens, dev, torch.float32) if dev.type != "cpu" else None
-    backend = "torch" if dev.type == "cuda" else "numpy"
+    runner = _Runner(ens, str(dev), None, "auto")  # the members and EW backend infer(trees="auto") uses here
+    members, backend = runner.members, runner.ew_backend
     snr = sim.batch.meta["snr"].to_numpy(float)
 
     # warm up (imports, torch kernels, caches) on a few spectra
     infer(sim.batch.select(np.arange(min(n, 8))), ens, params.iloc[:min(n, 8)], device=str(dev), progress=False)
 
     stages: dict[str, dict] = {}
-    t, norm = _timed(lambda: normalize(sim.batch).batch)
+    t, norm = best_time(lambda: normalize(sim.batch).batch)
     stages["normalize"] = {"seconds": t}
 
     def ew_stage() -> Any:
@@ -131,16 +138,16 @@ def run_bench(n: int = 2000, *, device: str = "auto", model: Any = None, seed: i
         _sync(dev)
         return out
 
-    t, ew = _timed(ew_stage)
+    t, ew = best_time(ew_stage)
     stages["ew"] = {"seconds": t}
-    t, feats = _timed(lambda: build_features(ew, params, snr=snr))
+    t, feats = best_time(lambda: build_features(ew, params, snr=snr))
     stages["features"] = {"seconds": t}
-    t, _ = _timed(lambda: ens.predict(feats, member_predictor=members))
+    t, _ = best_time(lambda: ens.predict(feats, member_predictor=members))
     stages["predict"] = {"seconds": t}
     for s in stages.values():
         s["spectra_per_s"] = n / s["seconds"]
 
-    t_e2e, pred = _timed(lambda: infer(sim.batch, ens, params, device=str(dev), batch_size=batch_size or n,
+    t_e2e, pred = best_time(lambda: infer(sim.batch, ens, params, device=str(dev), batch_size=batch_size or n,
                                        progress=progress))
     res: dict[str, Any] = {
         "synthetic": True,
@@ -170,7 +177,7 @@ def run_bench(n: int = 2000, *, device: str = "auto", model: Any = None, seed: i
     # the naive per-line fit on the first baseline_n spectra, and the engine on the same ones
     m = max(1, min(n, int(baseline_n)))
     sub = norm.select(np.arange(m))
-    t_base, base = _timed(lambda: curve_fit_baseline(sub))
+    t_base, base = best_time(lambda: curve_fit_baseline(sub))
     res["baseline"] = "scipy.optimize.curve_fit, one fit per line and spectrum (Python loops)"
     res["baseline_n"] = m
     res["baseline_spectra_per_s"] = m / t_base
@@ -194,11 +201,11 @@ def run_bench(n: int = 2000, *, device: str = "auto", model: Any = None, seed: i
             t_write = time.perf_counter()
             paths = write_apstar(sim.batch, tmp)
             t_write = time.perf_counter() - t_write
-            t_files, _ = _timed(lambda: infer(paths, ens, params, device=str(dev), batch_size=batch_size or 250,
+            t_files, _ = best_time(lambda: infer(paths, ens, params, device=str(dev), batch_size=batch_size or 250,
                                               progress=progress))
             from fehkit.io import read_apogee
 
-            t_read, _ = _timed(lambda: read_apogee(paths))
+            t_read, _ = best_time(lambda: read_apogee(paths))
         res["files_per_s"] = n / t_files
         res["files_read_only_per_s"] = n / t_read
         res["files_write_seconds"] = t_write
@@ -245,7 +252,7 @@ def _cannon_speed(norm: Any, seed: int) -> dict:
         peer = fit_cannon(normalize(train.batch).batch, labels)
     except ImportError as err:
         return {"cannon_spectra_per_s": None, "cannon_note": f"not measured: {err}"}
-    t, _ = _timed(lambda: predict_cannon(peer, norm))
+    t, _ = best_time(lambda: predict_cannon(peer, norm))
     return {"cannon_spectra_per_s": norm.n_spectra / t}
 
 

@@ -19,18 +19,10 @@ import time
 import numpy as np
 
 from fehkit.baselines.curve_fit import curve_fit_baseline
+from fehkit.bench import best_time
 from fehkit.continuum import normalize
 from fehkit.ew import measure_ew
 from fehkit.synth import make_benchmark
-
-
-def _best_time(fn, repeat: int) -> tuple[float, object]:
-    best, out = np.inf, None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def _accuracy(table, true_ew: np.ndarray) -> dict:
@@ -54,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
 
     sim = make_benchmark(args.n, seed=args.seed)
-    t_norm, norm = _best_time(lambda: normalize(sim.batch), args.repeat)
+    t_norm, norm = best_time(lambda: normalize(sim.batch), args.repeat)
     batch = norm.batch
     res: dict = {"synthetic": True, "n_spectra": args.n, "n_lines": int(sim.ew.shape[1]),
                  "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -75,7 +67,7 @@ def main() -> None:
         pass
     tables = {}
     for name, fn in runs.items():
-        t, tables[name] = _best_time(fn, args.repeat if "mc" not in name else 1)
+        t, tables[name] = best_time(fn, args.repeat if "mc" not in name else 1)
         res["timings_s"][name] = t
         res["spectra_per_s"][name] = args.n / t
         res["accuracy"][name] = _accuracy(tables[name], sim.ew)

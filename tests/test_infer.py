@@ -160,7 +160,9 @@ def test_bench_reports_every_key_it_promises(setup, tmp_path, capsys):
     from fehkit.bench import run_bench
 
     ens, path, _, _, _ = setup
+    filters = list(warnings.filters)
     res = run_bench(24, device="cpu", model=ens, baseline_n=2, cannon=False, files=True, seed=3)
+    assert warnings.filters == filters  # its quiet grid-edge warnings stay inside it
     for key in ("device", "n", "stages", "end_to_end_spectra_per_s", "files_per_s", "baseline_spectra_per_s",
                 "speedup_vs_baseline", "ew_agreement_mA", "peak_rss_mb", "synthetic"):
         assert key in res, key
