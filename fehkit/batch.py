@@ -73,7 +73,8 @@ class BatchRun:
         One row per catalogue row, in its order (:data:`BATCH_COLUMNS`), as written to ``results.parquet``.
     info : dict
         The content of ``run.json``: ``n``, ``n_chunks``, ``chunk_size``, ``chunks_computed``, ``chunks_reused``,
-        ``n_errors``, ``flags``, ``seconds``, ``workers``, ``spectra_per_s``, ``spectra_per_s_per_worker``, ...
+        ``n_errors``, ``flags``, ``seconds``, ``workers``, ``spectra_per_s``, ``spectra_per_s_per_worker``,
+        ``model_synthetic`` (the model was trained on synthetic spectra), ...
     out : Path
         The output folder.
     """
@@ -486,7 +487,7 @@ def run_catalog(paths_or_table: Any, model: str | os.PathLike[str], client: Any 
         raise UsageError(f"workers = {workers!r}: expected a whole number >= 1")
     cat, by_star = read_catalog(paths_or_table, params)
     model_path = Path(model).expanduser().resolve()
-    _check_model(model, model_path)
+    synthetic = _check_model(model, model_path)
     target = _prepare_folder(out, overwrite, about={"command": command, "model": str(model_path), "n": len(cat),
                                                      "chunk_size": chunk_size})
     parts = target / "parts"
@@ -530,19 +531,23 @@ def run_catalog(paths_or_table: Any, model: str | os.PathLike[str], client: Any 
     info = _info(results, stats, n_chunks, chunk_size, seconds, n_workers, address, dashboard, model_path,
                  fingerprint, command)
     info["total_seconds"] = total
+    info["model_synthetic"] = synthetic
     with atomic_output(target / "run.json") as tmp:
         tmp.write_text(json.dumps(jsonable(info), indent=2) + "\n")
     return BatchRun(results, info, target)
 
 
-def _check_model(given: Any, path: Path) -> None:
-    """Load the model once here, so a missing or damaged model folder is an error before any work."""
+def _check_model(given: Any, path: Path) -> bool:
+    """Load the model once here, so a missing or damaged model folder is an error before any work.
+
+    Returns whether its card says it was trained on synthetic spectra.
+    """
     from fehkit.models import FeHEnsemble
 
     if not path.is_dir():
         found = "is a file" if path.exists() else "not found"
         raise UsageError(f"--model {given}: {found}; expected a model folder (fehkit train, or model/ of fehkit demo)")
-    FeHEnsemble.load(path)
+    return bool(getattr(FeHEnsemble.load(path), "card_", {}).get("synthetic"))
 
 
 def _prepare_folder(out: Any, overwrite: bool, about: dict[str, Any]) -> Path:

@@ -284,7 +284,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("results.csv"), help="output CSV file (default %(default)s)")
     p.add_argument("--device", default="auto", help="where to run: auto (a CUDA GPU when torch sees one, else the "
                    "CPU), cpu, cuda or cuda:N (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=2048, help="spectra per chunk (default %(default)s)")
+    p.add_argument("--batch-size", type=_POSITIVE_COUNT, default=2048, help="spectra per chunk (default %(default)s)")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser(
@@ -298,18 +298,18 @@ def _parser() -> argparse.ArgumentParser:
         "speedup_vs_baseline, cannon_spectra_per_s, ew_agreement_mA, peak_rss_mb, ...). Without --model it first "
         "trains a model with the default settings (about a minute).",
     )
-    p.add_argument("--n", type=int, default=2000, help="spectra (default %(default)s)")
+    p.add_argument("--n", type=_POSITIVE_COUNT, default=2000, help="spectra (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument("--model", type=Path, default=None, help="model folder to predict with (default: train one)")
-    p.add_argument("--baseline-n", type=int, default=40, help="spectra for the slow curve_fit loop "
+    p.add_argument("--baseline-n", type=_POSITIVE_COUNT, default=40, help="spectra for the slow curve_fit loop "
                    "(default %(default)s)")
     p.add_argument("--no-cannon", action="store_true", help="skip The Cannon's test step")
     p.add_argument("--no-files", action="store_true", help="skip writing and reading apStar files")
     p.add_argument("--seed", type=int, default=7, help="seed of the simulated spectra (default %(default)s)")
-    p.add_argument("--stream", type=int, default=0, metavar="M", help="also stream M spectra, simulated a chunk "
+    p.add_argument("--stream", type=_COUNT, default=0, metavar="M", help="also stream M spectra, simulated a chunk "
                    "at a time, through fehkit.infer.infer_chunks, and report the peak memory with it")
-    p.add_argument("--batch-size", type=int, default=None, help="spectra per chunk (default: N in one chunk; 2048 "
-                   "when streaming)")
+    p.add_argument("--batch-size", type=_POSITIVE_COUNT, default=None, help="spectra per chunk (default: N in one "
+                   "chunk; 2048 when streaming)")
     p.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
     p.set_defaults(func=_bench)
 
@@ -491,21 +491,23 @@ def _predict(args: argparse.Namespace) -> int:
     params = _match_params(table, args.params, batch.meta, required=required)
     out = infer(batch, ens, params, device=str(device), batch_size=args.batch_size)
     write_table(out, args.out)
-    card = getattr(ens, "card_", {})
-    if card.get("synthetic"):
-        print("note: this model was trained on SYNTHETIC spectra", file=sys.stderr)
+    _note_synthetic_model(getattr(ens, "card_", {}).get("synthetic"))
     n_upper = int(has_flag(out["flag"], "upper_limit").sum())
     print(f"wrote {args.out}: {len(out)} spectra, {n_upper} upper limits")
     args.final_lines = ["flags: " + ", ".join(f"{k} {n}" for k, n in tally(out["flag"]).items())]
     return 0
 
 
+def _note_synthetic_model(synthetic: bool | None) -> None:
+    """Say on stderr, after a prediction, when its model was trained on synthetic spectra."""
+    if synthetic:
+        print("note: this model was trained on SYNTHETIC spectra", file=sys.stderr)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from fehkit.bench import run_bench, summary, write_json
     from fehkit.files import check_output_file
 
-    if args.n < 1:
-        raise UsageError(f"--n {args.n}: expected at least one spectrum")
     if args.json is not None:
         check_output_file(args.json)
     res = run_bench(args.n, device=args.device, model=args.model, seed=args.seed, baseline_n=args.baseline_n,
@@ -534,10 +536,7 @@ def _batch(args: argparse.Namespace) -> int:
                       params=args.params, overwrite=args.overwrite, progress=not args.quiet, workers=args.workers,
                       command=args.command_line)
     res, info = run.results, run.info
-    from fehkit.models.persist import read_card
-
-    if read_card(args.model).get("synthetic"):
-        print("note: this model was trained on SYNTHETIC spectra", file=sys.stderr)
+    _note_synthetic_model(info["model_synthetic"])
     errors = res[res["error"] != ""]
     for path, error in zip(errors["path"][:10], errors["error"][:10], strict=True):
         print(f"{path}: {error}", file=sys.stderr)

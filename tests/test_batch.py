@@ -252,6 +252,7 @@ def test_cli_files_with_params_on_its_own_local_cluster(catalog, model, tmp_path
     assert res["path"].tolist() == files and (res["error"] != "").sum() == 1
     info = json.loads((out / "run.json").read_text())
     assert info["workers"] == 1 and info["command"].startswith("fehkit batch ")
+    assert info["model_synthetic"] is True
 
 
 def test_cli_table_on_a_scheduler_and_its_errors(catalog, model, client, tmp_path, capsys):
