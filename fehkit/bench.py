@@ -109,6 +109,7 @@ def _run(n: int, *, device: str, model: Any, seed: int, baseline_n: int, cannon:
     from fehkit.continuum import normalize
     from fehkit.ew import measure_ew
     from fehkit.features import build_features
+    from fehkit.flags import is_ok
     from fehkit.infer import _Runner, infer, resolve_device
     from fehkit.io import write_apstar
     from fehkit.models.ensemble import FeHEnsemble
@@ -163,7 +164,7 @@ def _run(n: int, *, device: str, model: Any, seed: int, baseline_n: int, cannon:
         "end_to_end_seconds": t_e2e,
         "end_to_end_spectra_per_s": n / t_e2e,
         "ms_per_spectrum": 1e3 * t_e2e / n,
-        "n_flag_ok": int((pred["flag"] == "ok").sum()),
+        "n_flag_ok": int(is_ok(pred["flag"]).sum()),
     }
 
     # the EW engine on the device against the numpy engine (the reference implementation)

@@ -16,6 +16,7 @@ Without a GPU everything runs on the CPU; ``device="auto"`` takes CUDA when torc
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -76,8 +77,9 @@ class TorchMembers:
                 self.trees[name] = TensorTrees.from_sklearn_forest(est).to(self.device)
             elif name == "xgb":
                 self.trees[name] = TensorTrees.from_xgboost(est).to(self.device)
-            elif name == "dnn":
-                self.mlp = est.to(str(self.device)) if hasattr(est, "to") else est
+            elif name == "dnn":  # a copy on the device: the caller's model stays where it was
+                on = next(est.module_.parameters()).device
+                self.mlp = est if on == self.device else copy.deepcopy(est).to(str(self.device))
         self.names = tuple(ensemble.members_)
 
     def __call__(self, X: np.ndarray) -> dict[str, np.ndarray]:
