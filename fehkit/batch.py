@@ -289,7 +289,6 @@ def _predict_chunk(model: Any, paths: Sequence[str], params: pd.DataFrame,
     from fehkit.infer import infer
     from fehkit.io import _id_from_name, read_apogee
     from fehkit.spectra import SpectrumBatch
-    from fehkit.training import predict_spectra
 
     n = len(paths)
     params = params.reset_index(drop=True)
@@ -333,7 +332,7 @@ def _predict_chunk(model: Any, paths: Sequence[str], params: pd.DataFrame,
         except FehkitError:  # one spectrum spoils the chunk (another flux unit, ...): predict them one by one
             for j, i in enumerate(good):
                 try:
-                    rows[i] = predict_spectra(model, spectra[j], p.iloc[[j]]).iloc[0].to_dict()
+                    rows[i] = infer(spectra[j], model, p.iloc[[j]], device="cpu", progress=False).iloc[0].to_dict()
                 except FehkitError as err:
                     rows[i] = _error_row(str(spectra[j].meta["star_id"].iloc[0]),
                                          f"cannot predict: {' '.join(str(err).split())}")
