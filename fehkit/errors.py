@@ -37,6 +37,10 @@ class SpectrumFileError(FehkitError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # pickled by its own arguments, so the error survives a trip from a reading process or a Dask worker
+        return type(self), (self.path, self.problem)
+
 
 class SpectrumFileNotFoundError(SpectrumFileError, FileNotFoundError):
     """The file does not exist."""

@@ -2,7 +2,8 @@
 
 The same path as ``fehkit predict`` (:func:`fehkit.training.predict_spectra`), chunk by chunk:
 
-1. read the files of a chunk (threads: FITS decompression and parsing release the GIL for much of the time);
+1. read the files of a chunk: with more than one chunk, later chunks are read ahead in other processes while
+   this one measures the current chunk (astropy's FITS parsing is mostly Python, so threads would share one core);
 2. normalize the continuum (:func:`fehkit.continuum.normalize`);
 3. measure the EWs (:func:`fehkit.ew.measure_ew`; its torch backend on a GPU);
 4. build the features and run the classical method (:func:`fehkit.features.build_features`);
@@ -17,9 +18,12 @@ Without a GPU everything runs on the CPU; ``device="auto"`` takes CUDA when torc
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import os
+import warnings
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +109,7 @@ def infer(
     dtype: torch.dtype | None = None,
     progress: bool | None = None,
     read_threads: int | None = None,
+    read_processes: int | None = None,
     trees: str = "auto",
 ) -> pd.DataFrame:
     """[Fe/H] of every spectrum: the ``fehkit predict`` table, computed chunk by chunk on one device.
@@ -127,7 +132,13 @@ def infer(
     progress : bool, optional
         A tqdm bar over the spectra (default: when there is more than one chunk).
     read_threads : int, optional
-        Threads reading files (default: the number of CPUs, at most 8).
+        Threads reading the files of a chunk when no reading process is used (default: the number of CPUs, at
+        most 8).
+    read_processes : int, optional
+        Processes reading the next chunks of files ahead while this one measures the current chunk. Default: one
+        fewer than the CPUs (at most 8) when the files make more than one chunk, none otherwise, and none inside
+        a daemon process (a Dask or multiprocessing worker, which may not start processes of its own). ``0``: read
+        each chunk in threads, in this process. A reading process's warnings are raised again here.
     trees : {"auto", "tensor", "library"}
         How the forest and the boosted trees run: as torch tensors on the device (``"tensor"``), or through
         scikit-learn and XGBoost themselves on the CPU (``"library"``). ``"auto"``: tensors on a GPU, the libraries
@@ -162,13 +173,15 @@ def infer(
     starts = range(0, n, int(batch_size))
     show = len(starts) > 1 if progress is None else progress
     bar = _bar(n, show)
+    spans = [(start, min(start + int(batch_size), n)) for start in starts]
     parts = []
-    with ThreadPoolExecutor(read_threads or min(8, os.cpu_count() or 1)) as pool:
-        for start in starts:
-            stop = min(start + int(batch_size), n)
-            batch = spectra.select(np.arange(start, stop)) if paths is None else _read(paths[start:stop], pool)
-            parts.append(run(batch, params.iloc[start:stop].reset_index(drop=True)))
-            bar.update(stop - start)
+    if paths is None:
+        chunks: Iterable[SpectrumBatch] = (spectra.select(np.arange(a, b)) for a, b in spans)
+    else:
+        chunks = _read_chunks([paths[a:b] for a, b in spans], read_threads, read_processes)
+    for (start, stop), batch in zip(spans, chunks, strict=True):
+        parts.append(run(batch, params.iloc[start:stop].reset_index(drop=True)))
+        bar.update(stop - start)
     bar.close()
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=object if c in ("star_id", "flag", "flag_reason") else float)
@@ -225,15 +238,60 @@ class _Runner:
                                backend=self.ew_backend, device=str(self.device))
 
 
-def _read(paths: Sequence[Path], pool: ThreadPoolExecutor) -> SpectrumBatch:
-    """Read files in parallel threads into one batch, in order (a bad file raises, naming it).
+def _read_chunks(chunks: Sequence[Sequence[Path]], threads: int | None,
+                 processes: int | None) -> Iterator[SpectrumBatch]:
+    """Yield each chunk of files read into one batch, in order (a bad file raises, naming it).
 
-    The reading threads' warnings reach the caller as any warning does (Python's warning capture is one global
-    state, not a thing for threads to enter and leave).
+    With reading processes, up to one chunk per process is read ahead while the caller works on the current one.
+    Otherwise each chunk is read when asked for, in threads; their warnings reach the caller as any warning does
+    (Python's warning capture is one global state, not a thing for threads to enter and leave).
     """
+    cpus = os.cpu_count() or 1
+    if not chunks:
+        return
+    if processes is None:
+        daemon = multiprocessing.current_process().daemon
+        processes = 0 if daemon or len(chunks) < 2 else max(1, min(8, cpus - 1))
+    if int(processes) < 0:
+        raise UsageError(f"read_processes = {processes}: expected 0 (read in this process) or more")
+    if int(processes) == 0:
+        with ThreadPoolExecutor(threads or min(8, cpus)) as pool:
+            for paths in chunks:
+                yield _concat(list(pool.map(_read_file, paths)))
+        return
+    # spawn, not fork: a forked copy of a process that runs torch's and BLAS's threads can hang
+    from fehkit.io import read_apogee_recorded
+
+    pool = ProcessPoolExecutor(int(processes), mp_context=multiprocessing.get_context("spawn"))
+    try:
+        todo = iter(chunks)
+        first = next(todo)
+        ahead: deque = deque()
+        for paths in todo:  # the reading processes start on the next chunks ...
+            ahead.append(pool.submit(read_apogee_recorded, list(paths)))
+            if len(ahead) == int(processes):
+                break
+        with ThreadPoolExecutor(threads or min(8, cpus)) as local:  # ... while this one reads the first
+            yield _concat(list(local.map(_read_file, first)))
+        while ahead:
+            batch, caught = ahead.popleft().result()
+            paths = next(todo, None)
+            if paths is not None:
+                ahead.append(pool.submit(read_apogee_recorded, list(paths)))
+            for message, category in caught:
+                warnings.warn(message, category, stacklevel=3)
+            yield batch
+    finally:  # on an error (or when the caller stops early) the chunks not yet read are dropped
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_file(path: Path) -> SpectrumBatch:
     from fehkit.io import read_apogee
 
-    batches = list(pool.map(read_apogee, paths))
+    return read_apogee(path)
+
+
+def _concat(batches: list[SpectrumBatch]) -> SpectrumBatch:
     return SpectrumBatch.concat(batches) if len(batches) > 1 else batches[0]
 
 

@@ -213,6 +213,19 @@ def read_apogee(
     return batch
 
 
+def read_apogee_recorded(paths: Sequence[str | os.PathLike[str]]) -> tuple[SpectrumBatch, list[tuple[str, type]]]:
+    """Read files into one batch as :func:`read_apogee` does, and return it with the warnings raised meanwhile.
+
+    For a reading process (``fehkit.infer`` reads chunks ahead in other processes): its warnings, as (message,
+    category) pairs, are raised again by the caller, and a bad file's :class:`~fehkit.errors.SpectrumFileError`
+    pickles with its path and problem.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batch = read_apogee(paths)
+    return batch, [(str(w.message), w.category) for w in caught]
+
+
 def read_apstar(
     path: str | os.PathLike[str], rows: Rows = "combined", bad_bits: Iterable[str] = DEFAULT_BAD_BITS
 ) -> SpectrumBatch:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fehkit.cli import main
-from fehkit.errors import FehkitWarning, UsageError
+from fehkit.errors import CorruptFileError, FehkitWarning, UsageError
 from fehkit.examples import example_paths
 from fehkit.infer import TorchMembers, infer, resolve_device
 from fehkit.io import read_apogee, write_apstar
@@ -93,6 +93,20 @@ def test_infer_reads_files_and_loads_a_model_folder(setup, tmp_path):
     ref = expected.iloc[:12].reset_index(drop=True)
     assert (got["star_id"].to_numpy() == ref["star_id"].to_numpy()).all()
     assert np.allclose(got["feh"], ref["feh"], atol=1e-4, equal_nan=True)
+
+
+def test_reading_processes_give_the_same_table_and_name_a_bad_file(setup, tmp_path):
+    """Chunks read ahead in other processes: the same rows in the same order; a bad file's error names it."""
+    ens, _, sim, params, _ = setup
+    files = write_apstar(sim.batch.select(np.arange(9)), tmp_path)
+    here = _quiet(infer, files, ens, params.iloc[:9], device="cpu", batch_size=2, read_processes=0)
+    ahead = _quiet(infer, files, ens, params.iloc[:9], device="cpu", batch_size=2, read_processes=2)
+    _same(here, ahead, 0.0, 0.0)
+    files[6].write_bytes(files[6].read_bytes()[:5000])  # a chunk that a reading process reads
+    with pytest.raises(CorruptFileError, match=files[6].name):
+        _quiet(infer, files, ens, params.iloc[:9], device="cpu", batch_size=2, read_processes=2)
+    with pytest.raises(UsageError, match="read_processes = -1"):
+        infer(files, ens, params.iloc[:9], device="cpu", batch_size=2, read_processes=-1)
 
 
 def test_infer_on_the_real_dr17_files_flags_them(setup):
