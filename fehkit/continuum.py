@@ -15,12 +15,17 @@ whose ``ivar`` is off by a factor is clipped at the right depth all the same.
 Everything is vectorized over the batch (in blocks of spectra): each iteration solves the (order + 1)-square normal
 equations of every spectrum still iterating at once. The sums of those equations are built once with two matrix
 products and then updated with only the pixels that the clipping moved in or out, so an iteration costs a few
-passes over the residuals; spectra that have converged leave the work arrays.
+passes over the residuals; spectra that have converged leave the work arrays. Where numba imports, compiled
+kernels (:mod:`fehkit.continuum_kernels`) run the same fit one spectrum at a time in a few passes over its pixels,
+several times faster, to the same clipping; the NumPy code is the reference and the fallback (``USE_NUMBA = False``
+forces it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import os
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -46,6 +51,10 @@ _BLOCK = 256
 
 #: The work arrays of a block drop the spectra that are done once fewer than this fraction still iterate.
 _COMPACT = 0.9
+
+#: Fit with the compiled kernels of :mod:`fehkit.continuum_kernels` when numba imports (False, or the environment
+#: variable ``FEHKIT_NUMBA=0``: always NumPy).
+USE_NUMBA = os.environ.get("FEHKIT_NUMBA", "1") != "0"
 
 
 class ContinuumError(FehkitError, ValueError):
@@ -149,6 +158,10 @@ def normalize(
 
     continuum = np.full(batch.flux.shape, np.nan, np.float32)
     ids = batch.meta["star_id"].astype(str).to_numpy() if "star_id" in batch.meta else np.arange(n).astype(str)
+    kernels = _kernels() if USE_NUMBA else None
+    if kernels is not None:  # the kernels take native float32 / bool arrays, C-ordered (no copy if they are)
+        arrays = tuple(np.ascontiguousarray(a, t) for a, t in ((batch.flux, np.float32), (batch.ivar, np.float32),
+                                                                 (batch.mask, bool)))
     fits = {}  # chip name -> per-spectrum results, (n,) or (n, order + 1)
     for name, (lo, hi) in chips.items():
         sel = np.flatnonzero((wave >= lo) & (wave <= hi))
@@ -156,6 +169,10 @@ def normalize(
             continue
         x = 2.0 * (wave[sel] - lo) / (hi - lo) - 1.0
         basis = legendre.legvander(x, order)                        # (n_sel, order+1)
+        if kernels is not None and sel[-1] - sel[0] + 1 == sel.size:  # the detector's pixels in one run
+            fits[name] = _fit_chip_compiled(kernels, arrays, sel, ~core[sel], basis, low, high, bias, max_iter,
+                                            min_pixels, continuum)
+            continue
         parts = []
         for start in range(0, n, _BLOCK):
             blk = slice(start, min(start + _BLOCK, n))
@@ -166,11 +183,16 @@ def normalize(
             parts.append(fit)
         fits[name] = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
     diagnostics = _diagnostics(ids, fits, order)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        no_continuum = ~(continuum > 0)
-        flux = np.where(no_continuum, np.nan, batch.flux / continuum).astype(np.float32)
-        ivar = np.where(no_continuum, 0.0, batch.ivar * continuum * continuum).astype(np.float32)
-    out = SpectrumBatch(wave, flux, ivar, batch.mask | no_continuum, batch.meta.copy(), bitmask=batch.bitmask,
+    if kernels is not None:
+        flux, ivar, mask = (np.empty_like(a) for a in arrays)
+        kernels.divide(*arrays, continuum, flux, ivar, mask)
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            no_continuum = ~(continuum > 0)
+            flux = np.where(no_continuum, np.nan, batch.flux / continuum).astype(np.float32)
+            ivar = np.where(no_continuum, 0.0, batch.ivar * continuum * continuum).astype(np.float32)
+            mask = batch.mask | no_continuum
+    out = SpectrumBatch(wave, flux, ivar, mask, batch.meta.copy(), bitmask=batch.bitmask,
                         flux_unit="", skipped=list(batch.skipped))
     return Normalized(out, continuum, diagnostics)
 
@@ -181,6 +203,34 @@ def _packaged_line_waves() -> np.ndarray:
     waves = np.asarray(load_linelist()["wave_vac"], float)
     waves.flags.writeable = False
     return waves
+
+
+@lru_cache(maxsize=1)
+def _kernels() -> Any:
+    """Return :mod:`fehkit.continuum_kernels` (imported, and numba with it, on first use), or None without numba."""
+    kernels = importlib.import_module("fehkit.continuum_kernels")
+    return kernels if kernels.numba is not None else None
+
+
+def _fit_chip_compiled(
+    kernels: Any, arrays: tuple[np.ndarray, np.ndarray, np.ndarray], sel: np.ndarray, line_free: np.ndarray,
+    basis: np.ndarray, low: float, high: float, bias: float, max_iter: int, min_pixels: int, continuum: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """:func:`_fit_chip` for all spectra of one detector (pixels ``sel``, consecutive) by the compiled kernel.
+
+    ``arrays`` are the batch's flux, ivar and mask. Writes ``continuum[:, sel]``; returns the other results as
+    :func:`_fit_chip` does.
+    """
+    n, k = arrays[0].shape[0], basis.shape[1]
+    coef = np.zeros((n, k))
+    stats = np.zeros((n, 6))  # n_pixels, n_used, n_iter, converged, scale, ok
+    root = float(np.sqrt(_clipped_second_moment(-low, high)))
+    kernels.fit_detector(*arrays, int(sel[0]), line_free, np.ascontiguousarray(basis), np.ascontiguousarray(basis.T),
+                         np.ascontiguousarray(basis.T, np.float32), float(low), float(high), bias, root,
+                         int(max_iter), int(min_pixels), continuum, coef, stats)
+    return {"coef": coef, "n_pixels": stats[:, 0].astype(int), "n_used": stats[:, 1].astype(int),
+            "n_iter": stats[:, 2].astype(int), "converged": stats[:, 3] > 0, "scale": stats[:, 4],
+            "ok": stats[:, 5] > 0}
 
 
 @contextlib.contextmanager
@@ -369,10 +419,7 @@ def _clipped_scale(resid: np.ndarray, keep: np.ndarray, low: float, high: float)
     A unit normal kept between -low and +high has rms ``sqrt(var + mean**2)`` < 1; dividing by it gives the
     scale of the noise that was clipped. Clipped to 0.3-10 so that one bad iteration cannot run away.
     """
-    a, b = -low, high
-    z = ndtr(b) - ndtr(a)
-    tails = (a * _normal_pdf(a) if np.isfinite(a) else 0.0) - (b * _normal_pdf(b) if np.isfinite(b) else 0.0)
-    second_moment = 1.0 + tails / z
+    second_moment = _clipped_second_moment(-low, high)
     n_kept = np.count_nonzero(keep, axis=1)
     squares = resid * resid
     squares *= keep  # the residuals are finite: the same as np.where(keep, squares, 0), 10 times faster
@@ -380,6 +427,13 @@ def _clipped_scale(resid: np.ndarray, keep: np.ndarray, low: float, high: float)
         rms = np.sqrt(squares.sum(axis=1) / n_kept)
     scale = rms / np.sqrt(second_moment)
     return np.clip(np.where(np.isfinite(scale), scale, 1.0), 0.3, 10.0)
+
+
+def _clipped_second_moment(a: float, b: float) -> float:
+    """Return the second moment (mean square) of a unit normal kept between ``a`` and ``b`` (1 for -inf, inf)."""
+    z = ndtr(b) - ndtr(a)
+    tails = (a * _normal_pdf(a) if np.isfinite(a) else 0.0) - (b * _normal_pdf(b) if np.isfinite(b) else 0.0)
+    return 1.0 + tails / z
 
 
 def _normal_pdf(x: float | np.ndarray) -> float | np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 from fehkit.baselines.curve_fit import curve_fit_baseline
 from fehkit.bench import best_time
 from fehkit.continuum import normalize
-from fehkit.ew import measure_ew
+from fehkit.ew import kernels, measure_ew
 from fehkit.synth import make_benchmark
 
 
@@ -53,8 +53,19 @@ def main() -> None:
                              "processor": platform.processor() or platform.machine()},
                  "normalize_s": t_norm, "timings_s": {}, "spectra_per_s": {}, "accuracy": {}}
 
+    def numpy_reference() -> object:
+        """The numpy path itself, without the compiled kernels numba gives the numpy backend."""
+        enabled, kernels.ENABLED = kernels.ENABLED, False
+        try:
+            return measure_ew(batch, mc_draws=0)
+        finally:
+            kernels.ENABLED = enabled
+
     runs = {"numpy": lambda: measure_ew(batch, mc_draws=0),
             "numpy_mc100": lambda: measure_ew(batch, mc_draws=100)}
+    if kernels.ENABLED:
+        runs["numpy_no_numba"] = numpy_reference
+        measure_ew(batch.select(np.arange(min(5, args.n))), mc_draws=0)                  # compile or load the kernels
     try:
         import torch
 
@@ -74,6 +85,9 @@ def main() -> None:
     if "torch_cpu" in tables:
         d = np.abs(tables["torch_cpu"].ew_mA - tables["numpy"].ew_mA)
         res["torch_vs_numpy_max_abs_mA"] = float(np.nanmax(d))
+    if "numpy_no_numba" in tables:
+        d = np.abs(tables["numpy_no_numba"].ew_mA - tables["numpy"].ew_mA)
+        res["numba_vs_numpy_max_abs_mA"] = float(np.nanmax(d))
     res["mc_vs_jacobian"] = tables["numpy_mc100"].error_agreement()
 
     if not args.no_baseline:
@@ -109,6 +123,8 @@ def main() -> None:
               f"{c['median_abs_engine_minus_curve_fit_mA']:.2f} mA")
     if "torch_vs_numpy_max_abs_mA" in res:
         print(f"torch vs numpy: max |dEW| {res['torch_vs_numpy_max_abs_mA']:.4f} mA")
+    if "numba_vs_numpy_max_abs_mA" in res:
+        print(f"numpy with numba kernels vs without: max |dEW| {res['numba_vs_numpy_max_abs_mA']:.4f} mA")
     print(f"Monte Carlo / Jacobian error: median ratio {res['mc_vs_jacobian']['median_ratio']:.3f}")
     if args.json:
         with open(args.json, "w") as fh:

@@ -101,7 +101,7 @@ def test_reading_processes_give_the_same_table_and_name_a_bad_file(setup, tmp_pa
     files = write_apstar(sim.batch.select(np.arange(9)), tmp_path)
     here = _quiet(infer, files, ens, params.iloc[:9], device="cpu", batch_size=2, read_processes=0)
     ahead = _quiet(infer, files, ens, params.iloc[:9], device="cpu", batch_size=2, read_processes=2)
-    _same(here, ahead, 0.0, 0.0)
+    _same(here, ahead, 1e-12, 1e-12)  # the forest sums its trees in threads, in varying order
     files[6].write_bytes(files[6].read_bytes()[:5000])  # a chunk that a reading process reads
     with pytest.raises(CorruptFileError, match=files[6].name):
         _quiet(infer, files, ens, params.iloc[:9], device="cpu", batch_size=2, read_processes=2)

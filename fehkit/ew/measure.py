@@ -19,6 +19,7 @@ import pandas as pd
 
 from fehkit.constants import SPEED_OF_LIGHT_KMS
 from fehkit.continuum import normalize
+from fehkit.ew import kernels
 from fehkit.ew.solver import (
     C0,
     DL,
@@ -200,7 +201,7 @@ def measure_ew(
     if batch.flux_unit != "":
         batch = normalize(batch, lines=lines).batch
     n = batch.n_spectra
-    xp = ArrayBackend(backend, device)
+    xp = ArrayBackend(backend, device, compiled=backend == "numpy" and kernels.ENABLED)
     idx, in_window = window_pixels(batch.wave, lines, half_width)
     lam0 = lines["wave_vac"].to_numpy(float)
     dx = (batch.wave[idx] - lam0[:, None]).astype(np.float32)                       # (L, W)
@@ -212,15 +213,21 @@ def measure_ew(
     parts = []
     for start in range(0, n, chunk):
         sl = slice(start, min(start + chunk, n))
-        flux = batch.flux[sl][:, idx]                                               # (m, L, W)
-        ivar = batch.ivar[sl][:, idx]
-        if telluric_sigma > 0 and batch.bitmask is not None:
-            # a telluric correction leaves residuals where the telluric absorption was deep: count them as noise
-            tell = (batch.bitmask[sl][:, idx] >> PIXMASK_BITS["SIG_TELLURIC"]) & 1 == 1
-            ivar = np.where(tell & (ivar > 0), 1.0 / (1.0 / np.where(ivar > 0, ivar, 1.0) + telluric_sigma**2), ivar)
-        good = ~batch.mask[sl][:, idx] & in_window[None] & np.isfinite(flux) & (ivar > 0)
-        flux = np.where(good, flux, 0.0).astype(np.float32)
-        w = np.where(good, ivar, 0.0).astype(np.float32)
+        if xp.compiled and batch.flux.dtype == np.float32 and batch.ivar.dtype == np.float32:
+            flux, w, good = kernels.windows(batch.flux[sl], batch.ivar[sl], batch.mask[sl],
+                                            None if batch.bitmask is None else batch.bitmask[sl], idx, in_window,
+                                            PIXMASK_BITS["SIG_TELLURIC"], telluric_sigma)
+        else:
+            flux = batch.flux[sl][:, idx]                                           # (m, L, W)
+            ivar = batch.ivar[sl][:, idx]
+            if telluric_sigma > 0 and batch.bitmask is not None:
+                # a telluric correction leaves residuals where the telluric absorption was deep: count them as noise
+                tell = (batch.bitmask[sl][:, idx] >> PIXMASK_BITS["SIG_TELLURIC"]) & 1 == 1
+                ivar = np.where(tell & (ivar > 0), 1.0 / (1.0 / np.where(ivar > 0, ivar, 1.0) + telluric_sigma**2),
+                                ivar)
+            good = ~batch.mask[sl][:, idx] & in_window[None] & np.isfinite(flux) & (ivar > 0)
+            flux = np.where(good, flux, 0.0).astype(np.float32)
+            w = np.where(good, ivar, 0.0).astype(np.float32)
         # degenerate windows (no pixels, no line) divide by zero on the way to their flag: no warnings for them
         with np.errstate(all="ignore"):
             parts.append(_measure_block(xp, dx, core, flux, w, good, lam0, sig_exp[sl], gam[sl], static_blend, cfg,
@@ -228,7 +235,8 @@ def measure_ew(
     res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     star_id = (batch.meta["star_id"].astype(str).to_numpy() if "star_id" in batch.meta
                else np.array([f"spectrum-{i}" for i in range(n)]))
-    info = {"backend": backend, "device": xp.device_name, "rv_tolerance_kms": rv_tolerance, "damping": damping,
+    info = {"backend": backend, "device": xp.device_name, "compiled": xp.compiled,
+            "rv_tolerance_kms": rv_tolerance, "damping": damping,
             "telluric_sigma": telluric_sigma, "systematic_mA": systematic_mA,
             "free_shape_snr": free_shape_snr, "mc_draws": mc_draws, "half_width_pix": half_width,
             "resolution": resolution}
@@ -288,14 +296,14 @@ def _measure_block(
     blend_static = static_blend[line]
 
     # 0. are the lines where the rest frame says? (a matched filter of every line over 3x the RV tolerance)
-    offset_beyond = _rv_scan(x, y, w0, s_exp, lam, star_of, m, rv_tol)
+    offset_beyond = _rv_scan(x, y, w0, s_exp, lam, star_of, m, rv_tol, xp.compiled)
 
     # 1. every line with the expected shape: a linear fit in (c0, EW)
     zero = np.zeros(n_fit, np.float32)
     # a deep neighbour drags the first fit's level down; clip against it, refit, clip again from scratch
     lin = linear_fit(xp, x, y, w0, zero, s_exp, g)
     for _ in range(2):
-        wt = _clip_outliers(x, y, w0, lin["model"], in_core)
+        wt = _clip_outliers(x, y, w0, lin["model"], in_core, xp.compiled)
         lin = linear_fit(xp, x, y, wt, zero, s_exp, g, v=lin["v"])       # the same shape: the same profile
     snr0 = _ratio(lin["ew"], lin["err"])
 
@@ -314,7 +322,8 @@ def _measure_block(
     free[:, GAM] = damping == "free"
     xs, ys = x[s_idx], y[s_idx]
     p, _, _, _ = levenberg_marquardt(xp, xs, ys, w0[s_idx], p, lo, hi, free, 10)
-    wt[s_idx] = _clip_outliers(xs, ys, w0[s_idx], voigt_model(xs, p), in_core[s_idx])
+    wt[s_idx] = _clip_outliers(xs, ys, w0[s_idx], voigt_model(xs, p, xp.compiled), in_core[s_idx],
+                               xp.compiled)
     # refit from the expected shape: an outlier can have led the first fit astray
     restart = linear_fit(xp, xs, ys, wt[s_idx], zero[s_idx], s_exp[s_idx], g[s_idx], v=lin["v"][s_idx])
     p[:, C0], p[:, EW], p[:, DL], p[:, SIG] = restart["c0"], restart["ew"], zero[s_idx], s_exp[s_idx]
@@ -347,7 +356,7 @@ def _measure_block(
         for _ in range(SHAPE_ITERATIONS):
             step, cov = gauss_newton_step(xp, xs, ys, wt[s_idx], p, free_g, (GAM,))
             gam_star, gam_err, n_gam, kept = _shared_mean(m, star_of[s_idx], p[:, GAM] + step[:, GAM],
-                                                          np.sqrt(cov[:, 0, 0]), g_use)
+                                                          np.sqrt(cov[:, 0, 0]), g_use, xp.compiled)
             if BIAS_CORRECT:
                 s_a, s_u = shared_bias_terms(xp, xs, ys, wt[s_idx], p, free, GAM, 0.02)
                 var = np.where(n_gam > 0, gam_err, 0.0).astype(float) ** 2
@@ -368,7 +377,7 @@ def _measure_block(
         use = (_ratio(p[:, EW], perr[:, EW]) >= free_snr) & ~at_bound & ~blend_static[s_idx]
     shared_rv, width_scale, n_shape = _shared_shape(
         m, star_of[s_idx], p[:, DL] / lam[s_idx] * SPEED_OF_LIGHT_KMS, perr[:, DL] / lam[s_idx] * SPEED_OF_LIGHT_KMS,
-        p[:, SIG] / s_exp[s_idx], perr[:, SIG] / s_exp[s_idx], use)
+        p[:, SIG] / s_exp[s_idx], perr[:, SIG] / s_exp[s_idx], use, xp.compiled)
 
     # 3. all other lines with the star's shared shape: linear again, so unbiased at any signal
     w_idx = np.flatnonzero(~strong)
@@ -390,8 +399,8 @@ def _measure_block(
     shape_err = np.zeros(n_fit, np.float32)
     shape_err[s_idx] = err_shape
     dl[s_idx], sig[s_idx], gamma[s_idx] = p[:, DL], p[:, SIG], p[:, GAM]
-    model[s_idx] = voigt_model(xs, p)
-    npix = (wt > 0).sum(axis=1)
+    model[s_idx] = voigt_model(xs, p, xp.compiled)
+    negative, model_min, core_min, n_core_fit, npix = _window_stats(y, w0, wt, model, in_core, xp.compiled)
 
     mc_err = np.full(n_fit, np.nan, np.float32)
     if mc_draws:
@@ -410,14 +419,11 @@ def _measure_block(
                   + shape_err**2 + (systematic * 1e-3) ** 2).astype(np.float32)
 
     # flags
-    good_f = w0 > 0
-    negative = ((y < -3.0 * np.where(good_f, 1.0 / np.sqrt(np.where(good_f, w0, 1.0)), np.inf)) & good_f).any(axis=1)
     c0_safe = np.maximum(c0, 1e-6)
-    depth = 1.0 - np.where(wt > 0, model, np.inf).min(axis=1) / c0_safe
-    floor = np.where((wt > 0) & in_core, y, np.inf).min(axis=1) / c0_safe
+    depth = 1.0 - model_min / c0_safe
+    floor = core_min / c0_safe
     detected = ew >= det_sigma * err
     saturated = (depth > 0.9) | ((floor < 0.05) & detected)
-    n_core_fit = ((wt > 0) & in_core).sum(axis=1)
     bad_fit = ~(np.isfinite(c0) & np.isfinite(ew) & np.isfinite(err) & (err > 0) & (err < 1.0))
     bad_fit |= (npix < 12) | (n_core_fit < 0.5 * in_core.sum(axis=1))
     c0_off = (c0 < 0.5) | (c0 > 1.5)
@@ -475,27 +481,54 @@ def _measure_block(
     }
 
 
+def _window_stats(y: np.ndarray, w0: np.ndarray, wt: np.ndarray, model: np.ndarray, core: np.ndarray,
+                  compiled: bool = False) -> tuple[np.ndarray, ...]:
+    """Return the statistics of each window that its flags need.
+
+    Significantly negative flux (below -3 sigma at a pixel with weight ``w0``), the lowest model value and the
+    lowest flux in the core over the fitted pixels (``wt > 0``; inf if none), and the number of fitted pixels in the
+    core and in all. ``compiled``: by the numba kernel of :mod:`fehkit.ew.kernels`.
+    """
+    if compiled:
+        return kernels.window_stats(y, w0, wt, model, core)
+    good = w0 > 0
+    fitted = wt > 0
+    negative = ((y < -3.0 * np.where(good, 1.0 / np.sqrt(np.where(good, w0, 1.0)), np.inf)) & good).any(axis=1)
+    model_min = np.where(fitted, model, np.inf).min(axis=1)
+    core_min = np.where(fitted & core, y, np.inf).min(axis=1)
+    return negative, model_min, core_min, (fitted & core).sum(axis=1), fitted.sum(axis=1)
+
+
 def _rv_scan(x: np.ndarray, y: np.ndarray, w: np.ndarray, sig: np.ndarray, lam: np.ndarray, star_of: np.ndarray,
-             m: int, rv_tol: float) -> np.ndarray:
+             m: int, rv_tol: float, compiled: bool = False) -> np.ndarray:
     """Find stars whose lines all sit beyond the RV tolerance: the spectrum is not in the rest frame it claims.
 
     Each window gets, at trial velocities out to 3x ``rv_tol``, a linear fit of a Gaussian absorption line (free
     level and depth), and the velocity where that fit gains most chi-square is the line's own RV. A blend puts a
     single line's peak somewhere off; a wrong rest frame puts *all* detected lines at the same offset. So a star is
     flagged where at least 3 lines peak at >= 5 sigma beyond the tolerance, within 4 km/s of each other, and
-    they are at least half of its lines that peak at >= 5 sigma anywhere.
+    they are at least half of its lines that peak at >= 5 sigma anywhere. ``compiled``: the peaks from the numba
+    kernel of :mod:`fehkit.ew.kernels`.
     """
     step = 2.0
     grid = np.arange(-3 * rv_tol, 3 * rv_tol + 0.5 * step, step)
-    gain = _rv_gain(x, y, w, sig, lam, grid, step)
-    peak_rv = grid[np.argmax(gain, axis=1)]
-    significant = gain.max(axis=1) >= 25.0
+    if compiled:
+        peak, best = kernels.rv_peaks(x, y, w, sig, lam, grid, step)
+    else:
+        gain = _rv_gain(x, y, w, sig, lam, grid, step)
+        peak, best = np.argmax(gain, axis=1), gain.max(axis=1)
+    peak_rv = grid[peak]
+    significant = best >= 25.0
     out = significant & (np.abs(peak_rv) > rv_tol + 1e-6)
     n_sig = np.bincount(star_of, significant, minlength=m)
     beyond = np.zeros(m, bool)
-    for i in np.flatnonzero(np.bincount(star_of, out, minlength=m) >= 3):
-        v = peak_rv[out & (star_of == i)]
-        n_cluster = (np.abs(v - np.median(v)) <= 4.0).sum()
+    out_idx = np.flatnonzero(out)
+    out_star = star_of[out_idx]
+    for i in np.flatnonzero(np.bincount(out_star, minlength=m) >= 3):
+        v = peak_rv[out_idx[out_star == i]]
+        v_sorted, h = np.sort(v), v.size // 2           # np.median, without its overhead
+        med = v_sorted[h] if v.size % 2 else (v_sorted[h - 1] + v_sorted[h]) / 2.0
+        n_cluster = (np.abs(v - med) <= 4.0).sum()
         beyond[i] = n_cluster >= 3 and n_cluster >= 0.5 * n_sig[i]
     return beyond
 
@@ -568,8 +601,8 @@ def _crowding(m: int, star: np.ndarray, chi2_red: np.ndarray, dof: np.ndarray, o
     return np.where(n > 0, np.maximum(excess, 0.0), 0.0).astype(np.float32)
 
 
-def _shared_mean(m: int, star: np.ndarray, value: np.ndarray, err: np.ndarray,
-                 use: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _shared_mean(m: int, star: np.ndarray, value: np.ndarray, err: np.ndarray, use: np.ndarray,
+                 compiled: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per star: inverse-variance weighted mean of ``value`` and its error over >= 3 ``use`` lines.
 
     Lines more than 3 errors from the weighted median (a blend widening one line) are left out. Stars without 3
@@ -583,7 +616,7 @@ def _shared_mean(m: int, star: np.ndarray, value: np.ndarray, err: np.ndarray,
     for i in np.flatnonzero(np.bincount(star[use], minlength=m) >= 3):
         sel = use & (star == i)
         v, wv = value[sel], 1.0 / err[sel] ** 2
-        keep = np.abs(v - _weighted_median(v, wv)) <= 3.0 * err[sel]
+        keep = np.abs(v - _weighted_median(v, wv, compiled)) <= 3.0 * err[sel]
         if keep.sum() < 3:
             continue
         out[i] = np.sum(wv[keep] * v[keep]) / wv[keep].sum()
@@ -595,7 +628,7 @@ def _shared_mean(m: int, star: np.ndarray, value: np.ndarray, err: np.ndarray,
 
 def _shared_shape(
     m: int, star: np.ndarray, rv: np.ndarray, rv_err: np.ndarray, ratio: np.ndarray, ratio_err: np.ndarray,
-    use: np.ndarray,
+    use: np.ndarray, compiled: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per star: weighted medians of the line RVs (km/s) and fitted/expected widths over >= 3 good lines."""
     shared_rv = np.zeros(m, np.float32)
@@ -603,26 +636,31 @@ def _shared_shape(
     n_use = np.bincount(star[use], minlength=m)
     for i in np.flatnonzero(n_use >= 3):
         sel = use & (star == i)
-        shared_rv[i] = _weighted_median(rv[sel], 1.0 / np.maximum(rv_err[sel], 1e-3) ** 2)
-        scale[i] = _weighted_median(ratio[sel], 1.0 / np.maximum(ratio_err[sel], 1e-4) ** 2)
+        shared_rv[i] = _weighted_median(rv[sel], 1.0 / np.maximum(rv_err[sel], 1e-3) ** 2, compiled)
+        scale[i] = _weighted_median(ratio[sel], 1.0 / np.maximum(ratio_err[sel], 1e-4) ** 2, compiled)
     return shared_rv, scale, np.where(n_use >= 3, n_use, 0)
 
 
-def _weighted_median(x: np.ndarray, w: np.ndarray) -> float:
+def _weighted_median(x: np.ndarray, w: np.ndarray, compiled: bool = False) -> float:
+    if compiled:                                    # the same numbers, without numpy's per-call overhead
+        return float(kernels.weighted_median(x, w))
     order = np.argsort(x)
     cum = np.cumsum(w[order])
     return float(x[order][np.searchsorted(cum, 0.5 * cum[-1])])
 
 
-def _clip_outliers(x: np.ndarray, y: np.ndarray, w: np.ndarray, model: np.ndarray, core: np.ndarray) -> np.ndarray:
+def _clip_outliers(x: np.ndarray, y: np.ndarray, w: np.ndarray, model: np.ndarray, core: np.ndarray,
+                   compiled: bool = False) -> np.ndarray:
     """Drop pixels > 5 sigma above the fit, and pixels > 3 sigma below it outside the core (grown by 1 pixel).
 
     Both measured from the median residual of the pixels outside the core.
 
     Where more than half of the usable pixels outside the core would go, the window is crowded with lines (a
     metal-rich star) and there is no continuum to protect: the low clipping is then skipped, and the fit's
-    residuals flag the line as a suspected blend.
+    residuals flag the line as a suspected blend. ``compiled``: by the numba kernel of :mod:`fehkit.ew.kernels`.
     """
+    if compiled:
+        return kernels.clip_outliers(y, w, model, core)
     z = (y - model) * np.sqrt(w)
     # residuals are measured from their median in the wings, so that a fit whose level a deep neighbour dragged
     # down does not see the whole continuum as "high"

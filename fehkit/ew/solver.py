@@ -6,7 +6,9 @@ Voigt profile of :mod:`fehkit.profiles`. With the shape (centre and widths) fixe
 box-bounded Levenberg-Marquardt loop over all fits together (elementwise Jacobians and an elementwise 5x5
 Cholesky solve per fit, much faster here than batched LAPACK). :func:`linear_monte_carlo` and
 :func:`monte_carlo` repeat the fits on the flux plus its own noise for the resampled errors. The same code runs on
-numpy or on torch (CPU or CUDA) through :class:`ArrayBackend`; numpy is the reference. For a parameter shared by
+numpy or on torch (CPU or CUDA) through :class:`ArrayBackend`; numpy is the reference. On numpy, a backend made
+with ``compiled=True`` runs the fits through the numba kernels of :mod:`fehkit.ew.kernels` instead (float64, one
+pass per fit; the same results up to float rounding). For a parameter shared by
 many fits (a star's Lorentz width), :func:`gauss_newton_step` gives each fit's own step and variance,
 :func:`shared_bias_terms` their second-order bias and :func:`regression_slope` how an EW follows it.
 
@@ -21,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fehkit.ew import kernels
 from fehkit.profiles import voigt, voigt_and_derivatives
 
 # parameter order in the fits
@@ -47,6 +50,8 @@ def linear_fit(xp: ArrayBackend, x: np.ndarray, y: np.ndarray, w: np.ndarray, dl
     nonlinear fit at its solution). Returns numpy arrays: c0, ew, err, chi2, the profile ``v`` and the model.
     ``v``, the profile of an earlier fit with the same shape, saves computing it again.
     """
+    if xp.compiled:
+        return kernels.linear_fit(x, y, w, dl, sig, gam, v)
     blocks = row_blocks(xp, *x.shape)
     if len(blocks) > 1:
         parts = [linear_fit(xp, x[b], y[b], w[b], dl[b], sig[b], gam[b], None if v is None else v[b]) for b in blocks]
@@ -98,8 +103,10 @@ def linear_monte_carlo(xp: ArrayBackend, v: np.ndarray, w: np.ndarray, draws: in
     return np.concatenate(ews, axis=1).std(axis=1, ddof=1).astype(np.float32)
 
 
-def voigt_model(x: np.ndarray, p: np.ndarray) -> np.ndarray:
+def voigt_model(x: np.ndarray, p: np.ndarray, compiled: bool = False) -> np.ndarray:
     """Return the profile ``c0 (1 - EW V)`` of each fit at offsets ``x`` (n_fits, n_window), parameters ``p``."""
+    if compiled:
+        return kernels.voigt_model(x, p)
     v = voigt(x - p[:, DL, None], p[:, SIG, None], p[:, GAM, None])
     return (p[:, C0, None] * (1.0 - p[:, EW, None] * v)).astype(np.float32)
 
@@ -111,7 +118,7 @@ def monte_carlo(xp: ArrayBackend, x: np.ndarray, w: np.ndarray, p: np.ndarray, l
     if n == 0:
         return np.zeros(0, np.float32)
     sigma = np.where(w > 0, 1.0 / np.sqrt(np.where(w > 0, w, 1.0)), 0.0).astype(np.float32)
-    model = voigt_model(x, p)
+    model = voigt_model(x, p, xp.compiled)
     ew = np.empty((draws, n), np.float32)
     per = max(1, (1 << 21) // (n * x.shape[1]))
     for d0 in range(0, draws, per):
@@ -137,6 +144,8 @@ def levenberg_marquardt(
     clips the new parameters into their bounds, and keeps the step only where chi-square went down (lambda / 3),
     otherwise raises lambda (x 4). Parameters not in ``free`` stay put.
     """
+    if xp.compiled:
+        return kernels.levenberg_marquardt(dx, flux, w, p0, lo, hi, free, n_iter)
     def t(a: np.ndarray) -> Any:
         return xp.asarray(a, double)
 
@@ -170,6 +179,8 @@ def levenberg_marquardt(
 
 def normal_equations(xp: ArrayBackend, x: Any, y: Any, w: Any, p: Any, free: Any) -> tuple[Any, Any, Any]:
     """Chi-square, J^T W J (n_fits, 5, 5) and J^T W r (n_fits, 5) of the Voigt model at ``p``."""
+    if xp.compiled:
+        return kernels.normal_equations(x, y, w, p, free)
     chi2, pieces = residuals(xp, x, y, w, p)
     return (chi2, *gauss_newton_matrix(xp, w, p, free, pieces))
 
@@ -277,6 +288,8 @@ def shared_bias_terms(xp: ArrayBackend, dx: np.ndarray, flux: np.ndarray, w: np.
     Hessian traces taken as second differences along the directions of ``A^-1`` (1-sigma steps) and along ``u``
     (steps of ``h_on``). ``free`` excludes ``on``.
     """
+    if xp.compiled:
+        return kernels.shared_bias_terms(dx, flux, w, p, free, on, h_on)
     x, y, wt, pt = (xp.asarray(a, True) for a in (dx, flux, w, p))
     all_free = free.copy()
     all_free[:, on] = True
@@ -371,10 +384,19 @@ def inverse_diagonal(xp: ArrayBackend, a: Any) -> Any:
 
 
 class ArrayBackend:
-    """The few array operations the solver needs, on numpy or on torch (any device)."""
+    """The few array operations the solver needs, on numpy or on torch (any device).
 
-    def __init__(self, name: str, device: str | None) -> None:
+    ``compiled`` (numpy only): run the fits through the numba kernels of :mod:`fehkit.ew.kernels`.
+    """
+
+    #: Compute every fit in float64 (the numpy reference for the float64 compiled kernels; for tests).
+    float64 = False
+
+    def __init__(self, name: str, device: str | None, compiled: bool = False) -> None:
+        if compiled and (name != "numpy" or kernels.numba is None):
+            raise ValueError("compiled: needs the numpy backend and numba")
         self.name = name
+        self.compiled = compiled
         if name == "torch":
             import torch
 
@@ -389,7 +411,7 @@ class ArrayBackend:
         if self.name == "torch":
             dtype = self._t.float64 if double else self._t.float32
             return self._t.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=self.device)
-        return np.asarray(a, dtype=np.float64 if double else np.float32)
+        return np.asarray(a, dtype=np.float64 if double or self.float64 else np.float32)
 
     def numpy(self, a: Any) -> np.ndarray:
         """Return a numpy array from an array of the backend."""
