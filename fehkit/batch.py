@@ -37,6 +37,7 @@ import pandas as pd
 
 from fehkit.errors import FehkitError, FehkitWarning, InputTableError, UsageError
 from fehkit.files import MARKER, atomic_output, check_output_folder, is_fehkit_folder, jsonable, read_marker
+from fehkit.threads import THREADS_ENV
 from fehkit.training import PREDICT_COLUMNS
 
 __all__ = ["BATCH_COLUMNS", "BatchError", "BatchRun", "local_cluster", "read_catalog", "run_catalog"]
@@ -582,19 +583,22 @@ def local_cluster(n_workers: int | None = None) -> Any:
     """Start the ``distributed.LocalCluster`` that :func:`run_catalog` uses when given no client.
 
     ``n_workers`` processes (default one per core available to this process) of one thread each, the dashboard on
-    a free port. distributed sets ``MALLOC_TRIM_THRESHOLD_=65536`` in its worker processes (memory handed back to
-    the system early); the many short-lived arrays of a chunk then cost page faults, about 1.5 times the time of
-    a chunk, so here that is left to glibc. Close it (or use it in a ``with`` block) when done.
+    a free port; each worker's compiled kernels get its share of the cores (``FEHKIT_THREADS``,
+    :mod:`fehkit.threads`). distributed sets ``MALLOC_TRIM_THRESHOLD_=65536`` in its worker processes (memory
+    handed back to the system early); the many short-lived arrays of a chunk then cost page faults, about 1.5
+    times the time of a chunk, so here that is left to glibc. Close it (or use it in a ``with`` block) when done.
     """
     import dask
     import distributed
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = int(n_workers or cores or 1)
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", None) or {})
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    # the cores shared out: each worker's compiled kernels use the threads (fehkit.threads) its share allows
+    environ.setdefault(THREADS_ENV, str(max(1, (cores or 1) // n)))
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-        return distributed.LocalCluster(n_workers=int(n_workers or cores or 1), threads_per_worker=1,
-                                        processes=True, dashboard_address=":0")
+        return distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
 
 
 class _connect:

@@ -42,6 +42,7 @@ from fehkit.errors import FehkitError
 from fehkit.float32 import at_least, at_most
 from fehkit.lines import load_linelist
 from fehkit.spectra import CHIPS, SpectrumBatch
+from fehkit.threads import map_parts
 
 #: Half width (A) of the Fe line cores kept out of the continuum fit: 2 FWHM of the LSF at R = 22,500.
 LINE_CORE_HALF_WIDTH_A = 1.4
@@ -225,9 +226,15 @@ def _fit_chip_compiled(
     coef = np.zeros((n, k))
     stats = np.zeros((n, 6))  # n_pixels, n_used, n_iter, converged, scale, ok
     root = float(np.sqrt(_clipped_second_moment(-low, high)))
-    kernels.fit_detector(*arrays, int(sel[0]), line_free, np.ascontiguousarray(basis), np.ascontiguousarray(basis.T),
-                         np.ascontiguousarray(basis.T, np.float32), float(low), float(high), bias, root,
-                         int(max_iter), int(min_pixels), continuum, coef, stats)
+    flux, ivar, mask = arrays
+    bases = np.ascontiguousarray(basis), np.ascontiguousarray(basis.T), np.ascontiguousarray(basis.T, np.float32)
+
+    def fit(rows: slice) -> None:  # spectra are fitted one by one: parts of them in threads, the same numbers
+        kernels.fit_detector(flux[rows], ivar[rows], mask[rows], int(sel[0]), line_free, *bases, float(low),
+                             float(high), bias, root, int(max_iter), int(min_pixels), continuum[rows], coef[rows],
+                             stats[rows])
+
+    map_parts(fit, n)
     return {"coef": coef, "n_pixels": stats[:, 0].astype(int), "n_used": stats[:, 1].astype(int),
             "n_iter": stats[:, 2].astype(int), "converged": stats[:, 3] > 0, "scale": stats[:, 4],
             "ok": stats[:, 5] > 0}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -43,6 +44,7 @@ from fehkit.io import PIXMASK_BITS
 from fehkit.lines import WINDOW_HALF_WIDTH_PIX, load_linelist
 from fehkit.physics.broadening import R_LSF, gaussian_sigma, lorentz_hwhm
 from fehkit.spectra import SpectrumBatch
+from fehkit.threads import n_threads
 
 #: Stellar parameters assumed for the expected line widths and the tied damping when none are given:
 #: a metal-poor red giant.
@@ -210,9 +212,7 @@ def measure_ew(
     static_blend = static_blends(lines)
     rng = np.random.default_rng(seed)
 
-    parts = []
-    for start in range(0, n, chunk):
-        sl = slice(start, min(start + chunk, n))
+    def block(sl: slice) -> dict[str, np.ndarray]:
         if xp.compiled and batch.flux.dtype == np.float32 and batch.ivar.dtype == np.float32:
             flux, w, good = kernels.windows(batch.flux[sl], batch.ivar[sl], batch.mask[sl],
                                             None if batch.bitmask is None else batch.bitmask[sl], idx, in_window,
@@ -230,8 +230,16 @@ def measure_ew(
             w = np.where(good, ivar, 0.0).astype(np.float32)
         # degenerate windows (no pixels, no line) divide by zero on the way to their flag: no warnings for them
         with np.errstate(all="ignore"):
-            parts.append(_measure_block(xp, dx, core, flux, w, good, lam0, sig_exp[sl], gam[sl], static_blend, cfg,
-                                        rng))
+            return _measure_block(xp, dx, core, flux, w, good, lam0, sig_exp[sl], gam[sl], static_blend, cfg, rng)
+
+    blocks = [slice(start, min(start + chunk, n)) for start in range(0, n, chunk)]
+    if xp.compiled and mc_draws == 0 and len(blocks) > 1 and n_threads() > 1:
+        # each spectrum is fitted on its own and no random draw is made: the blocks in threads (the compiled kernels
+        # release the GIL), the same numbers
+        with ThreadPoolExecutor(min(len(blocks), n_threads())) as pool:
+            parts = list(pool.map(block, blocks))
+    else:
+        parts = [block(sl) for sl in blocks]
     res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     star_id = (batch.meta["star_id"].astype(str).to_numpy() if "star_id" in batch.meta
                else np.array([f"spectrum-{i}" for i in range(n)]))

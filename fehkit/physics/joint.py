@@ -29,6 +29,7 @@ from astropy.stats import sigma_clipped_stats
 
 from fehkit.errors import FehkitWarning, GridRangeError
 from fehkit.physics.cog import ALPHA_RANGE, CurveOfGrowth, _kernels, pchip_coefficients
+from fehkit.threads import map_parts
 
 #: [Fe/H] grid of the likelihood (dex): below the curve-of-growth grid (-5) the lines are on the linear part.
 FEH_GRID = np.round(np.arange(-6.5, -0.5 + 1e-9, 0.01), 2)
@@ -125,9 +126,13 @@ def _joint(ew_mA: Any, ew_err_mA: Any, usable: Any, teff: Any, logg: Any, vmic: 
     ew, err, use = _inputs(ew_mA, ew_err_mA, usable, cog, lines)
     n = ew.shape[0]
     params = [np.broadcast_to(np.asarray(a, float), (n,)) for a in (teff, logg, vmic, alpha_fe)]
-    rows = [_joint_chunk(ew[s:s + chunk], err[s:s + chunk], use[s:s + chunk],
-                         *(p[s:s + chunk] for p in params), cog, lines, model_fraction, model_floor_mA, full)
-            for s in range(0, n, chunk)]
+    if USE_NUMBA and _kernels() is not None:  # star by star: parts of the stars in threads, the same numbers
+        rows = map_parts(lambda s: _joint_chunk(ew[s], err[s], use[s], *(p[s] for p in params), cog, lines,
+                                                model_fraction, model_floor_mA, full), n, max_rows=chunk)
+    else:
+        rows = [_joint_chunk(ew[s:s + chunk], err[s:s + chunk], use[s:s + chunk],
+                             *(p[s:s + chunk] for p in params), cog, lines, model_fraction, model_floor_mA, full)
+                for s in range(0, n, chunk)]
     names = [c for c in JOINT_COLUMNS if c != "cog_detected" and (full or c in _SHORT_COLUMNS)]
     out = pd.DataFrame({k: np.concatenate([r[k] for r in rows]) if rows else np.array([]) for k in names})
     out.insert(names.index("cog_n_lines"), "cog_detected", out["cog_signal_sigma"].to_numpy() >= detection_sigma)
