@@ -136,7 +136,8 @@ def infer(
         most 8).
     read_processes : int, optional
         Processes reading the next chunks of files ahead while this one measures the current chunk. Default: one
-        fewer than the CPUs (at most 8) when the files make more than one chunk, none otherwise, and none inside
+        per CPU (at most 8; reading a file takes ~10 times as long as measuring it) when the files make more than
+        one chunk, none otherwise, and none inside
         a daemon process (a Dask or multiprocessing worker, which may not start processes of its own). ``0``: read
         each chunk in threads, in this process. A reading process's warnings are raised again here.
     trees : {"auto", "tensor", "library"}
@@ -251,7 +252,7 @@ def _read_chunks(chunks: Sequence[Sequence[Path]], threads: int | None,
         return
     if processes is None:
         daemon = multiprocessing.current_process().daemon
-        processes = 0 if daemon or len(chunks) < 2 else max(1, min(8, cpus - 1))
+        processes = 0 if daemon or len(chunks) < 2 else min(8, cpus)
     if int(processes) < 0:
         raise UsageError(f"read_processes = {processes}: expected 0 (read in this process) or more")
     if int(processes) == 0:
