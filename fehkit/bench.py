@@ -113,6 +113,7 @@ def _run(n: int, *, device: str, model: Any, seed: int, baseline_n: int, cannon:
     from fehkit.continuum import normalize
     from fehkit.ew import kernels as ew_kernels
     from fehkit.ew import measure_ew
+    from fehkit.ew.solver import ArrayBackend
     from fehkit.features import build_features
     from fehkit.flags import is_ok
     from fehkit.infer import _Runner, infer, resolve_device
@@ -176,8 +177,6 @@ def _run(n: int, *, device: str, model: Any, seed: int, baseline_n: int, cannon:
     # the EW engine that ran (torch on a GPU, the compiled kernels on a CPU with numba) against the numpy engine in
     # float64 (the reference: what the compiled kernels compute), and against the default numpy engine, whose first
     # fits run in float32
-    from fehkit.ew.solver import ArrayBackend
-
     compiled = backend == "numpy" and ew_kernels.ENABLED
     res["ew_engine"] = "compiled kernels (numba, float64)" if compiled else f"{backend} on {dev}"
     res["ew_reference"] = "numpy engine, float64 fits"

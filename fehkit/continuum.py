@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from fehkit.errors import FehkitError
 from fehkit.float32 import at_least, at_most
 from fehkit.lines import load_linelist
 from fehkit.spectra import CHIPS, SpectrumBatch
-from fehkit.threads import map_parts
+from fehkit.threads import map_parts, numba_wanted
 
 #: Half width (A) of the Fe line cores kept out of the continuum fit: 2 FWHM of the LSF at R = 22,500.
 LINE_CORE_HALF_WIDTH_A = 1.4
@@ -55,7 +54,7 @@ _COMPACT = 0.9
 
 #: Fit with the compiled kernels of :mod:`fehkit.continuum_kernels` when numba imports (False, or the environment
 #: variable ``FEHKIT_NUMBA=0``: always NumPy).
-USE_NUMBA = os.environ.get("FEHKIT_NUMBA", "1") != "0"
+USE_NUMBA = numba_wanted()
 
 
 class ContinuumError(FehkitError, ValueError):

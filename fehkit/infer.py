@@ -137,9 +137,9 @@ def infer(
     read_processes : int, optional
         Processes reading the next chunks of files ahead while this one measures the current chunk. Default: one
         per CPU (at most 8; reading a file takes ~10 times as long as measuring it) when the files make more than
-        one chunk, none otherwise, and none inside
-        a daemon process (a Dask or multiprocessing worker, which may not start processes of its own). ``0``: read
-        each chunk in threads, in this process. A reading process's warnings are raised again here.
+        one chunk, none otherwise, and none inside a daemon process (a Dask or multiprocessing worker, which may
+        not start processes of its own). ``0``: read each chunk in threads, in this process. A reading process's
+        warnings are raised again here.
     trees : {"auto", "tensor", "library"}
         How the forest and the boosted trees run: as torch tensors on the device (``"tensor"``), or through
         scikit-learn and XGBoost themselves on the CPU (``"library"``). ``"auto"``: tensors on a GPU, the libraries
@@ -256,9 +256,8 @@ def _read_chunks(chunks: Sequence[Sequence[Path]], threads: int | None,
     if int(processes) < 0:
         raise UsageError(f"read_processes = {processes}: expected 0 (read in this process) or more")
     if int(processes) == 0:
-        with ThreadPoolExecutor(threads or min(8, cpus)) as pool:
-            for paths in chunks:
-                yield _concat(list(pool.map(_read_file, paths)))
+        for paths in chunks:
+            yield _read_here(paths, threads)
         return
     # spawn, not fork: a forked copy of a process that runs torch's and BLAS's threads can hang
     from fehkit.io import read_apogee_recorded
@@ -272,8 +271,7 @@ def _read_chunks(chunks: Sequence[Sequence[Path]], threads: int | None,
             ahead.append(pool.submit(read_apogee_recorded, list(paths)))
             if len(ahead) == int(processes):
                 break
-        with ThreadPoolExecutor(threads or min(8, cpus)) as local:  # ... while this one reads the first
-            yield _concat(list(local.map(_read_file, first)))
+        yield _read_here(first, threads)  # ... while this one reads the first
         while ahead:
             batch, caught = ahead.popleft().result()
             paths = next(todo, None)
@@ -286,13 +284,12 @@ def _read_chunks(chunks: Sequence[Sequence[Path]], threads: int | None,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _read_file(path: Path) -> SpectrumBatch:
+def _read_here(paths: Sequence[Path], threads: int | None) -> SpectrumBatch:
+    """Read files into one batch in this process, in threads (default one per CPU, at most 8), in order."""
     from fehkit.io import read_apogee
 
-    return read_apogee(path)
-
-
-def _concat(batches: list[SpectrumBatch]) -> SpectrumBatch:
+    with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
+        batches = list(pool.map(read_apogee, paths))
     return SpectrumBatch.concat(batches) if len(batches) > 1 else batches[0]
 
 

@@ -1,22 +1,25 @@
-"""Threads for the compiled kernels: they release the GIL, so the rows of a batch can share the CPU's cores.
+"""The compiled kernels' switch, and threads for them: they release the GIL, so a batch's rows share the cores.
 
-The continuum fit and the classical joint likelihood treat every spectrum (star) on its own, so splitting a batch
-into contiguous parts and running the parts in threads gives the same numbers, only sooner. How many threads:
-the environment variable ``FEHKIT_THREADS`` (e.g. ``1`` inside a process of a process pool that already gives each
-core a process: ``fehkit batch`` sets it for its Dask workers), else the number of CPUs.
+The continuum fit, the EW fits and the classical joint likelihood treat every spectrum (star) on its own, so
+splitting a batch into contiguous parts and running the parts in threads gives the same numbers, only sooner. How
+many threads: the environment variable ``FEHKIT_THREADS`` (e.g. ``1`` inside a process of a process pool that
+already gives each core a process: ``fehkit batch`` sets it for its Dask workers), else the number of CPUs.
+``FEHKIT_NUMBA=0`` turns the compiled kernels off (the NumPy code runs instead, with the same numbers).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["THREADS_ENV", "map_parts", "n_threads"]
+__all__ = ["NUMBA_ENV", "THREADS_ENV", "map_parts", "map_threads", "n_threads", "numba_wanted"]
 
 #: Environment variable that sets the number of threads (default: the number of CPUs).
 THREADS_ENV = "FEHKIT_THREADS"
+#: Environment variable that turns the compiled (numba) kernels off when ``0``.
+NUMBA_ENV = "FEHKIT_NUMBA"
 
 T = TypeVar("T")
 
@@ -32,6 +35,19 @@ def n_threads() -> int:
     return os.cpu_count() or 1
 
 
+def numba_wanted() -> bool:
+    """Whether the compiled kernels may run: not when ``FEHKIT_NUMBA`` is ``0`` (read when a module is imported)."""
+    return os.environ.get(NUMBA_ENV, "1") != "0"
+
+
+def map_threads(fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
+    """Run ``fn`` on each of ``items`` in up to :func:`n_threads` threads; return the results in order."""
+    if len(items) <= 1 or n_threads() == 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(min(len(items), n_threads())) as pool:
+        return list(pool.map(fn, items))
+
+
 def map_parts(fn: Callable[[slice], T], n: int, *, min_rows: int = 64, max_rows: int | None = None) -> list[T]:
     """Run ``fn`` on contiguous parts of ``range(n)`` (as slices), in threads; return the results in order.
 
@@ -42,8 +58,4 @@ def map_parts(fn: Callable[[slice], T], n: int, *, min_rows: int = 64, max_rows:
     if max_rows:
         parts = max(parts, -(-n // max_rows))
     size = -(-n // parts) if n else 0
-    slices = [slice(s, min(s + size, n)) for s in range(0, n, size)] if n else []
-    if len(slices) <= 1:
-        return [fn(s) for s in slices]
-    with ThreadPoolExecutor(min(len(slices), n_threads())) as pool:
-        return list(pool.map(fn, slices))
+    return map_threads(fn, [slice(s, min(s + size, n)) for s in range(0, n, size)] if n else [])

@@ -25,7 +25,6 @@ numpy arrays as the numpy functions they replace.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +32,7 @@ import numpy as np
 
 from fehkit.constants import SPEED_OF_LIGHT_KMS
 from fehkit.profiles import weideman_coefficients
+from fehkit.threads import numba_wanted
 
 try:
     import numba
@@ -63,7 +63,7 @@ def njit(func: Callable | None = None, **options: Any) -> Any:
 
 
 #: Whether :func:`fehkit.ew.measure.measure_ew` runs its numpy-backend fits through these kernels.
-ENABLED = numba is not None and os.environ.get("FEHKIT_NUMBA", "1") != "0"
+ENABLED = numba is not None and numba_wanted()
 
 #: exp(v) = 2^k exp(r), ``r = v - k ln 2`` (ln 2 split in two, fdlibm's), ``exp(r)`` by its Taylor series to r^13
 #: (|r| <= ln 2 / 2: within an ulp of libm), 2^k from a table: :func:`_exp`, a vectorizable exponential.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -44,7 +43,7 @@ from fehkit.io import PIXMASK_BITS
 from fehkit.lines import WINDOW_HALF_WIDTH_PIX, load_linelist
 from fehkit.physics.broadening import R_LSF, gaussian_sigma, lorentz_hwhm
 from fehkit.spectra import SpectrumBatch
-from fehkit.threads import n_threads
+from fehkit.threads import map_threads
 
 #: Stellar parameters assumed for the expected line widths and the tied damping when none are given:
 #: a metal-poor red giant.
@@ -233,13 +232,9 @@ def measure_ew(
             return _measure_block(xp, dx, core, flux, w, good, lam0, sig_exp[sl], gam[sl], static_blend, cfg, rng)
 
     blocks = [slice(start, min(start + chunk, n)) for start in range(0, n, chunk)]
-    if xp.compiled and mc_draws == 0 and len(blocks) > 1 and n_threads() > 1:
-        # each spectrum is fitted on its own and no random draw is made: the blocks in threads (the compiled kernels
-        # release the GIL), the same numbers
-        with ThreadPoolExecutor(min(len(blocks), n_threads())) as pool:
-            parts = list(pool.map(block, blocks))
-    else:
-        parts = [block(sl) for sl in blocks]
+    # each spectrum is fitted on its own: with no random draw to share, the blocks in threads (the compiled kernels
+    # release the GIL), the same numbers
+    parts = map_threads(block, blocks) if xp.compiled and mc_draws == 0 else [block(sl) for sl in blocks]
     res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     star_id = (batch.meta["star_id"].astype(str).to_numpy() if "star_id" in batch.meta
                else np.array([f"spectrum-{i}" for i in range(n)]))

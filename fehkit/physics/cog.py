@@ -30,6 +30,7 @@ import pandas as pd
 from scipy.interpolate import RegularGridInterpolator
 
 from fehkit.errors import FehkitWarning, GridRangeError, PhysicsGridError
+from fehkit.threads import numba_wanted
 
 #: File name of the packaged grid inside ``fehkit/physics/data``.
 DEFAULT_GRID = "cog_fe1.npz"
@@ -45,7 +46,7 @@ ALPHA_RANGE = (-0.2, 0.6)
 #: Interpolate and invert with the compiled kernels of :mod:`fehkit.physics.joint_kernels` when numba imports (the
 #: same numbers, ~10 times faster); False (or ``FEHKIT_NUMBA=0`` in the environment): always scipy and NumPy, the
 #: reference.
-USE_NUMBA = os.environ.get("FEHKIT_NUMBA", "1") != "0"
+USE_NUMBA = numba_wanted()
 
 
 class CurveOfGrowth:

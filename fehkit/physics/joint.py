@@ -18,7 +18,6 @@ star from ~1/15 of the points, and finds the same grid points.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -29,7 +28,7 @@ from astropy.stats import sigma_clipped_stats
 
 from fehkit.errors import FehkitWarning, GridRangeError
 from fehkit.physics.cog import ALPHA_RANGE, CurveOfGrowth, _kernels, pchip_coefficients
-from fehkit.threads import map_parts
+from fehkit.threads import map_parts, numba_wanted
 
 #: [Fe/H] grid of the likelihood (dex): below the curve-of-growth grid (-5) the lines are on the linear part.
 FEH_GRID = np.round(np.arange(-6.5, -0.5 + 1e-9, 0.01), 2)
@@ -49,7 +48,7 @@ _SHORT_COLUMNS = ("feh_cog", "cog_signal_sigma", "cog_detected", "cog_n_lines")
 
 #: Search the likelihood with the compiled kernels of :mod:`fehkit.physics.joint_kernels` when numba imports;
 #: False (or ``FEHKIT_NUMBA=0`` in the environment): always the NumPy search, the reference.
-USE_NUMBA = os.environ.get("FEHKIT_NUMBA", "1") != "0"
+USE_NUMBA = numba_wanted()
 
 #: Stride (grid points) of the first points of the compiled search; it divides ``FEH_GRID.size - 1``. Wide is
 #: fine: the bounds discard far intervals whole (150: ~38 points a star, against ~49 with 30).
