@@ -502,12 +502,13 @@ def _search_compiled(ew: np.ndarray, err: np.ndarray, use: np.ndarray, teff: np.
     n = ew.shape[0]
     piece, s, on_grid = _grid_pieces(cog.feh)
     k, near, cross = np.zeros(n, np.int64), np.zeros((n, 3)), np.zeros((n, 3))
-    chi2, n_eval = np.zeros(n), np.zeros(n, np.int64)  # n_eval: grid points evaluated, unused here
+    chi2, n_eval = np.zeros(n), np.zeros(n, np.int64)
     _kernels().joint_stars(curves, cog.feh, FEH_GRID, piece, s, on_grid, np.ascontiguousarray(ew, float),
                            np.ascontiguousarray(err, float), np.ascontiguousarray(use, bool), float(frac),
                            float(floor), bool(full), FIRST_STRIDE, k, near, cross, chi2, n_eval)
     return {"k": k, "best": near[np.arange(n), k - np.clip(k, 1, _G - 2) + 1],
-            "near": near, "lo1": cross[:, 0], "hi1": cross[:, 1], "hi9": cross[:, 2], "chi2": chi2}
+            "near": near, "lo1": cross[:, 0], "hi1": cross[:, 1], "hi9": cross[:, 2], "chi2": chi2,
+            "n_eval": n_eval}
 
 
 def _grid_pieces(feh: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
