@@ -39,9 +39,9 @@ def test_heavy_tailed_errors_under_noisy_labels_are_covered_at_68_and_95_percent
     assert 3 <= c["tail_nu"] <= 12
     err = np.sqrt(c["scale"] ** 2 * v + c["floor"] ** 2)
     cov68, cov95 = np.mean(np.abs(true_err) <= err), np.mean(np.abs(true_err) <= 1.96 * err)
-    assert 0.66 <= cov68 <= 0.74 and 0.93 <= cov95 <= 0.97
-    assert cov68 == pytest.approx(c["oof_coverage_68"], abs=0.03)
-    assert cov95 == pytest.approx(c["oof_coverage_95"], abs=0.02)
+    # +-feh_err is the 68.3% interval; with t tails +-1.96 feh_err holds less than 95%, as the model says
+    assert cov68 == pytest.approx(0.683, abs=0.02) and c["oof_coverage_68"] == pytest.approx(0.683, abs=1e-3)
+    assert cov95 == pytest.approx(c["oof_coverage_95"], abs=0.015) and cov95 < 0.94
     # err95_factor: the 95% half-width of the fitted t in units of feh_err
     assert np.mean(np.abs(true_err) <= c["err95_factor"] * err) == pytest.approx(0.95, abs=0.015)
 
