@@ -18,16 +18,24 @@ Its modules follow the pipeline, in order:
 See ``README.md``, ``docs/`` and the notebooks for a tour.
 """
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
 
-from fehkit.continuum import normalize
-from fehkit.errors import FehkitError
-from fehkit.ew import EWTable, measure_ew
-from fehkit.io import read_apogee, write_apstar
-from fehkit.lines import load_linelist
-from fehkit.physics import CurveOfGrowth
-from fehkit.spectra import SpectrumBatch
-from fehkit.synth import make_benchmark, simulate
+#: What ``fehkit.<name>`` gives, and the module it comes from. They are imported on first use, so that
+#: ``import fehkit.io`` (in a reading process, say) does not also import the compiled kernels and scipy.
+_EXPORTS = {
+    "CurveOfGrowth": "fehkit.physics",
+    "EWTable": "fehkit.ew",
+    "FehkitError": "fehkit.errors",
+    "SpectrumBatch": "fehkit.spectra",
+    "load_linelist": "fehkit.lines",
+    "make_benchmark": "fehkit.synth",
+    "measure_ew": "fehkit.ew",
+    "normalize": "fehkit.continuum",
+    "read_apogee": "fehkit.io",
+    "simulate": "fehkit.synth",
+    "write_apstar": "fehkit.io",
+}
 
 try:
     __version__ = version("fehkit")
@@ -48,3 +56,21 @@ __all__ = [
     "write_apstar",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:  # a submodule, e.g. fehkit.features after a bare ``import fehkit``
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

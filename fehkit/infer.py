@@ -21,9 +21,8 @@ import copy
 import multiprocessing
 import os
 import warnings
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -260,25 +259,28 @@ def _read_chunks(chunks: Sequence[Sequence[Path]], threads: int | None,
             yield _read_here(paths, threads)
         return
     # spawn, not fork: a forked copy of a process that runs torch's and BLAS's threads can hang
-    from fehkit.io import read_apogee_recorded
+    from fehkit.io import read_apogee_recorded, reader_ready
 
-    pool = ProcessPoolExecutor(int(processes), mp_context=multiprocessing.get_context("spawn"))
+    n_proc = int(processes)
+    pool = ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn"))
     try:
-        todo = iter(chunks)
-        first = next(todo)
-        ahead: deque = deque()
-        for paths in todo:  # the reading processes start on the next chunks ...
-            ahead.append(pool.submit(read_apogee_recorded, list(paths)))
-            if len(ahead) == int(processes):
-                break
-        yield _read_here(first, threads)  # ... while this one reads the first
-        while ahead:
-            batch, caught = ahead.popleft().result()
-            paths = next(todo, None)
-            if paths is not None:
-                ahead.append(pool.submit(read_apogee_recorded, list(paths)))
-            for message, category in caught:
-                warnings.warn(message, category, stacklevel=3)
+        # A spawned process takes a second or more to start and import the readers; until one has, this process
+        # reads the chunks itself, so a short run never waits for them.
+        ready = [pool.submit(reader_ready) for _ in range(n_proc)]
+        ahead: dict[int, Future] = {}
+        for i, paths in enumerate(chunks):
+            warm = sum(f.done() and f.exception() is None for f in ready)
+            for j in range(i + 1, len(chunks)):  # the warm processes read the next chunks meanwhile
+                if len(ahead) - (i in ahead) >= warm:
+                    break
+                if j not in ahead:
+                    ahead[j] = pool.submit(read_apogee_recorded, list(chunks[j]))
+            if i in ahead:
+                batch, caught = ahead.pop(i).result()
+                for message, category in caught:
+                    warnings.warn(message, category, stacklevel=3)
+            else:
+                batch = _read_here(paths, threads)
             yield batch
     finally:  # on an error (or when the caller stops early) the chunks not yet read are dropped
         pool.shutdown(wait=True, cancel_futures=True)

@@ -226,6 +226,11 @@ def read_apogee_recorded(paths: Sequence[str | os.PathLike[str]]) -> tuple[Spect
     return batch, [(str(w.message), w.category) for w in caught]
 
 
+def reader_ready() -> int:
+    """Return this process's id: a reading process (see :func:`read_apogee_recorded`) has imported the readers."""
+    return os.getpid()
+
+
 def read_apstar(
     path: str | os.PathLike[str], rows: Rows = "combined", bad_bits: Iterable[str] = DEFAULT_BAD_BITS
 ) -> SpectrumBatch:

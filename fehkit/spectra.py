@@ -37,6 +37,9 @@ CHIPS: dict[str, tuple[float, float]] = {
 APOGEE_FLUX_UNIT = "1e-17 erg / (s cm2 Angstrom)"
 
 
+_APSTAR_WAVE = 10.0 ** (APSTAR_CRVAL1 + APSTAR_CDELT1 * np.arange(APSTAR_NPIX))
+
+
 def apstar_wavelength() -> np.ndarray:
     """Return the DR17 apStar wavelength grid.
 
@@ -51,7 +54,7 @@ def apstar_wavelength() -> np.ndarray:
     >>> w.shape, round(float(w[0]), 2), round(float(w[-1]), 2)
     ((8575,), 15100.8, 16999.81)
     """
-    return 10.0 ** (APSTAR_CRVAL1 + APSTAR_CDELT1 * np.arange(APSTAR_NPIX))
+    return _APSTAR_WAVE.copy()  # a copy: callers may change theirs
 
 
 def chip_of(wave: np.ndarray | float) -> np.ndarray:

@@ -4,6 +4,7 @@ with the members run as torch tensors or by their own libraries; and fehkit benc
 from __future__ import annotations
 
 import json
+import time
 import warnings
 
 import numpy as np
@@ -11,10 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
+import fehkit.infer
 from fehkit.cli import main
 from fehkit.errors import CorruptFileError, FehkitWarning, UsageError
 from fehkit.examples import example_paths
-from fehkit.infer import TorchMembers, infer, resolve_device
+from fehkit.infer import TorchMembers, _read_chunks, infer, resolve_device
 from fehkit.io import read_apogee, write_apstar
 from fehkit.models.ensemble import FeHEnsemble
 from fehkit.synth import make_benchmark
@@ -102,11 +104,27 @@ def test_reading_processes_give_the_same_table_and_name_a_bad_file(setup, tmp_pa
     here = _quiet(infer, files, ens, params.iloc[:9], device="cpu", batch_size=2, read_processes=0)
     ahead = _quiet(infer, files, ens, params.iloc[:9], device="cpu", batch_size=2, read_processes=2)
     _same(here, ahead, 1e-12, 1e-12)  # the forest sums its trees in threads, in varying order
-    files[6].write_bytes(files[6].read_bytes()[:5000])  # a chunk that a reading process reads
+    files[6].write_bytes(files[6].read_bytes()[:5000])  # read here or in a reading process, whichever is first
     with pytest.raises(CorruptFileError, match=files[6].name):
         _quiet(infer, files, ens, params.iloc[:9], device="cpu", batch_size=2, read_processes=2)
     with pytest.raises(UsageError, match="read_processes = -1"):
         infer(files, ens, params.iloc[:9], device="cpu", batch_size=2, read_processes=-1)
+
+
+def test_chunks_read_by_warm_reading_processes_come_in_order_and_name_a_bad_file(tmp_path, monkeypatch):
+    """A slow consumer lets the reading processes start: later chunks come from them, in order."""
+    sim = make_benchmark(8, 3)
+    files = write_apstar(sim.batch, tmp_path)
+    files[-1].write_bytes(files[-1].read_bytes()[:2880 * 20])
+    here, read_here = [], fehkit.infer._read_here
+    monkeypatch.setattr(fehkit.infer, "_read_here", lambda paths, n: here.append(paths) or read_here(paths, n))
+    got = []
+    with pytest.raises(CorruptFileError, match=files[-1].name):
+        for batch in _read_chunks([[f] for f in files], None, 2):
+            got.append(batch.meta["file"].iloc[0])
+            time.sleep(0.6)
+    assert got == [str(f) for f in files[:-1]]
+    assert 1 <= len(here) < len(got)  # the first chunk here (the processes were starting), later ones in them
 
 
 def test_infer_on_the_real_dr17_files_flags_them(setup):
