@@ -33,7 +33,8 @@ from fehkit.errors import FehkitWarning
 from fehkit.files import jsonable
 from fehkit.flags import detected
 
-
+#: Bins of the joint Fe signal (sigma) for the held-out coverage by detection strength.
+SIGNAL_BINS = (3.0, 4.0, 5.0, 8.0, 15.0, 30.0, np.inf)
 #: The demo's training and validation stars (its 1,500-star benchmark split 70/10/20).
 N_TRAIN, N_VAL = 1050, 150
 
@@ -65,7 +66,15 @@ def one_seed(seed: int, n_test: int) -> dict:
         oof_bins.append({"lo": b["lo"], "hi": b["hi"], "n_detected": int(s.sum()),
                          "coverage_68": float(np.mean(d_all[s] <= e_all[s])) if s.any() else None,
                          "coverage_95": float(np.mean(d_all[s] <= 1.96 * e_all[s])) if s.any() else None})
-    return {"seed": seed, "n_headline": n, "tail_nu": c["tail_nu"], "k": c["coverage_rescale"], "floor": c["floor"],
+    p = run.predictions
+    hp = detected(p["flag"]) & (p["snr"].to_numpy() >= 50)
+    dp, ep, sp = (np.abs(p["feh"] - p["true_feh"]).to_numpy()[hp], p["feh_err"].to_numpy()[hp],
+                  p["cog_signal_sigma"].to_numpy()[hp])
+    by_signal = [{"lo": lo, "hi": hi, "n": int(s.sum()), "n68": int(np.sum(dp[s] <= ep[s])),
+                  "n95": int(np.sum(dp[s] <= 1.96 * ep[s]))}
+                 for lo, hi in zip(SIGNAL_BINS[:-1], SIGNAL_BINS[1:], strict=True) for s in [(sp >= lo) & (sp < hi)]]
+    return {"seed": seed, "n_headline": n, "by_signal": by_signal, "tail_nu": c["tail_nu"],
+            "k": c["coverage_rescale"], "floor": c["floor"],
             "scale": c["scale"], "expected_68": c["oof_coverage_68"], "expected_95": c["oof_coverage_95"],
             "oof_n": int(h.sum()), "oof_68": float(np.mean(d <= e)), "oof_95": float(np.mean(d <= 1.96 * e)),
             "coverage_68": m["coverage_68"], "coverage_95": m["coverage_95"],
@@ -112,7 +121,8 @@ def section(runs: dict[int, list[dict]], seeds: list[int]) -> str:
     dev = [s for s in seeds if s in DEVELOPMENT_SEEDS]
     text = [SECTION, "",
             "**Synthetic spectra.** Made by `python scripts/validate_calibration.py --seeds "
-            + " ".join(map(str, seeds)) + " --test-stars " + " ".join(map(str, runs)) + " --md docs/feh_validation.md`. "
+            + " ".join(map(str, seeds)) + " --test-stars " + " ".join(map(str, runs))
+            + " --md docs/feh_validation.md`. "
             "Each seed draws the demo's benchmark (100 K / 0.2 / 0.2 parameter errors, 0.05 dex labels) and trains the "
             "ensemble as the demo does, on 1,050 training and 150 validation stars (without The Cannon and the "
             "ablation, which do not change it); it is then tested on held-out stars of the same draw, the demo's 300 "
@@ -133,6 +143,16 @@ def section(runs: dict[int, list[dict]], seeds: list[int]) -> str:
             text += [f"Pooled over the fresh seeds ({n} headline stars): coverage_68 {pooled['coverage_68']:.3f} "
                      f"(binomial sd {np.sqrt(0.683 * 0.317 / n):.3f}), coverage_95 {pooled['coverage_95']:.3f} "
                      f"(sd {np.sqrt(0.95 * 0.05 / n):.3f}).", ""]
+        if fresh:
+            text += ["Held-out coverage_68 / coverage_95 by the joint Fe signal, pooled over the fresh seeds (n):", "",
+                     "| signal (sigma) | " + " | ".join(f"{b['lo']:g}-{b['hi']:g}".replace("-inf", "+")
+                                                        for b in fresh[0]["by_signal"]) + " |",
+                     "|---|" + "---|" * len(fresh[0]["by_signal"]),
+                     "| coverage | " + " | ".join(
+                         (lambda n, n68, n95: f"{n68 / n:.3f} / {n95 / n:.3f} ({n})" if n else "- (0)")(
+                             sum(r["by_signal"][i]["n"] for r in fresh), sum(r["by_signal"][i]["n68"] for r in fresh),
+                             sum(r["by_signal"][i]["n95"] for r in fresh))
+                         for i in range(len(fresh[0]["by_signal"]))) + " |", ""]
         missed = [f"- seed {r['seed']}: {t['name']} {t['value']:.3f} (target {t['target']}): {t['note']}; held-out "
                   f"MAE / out-of-fold MAE: ensemble {r['mae_test_over_oof']['ensemble']:.2f}, classical method "
                   f"{r['mae_test_over_oof']['cog']:.2f}"
