@@ -152,7 +152,7 @@ def build_features(
     >>> from fehkit.synth import make_benchmark
     >>> from fehkit import normalize, measure_ew
     >>> sim = make_benchmark(3, seed=1)
-    >>> p = sim.truth[["teff_ref", "logg_ref", "vmic_ref"]].set_axis(["teff", "logg", "vmic"], axis=1)
+    >>> p = sim.truth[["teff", "logg", "vmic"]]  # the true ones: a reference log g of 5.08 would be clipped to 5
     >>> f = build_features(measure_ew(normalize(sim.batch).batch, params=p), p)
     >>> f.X.shape[0], "feh_cog" in f.names
     (3, True)

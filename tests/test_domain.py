@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from fehkit.cli import main
-from fehkit.errors import FehkitWarning, InputTableError
+from fehkit.errors import InputTableError
 from fehkit.examples import example_paths
 from fehkit.features import check_param_values
 from fehkit.flags import FLAGS, detected, has_flag, is_ok, join, split, tally
@@ -26,18 +25,13 @@ from fehkit.models.domain import check_domain
 from fehkit.models.ensemble import EnsembleError
 from fehkit.synth import make_benchmark, simulate
 from fehkit.training import predict_spectra, reference_params, spectra_features
+from tests.test_infer import _quiet
 
 TINY = dict(rf={"n_estimators": 20}, xgb={"n_estimators": 20}, dnn={"max_epochs": 20, "hidden": (16,)}, n_folds=3)
 #: The packaged real stars and their header parameters (ASPCAP-like Teff, log g; a typical vmic).
 GIANT, DWARF = "2M17335483-2753043", "2M19485057+5005279"
 REAL_PARAMS = pd.DataFrame({"star_id": [GIANT, DWARF], "teff": [3677.0, 5226.0], "logg": [0.53, 5.0],
                             "vmic": [1.8, 1.0]})
-
-
-def _quiet(f, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FehkitWarning)
-        return f(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")
