@@ -447,7 +447,8 @@ def _print_table_metrics(res: object) -> None:
     if e.get("n"):
         cov = m.get("coverage_68")
         print(f"  against feh_ref (reference labels): MAE {e['mae']:.4f}, bias {e['bias']:+.4f}, scatter "
-              f"{e['scatter']:.4f} dex" + (f", coverage_68 {cov:.2f}" if cov is not None else ""))
+              f"{e['scatter']:.4f} dex" + (f", coverage_68 {cov:.2f}" if cov is not None else "")
+              + (" (feh_err with the labels' own errors)" if m.get("coverage_errors", "feh_err") != "feh_err" else ""))
     for name, c in (m.get("cross_survey_real") or {}).items():
         if c.get("n"):
             scatter = f"{c['scatter']:.4f}" if c.get("scatter") is not None else "-"

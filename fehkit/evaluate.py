@@ -182,7 +182,9 @@ def evaluate(
         Detected stars a ([Fe/H], S/N) cell needs before the 10% comparison with the classical method is checked.
     truth_column : str
         The column scored against: ``true_feh`` (the simulated truth), or ``feh_ref`` (the reference labels of a
-        labelled table, with ``teff`` standing in for ``true_teff``); written as ``truth`` in the metrics.
+        labelled table, with ``teff`` standing in for ``true_teff``); written as ``truth`` in the metrics. Where
+        the labels carry errors (``feh_ref_err``), coverage counts |feh - label| against feh_err and the label's
+        error added in quadrature (``coverage_errors`` says which).
 
     Returns
     -------
@@ -193,9 +195,15 @@ def evaluate(
         (``by_teff``, ``by_feh_snr``, ``lowest_feh``, ``bias_ttest``, ``targets``).
     """
     p = pred.reset_index(drop=True)
+    label_errors = False
     if truth_column != "true_feh":  # reference labels of real (or stand-in) stars take the place of the truth
         teff = {"true_teff": p["teff"]} if "true_teff" not in p and "teff" in p else {}
         p = p.assign(true_feh=p[truth_column], **teff)
+        # a label is off by its own error too: coverage asks whether feh and the label agree within both errors
+        label_err = p[f"{truth_column}_err"].to_numpy(float) if f"{truth_column}_err" in p else np.full(len(p), np.nan)
+        label_errors = bool(np.isfinite(label_err).any()) and "feh_err" in p
+        if label_errors:
+            p = p.assign(feh_err=np.hypot(p["feh_err"].to_numpy(float), np.nan_to_num(label_err, nan=0.0)))
     truth = p["true_feh"].to_numpy(float)
     detected = flag_detected(p["flag"])  # a measured [Fe/H]; out_of_domain or grid flags only warn about it
     snr = p["snr"].to_numpy(float)
@@ -211,6 +219,7 @@ def evaluate(
         "truth": ("true_feh (the simulated truth)" if truth_column == "true_feh"
                   else f"{truth_column} (reference labels)"),
         "n_test": int(len(p)),
+        "coverage_errors": ("feh_err and the label's own error, in quadrature" if label_errors else "feh_err"),
         "headline_subset": HEADLINE,
         "n_headline": int(head.sum()),
         "n_upper_limits": int((~detected).sum()),

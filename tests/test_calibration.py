@@ -82,6 +82,17 @@ def test_metrics_report_coverage_95_per_bin_and_upper_limits_that_hold():
     assert t["coverage_95"]["met"] is False and t["coverage_95"]["target"] == "0.92-0.98"
 
 
+def test_coverage_against_noisy_labels_adds_the_label_errors():
+    """Scored against reference labels with errors, feh and the label must agree within both errors."""
+    t = _table().rename(columns={"true_feh": "feh_ref"}).assign(teff=4800.0)
+    alone = evaluate(t, n_boot=20, truth_column="feh_ref")  # no label errors given: feh_err alone
+    assert alone["coverage_68"] == pytest.approx(5 / 10) and alone["coverage_errors"] == "feh_err"
+    # 0.1 dex label errors: |resid| <= hypot(0.1, 0.1) = 0.141 holds for 6 of the 10 headline stars (0.12 joins)
+    m = evaluate(t.assign(feh_ref_err=0.1), n_boot=20, truth_column="feh_ref")
+    assert m["coverage_68"] == pytest.approx(6 / 10) and "quadrature" in m["coverage_errors"]
+    assert evaluate(_table(), n_boot=20)["coverage_errors"] == "feh_err"  # the simulated truth has no error
+
+
 def test_upper_limits_hold_reads_combined_flags_and_skips_missing_limits():
     t = pd.DataFrame({"flag": ["upper_limit;grid_edge", "upper_limit", "ok", "no_usable_lines"],
                       "feh_upper": [-3.0, np.nan, np.nan, np.nan], "true_feh": [-3.1, -4.0, -2.0, -4.0]})
