@@ -10,8 +10,8 @@ same OOF residuals: feh_err^2 = a^2 (sigma_cog^2 + sigma_param^2) + b^2, with th
 and stellar-parameter errors, (a, b) and the tails (Student-t) fitted by maximum likelihood through the labels' own
 noise, b never below :data:`ERR_FLOOR`, and one factor so that +-feh_err holds 68.3% of the errors under the fitted
 tails (a one-sigma-equivalent error; +-err95_factor feh_err holds 95%) -- calibrated on data the members never
-trained on, never on the test set. Stars whose joint Fe signal
-is below 3 sigma keep flag ``upper_limit`` and the classical 3-sigma upper limit (``feh_upper``).
+trained on, never on the test set. Stars whose joint Fe signal is below 3 sigma keep flag ``upper_limit`` and the
+classical 3-sigma upper limit (``feh_upper``).
 """
 
 from __future__ import annotations
