@@ -148,6 +148,12 @@ def _header(metrics: Mapping[str, Any], pred: pd.DataFrame, title: str, syntheti
     if in_metrics is not None and bool(in_metrics) != in_pred and len(pred):
         out.append(f"<p class='warning'>metrics.json says synthetic = {_e(bool(in_metrics))} but the predictions "
                    f"say {_e(in_pred)}: were they written by the same run?</p>")
+    cal = metrics.get("calibration") or {}
+    expect95 = (f"0.95 for Gaussian errors; {_f(cal['oof_coverage_95'])} for the tails this model fitted, whose "
+                f"95% interval is ±{_f(cal['err95_factor'])} feh_err" if "err95_factor" in cal and
+                "oof_coverage_95" in cal else "0.95 if calibrated")
+    against = ("; feh_err and each label's own error added in quadrature"
+               if metrics.get("coverage_errors", "feh_err") != "feh_err" else "")
     facts = [
         ("test stars", _f(metrics.get("n_test"), 0)),
         ("headline subset", f"{_f(metrics.get('n_headline'), 0)} stars: {metrics.get('headline_subset', '—')}"),
@@ -155,7 +161,7 @@ def _header(metrics: Mapping[str, Any], pred: pd.DataFrame, title: str, syntheti
                          "(flag upper_limit; a 3σ limit, not a value)"),
         ("coverage of ±feh_err", f"{_f(metrics.get('coverage_68'))} of the stars have |predicted − true| ≤ "
                                  "feh_err (0.68 if feh_err is a calibrated 1σ); "
-                                 f"{_f(metrics.get('coverage_95'))} within 1.96 feh_err (0.95 if calibrated)"),
+                                 f"{_f(metrics.get('coverage_95'))} within 1.96 feh_err ({expect95}){against}"),
     ]
     held = metrics.get("upper_limits_hold")
     if isinstance(held, Mapping) and held.get("n"):
