@@ -284,7 +284,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("results.csv"), help="output CSV file (default %(default)s)")
     p.add_argument("--device", default="auto", help="where to run: auto (a CUDA GPU when torch sees one, else the "
                    "CPU), cpu, cuda or cuda:N (default %(default)s)")
-    p.add_argument("--batch-size", type=_POSITIVE_COUNT, default=2048, help="spectra per chunk (default %(default)s)")
+    p.add_argument("--batch-size", type=_POSITIVE_COUNT, default=None, help="files per chunk: held in memory at once "
+                   "and read ahead by other processes while the previous chunk is measured (default 256)")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser(
@@ -480,7 +481,6 @@ def _predict(args: argparse.Namespace) -> int:
     from fehkit.files import check_output_file, write_table
     from fehkit.flags import has_flag, tally
     from fehkit.infer import infer, resolve_device
-    from fehkit.io import read_apogee
     from fehkit.models import FeHEnsemble
 
     required = ("teff", "logg", "vmic")
@@ -488,9 +488,10 @@ def _predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     table = _load_params(args.params, extra=("alpha_fe", "teff_err", "logg_err", "vmic_err"), required=required)
     ens = FeHEnsemble.load(args.model, device=str(device))
-    batch = read_apogee(args.files)
-    params = _match_params(table, args.params, batch.meta, required=required)
-    out = infer(batch, ens, params, device=str(device), batch_size=args.batch_size)
+    # the files are read a chunk at a time (ahead, in other processes); each chunk's rows of --params are found by
+    # the star ids (or file names) read from it
+    out = infer(args.files, ens, lambda meta: _match_params(table, args.params, meta, required=required),
+                device=str(device), batch_size=args.batch_size)
     write_table(out, args.out)
     _note_synthetic_model(getattr(ens, "card_", {}).get("synthetic"))
     n_upper = int(has_flag(out["flag"], "upper_limit").sum())

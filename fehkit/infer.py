@@ -21,7 +21,7 @@ import copy
 import multiprocessing
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,9 @@ __all__ = ["TorchMembers", "infer", "infer_chunks", "resolve_device"]
 
 #: Spectra per chunk by default: bounds the memory (~0.3 MB a spectrum through the path) and feeds a GPU well.
 DEFAULT_BATCH_SIZE = 2048
+#: Files per chunk when ``infer`` reads files and no ``batch_size`` is given: small enough that reading
+#: processes start on the second chunk early, large enough that a chunk still runs the kernels efficiently.
+FILE_BATCH_SIZE = 256
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -101,10 +104,10 @@ class TorchMembers:
 def infer(
     spectra: SpectrumBatch | str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     model: FeHEnsemble | str | os.PathLike[str],
-    params: pd.DataFrame | Mapping[str, Any],
+    params: pd.DataFrame | Mapping[str, Any] | Callable[[pd.DataFrame], pd.DataFrame],
     *,
     device: str = "auto",
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     dtype: torch.dtype | None = None,
     progress: bool | None = None,
     read_threads: int | None = None,
@@ -119,13 +122,15 @@ def infer(
         Spectra in memory, or APOGEE files (read a chunk at a time, with ``read_threads`` threads).
     model : FeHEnsemble or path
         A fitted ensemble or a saved model folder.
-    params : DataFrame or mapping
+    params : DataFrame, mapping or function
         One row per spectrum, in order: ``teff``, ``logg``, ``vmic`` (and optionally ``alpha_fe``, ``teff_err``,
-        ``logg_err``, ``vmic_err``), as for :func:`fehkit.training.predict_spectra`.
+        ``logg_err``, ``vmic_err``), as for :func:`fehkit.training.predict_spectra`. Or a function called with
+        each chunk's ``meta`` (``star_id``, ``file``, ... as read) that returns those rows for the chunk's spectra,
+        in order: a table matched on star ids that are only known once the files are read (``fehkit predict``).
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
-    batch_size : int
-        Spectra per chunk.
+    batch_size : int, optional
+        Spectra per chunk (default 2048 in memory, :data:`FILE_BATCH_SIZE` when reading files).
     dtype : torch.dtype, optional
         Arithmetic of the trees (default float64 on the CPU, float32 on a GPU).
     progress : bool, optional
@@ -159,17 +164,22 @@ def infer(
     """
     from fehkit.training import PREDICT_COLUMNS
 
-    if int(batch_size) < 1:
+    if batch_size is not None and int(batch_size) < 1:
         raise UsageError(f"batch_size = {batch_size}: expected a positive number of spectra per chunk")
     run = _Runner(model, device, dtype, trees)
-    params = pd.DataFrame(params).reset_index(drop=True)
     if isinstance(spectra, SpectrumBatch):
         n, paths = spectra.n_spectra, None
     else:
         paths = [Path(spectra)] if isinstance(spectra, str | os.PathLike) else [Path(p) for p in spectra]
         n = len(paths)
-    if len(params) != n:
-        raise UsageError(f"params: {len(params)} rows for {n} spectra; expected one row per spectrum, in order")
+    batch_size = int(batch_size or (DEFAULT_BATCH_SIZE if paths is None else FILE_BATCH_SIZE))
+    if callable(params):
+        match = params
+    else:
+        table = pd.DataFrame(params).reset_index(drop=True)
+        if len(table) != n:
+            raise UsageError(f"params: {len(table)} rows for {n} spectra; expected one row per spectrum, in order")
+        match = None
     starts = range(0, n, int(batch_size))
     show = len(starts) > 1 if progress is None else progress
     bar = _bar(n, show)
@@ -180,7 +190,8 @@ def infer(
     else:
         chunks = _read_chunks([paths[a:b] for a, b in spans], read_threads, read_processes)
     for (start, stop), batch in zip(spans, chunks, strict=True):
-        parts.append(run(batch, params.iloc[start:stop].reset_index(drop=True)))
+        rows = table.iloc[start:stop].reset_index(drop=True) if match is None else _matched(match, batch)
+        parts.append(run(batch, rows))
         bar.update(stop - start)
     bar.close()
     if not parts:
@@ -236,6 +247,15 @@ class _Runner:
 
         return predict_spectra(self.ensemble, batch, params, member_predictor=self.members,
                                backend=self.ew_backend, device=str(self.device))
+
+
+def _matched(match: Callable[[pd.DataFrame], pd.DataFrame], batch: SpectrumBatch) -> pd.DataFrame:
+    """Return the parameters ``match`` gives a chunk: one row per spectrum (checked)."""
+    rows = pd.DataFrame(match(batch.meta)).reset_index(drop=True)
+    if len(rows) != batch.n_spectra:
+        raise UsageError(f"params: the function gave {len(rows)} rows for a chunk of {batch.n_spectra} spectra; "
+                         "expected one row per spectrum, in order")
+    return rows
 
 
 def _read_chunks(chunks: Sequence[Sequence[Path]], threads: int | None,

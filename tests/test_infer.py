@@ -111,6 +111,22 @@ def test_reading_processes_give_the_same_table_and_name_a_bad_file(setup, tmp_pa
         infer(files, ens, params.iloc[:9], device="cpu", batch_size=2, read_processes=-1)
 
 
+def test_params_matched_per_chunk_by_a_function_give_the_same_table(setup, tmp_path):
+    """fehkit predict's way: each chunk's rows found by the star ids read from its files, in any table order."""
+    ens, _, sim, params, _ = setup
+    files = write_apstar(sim.batch.select(np.arange(7)), tmp_path)
+    ordered = _quiet(infer, files, ens, params.iloc[:7], device="cpu", batch_size=3, read_processes=0)
+    table = params.iloc[:7].assign(star_id=sim.truth["star_id"].to_numpy()[:7]).iloc[::-1]
+
+    def match(meta: pd.DataFrame) -> pd.DataFrame:
+        return meta[["star_id"]].merge(table, on="star_id", how="left").drop(columns="star_id")
+
+    matched = _quiet(infer, files, ens, match, device="cpu", batch_size=3, read_processes=0)
+    _same(ordered, matched, 0.0, 0.0)
+    with pytest.raises(UsageError, match="gave 1 rows for a chunk of 3 spectra"):
+        _quiet(infer, files, ens, lambda meta: table.iloc[:1], device="cpu", batch_size=3, read_processes=0)
+
+
 def test_chunks_read_by_warm_reading_processes_come_in_order_and_name_a_bad_file(tmp_path, monkeypatch):
     """A slow consumer lets the reading processes start: later chunks come from them, in order."""
     sim = make_benchmark(8, 3)
