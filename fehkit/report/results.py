@@ -154,12 +154,14 @@ def _header(metrics: Mapping[str, Any], pred: pd.DataFrame, title: str, syntheti
                 "oof_coverage_95" in cal else "0.95 if calibrated")
     against = ("; feh_err and each label's own error added in quadrature"
                if metrics.get("coverage_errors", "feh_err") != "feh_err" else "")
+    labels = str(metrics.get("truth", "")).startswith("feh_ref")
+    reference = "the reference label" if labels else "true"
     facts = [
         ("test stars", _f(metrics.get("n_test"), 0)),
         ("headline subset", f"{_f(metrics.get('n_headline'), 0)} stars: {metrics.get('headline_subset', '—')}"),
         ("upper limits", f"{_f(metrics.get('n_upper_limits'), 0)} test stars without a detected Fe signal "
                          "(flag upper_limit; a 3σ limit, not a value)"),
-        ("coverage of ±feh_err", f"{_f(metrics.get('coverage_68'))} of the stars have |predicted − true| ≤ "
+        ("coverage of ±feh_err", f"{_f(metrics.get('coverage_68'))} of the stars have |predicted − {reference}| ≤ "
                                  "feh_err (0.68 if feh_err is a calibrated 1σ); "
                                  f"{_f(metrics.get('coverage_95'))} within 1.96 feh_err ({expect95}){against}"),
     ]
