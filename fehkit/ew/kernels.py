@@ -152,6 +152,28 @@ def chi2_row(x: np.ndarray, y: np.ndarray, w: np.ndarray, p: np.ndarray, scratch
     return chi2
 
 
+@njit(fastmath=SUM_MATH, inline="always")
+def _profile_scales(sig: float, gam: float) -> tuple[float, float, float, float, float]:
+    """Return ``s2 = sig sqrt 2``, ``zi = gam / s2``, ``norm``, ``n_s2``, ``n_sig`` (:func:`_profile_derivatives`)."""
+    s2 = sig * _SQRT_2
+    norm = 1.0 / (sig * _SQRT_2PI)
+    return s2, gam / s2, norm, norm / s2, norm / sig
+
+
+@njit(fastmath=SUM_MATH, inline="always")
+def _profile_derivatives(zr: float, zi: float, wr: float, wi: float, norm: float, n_s2: float, n_sig: float,
+                         sig: float) -> tuple[float, float, float, float]:
+    """Return the profile ``v`` at one pixel and its derivatives by d_lambda, sigma and gamma.
+
+    From ``w(z) = wr + i wi`` and ``w'(z) = -2 z w(z) + 2i / sqrt(pi)`` (``profiles.voigt_and_derivatives``);
+    ``norm = 1 / (sig sqrt(2 pi))``, ``n_s2 = norm / (sig sqrt 2)``, ``n_sig = norm / sig``.
+    """
+    dwr = -2.0 * (zr * wr - zi * wi)
+    dwi = -2.0 * (zr * wi + zi * wr) + _TWO_SQRT_PI
+    v = wr * norm
+    return v, dwr * n_s2, -(dwr * zr - dwi * zi) * n_sig - v / sig, -dwi * n_s2
+
+
 @njit(fastmath=SUM_MATH)
 def jacobian_sums(x: np.ndarray, y: np.ndarray, w: np.ndarray, p: np.ndarray, fr: np.ndarray, jtj: np.ndarray,
                   jtr: np.ndarray, scratch: np.ndarray) -> None:
@@ -162,25 +184,14 @@ def jacobian_sums(x: np.ndarray, y: np.ndarray, w: np.ndarray, p: np.ndarray, fr
     sigma, gamma), times ``fr`` (1 for a free parameter, 0 for a fixed one).
     """
     c0, ew, dl, sig, gam = p[0], p[1], p[2], p[3], p[4]
-    s2 = sig * _SQRT_2
-    zi = gam / s2
-    norm = 1.0 / (sig * _SQRT_2PI)
-    n_s2 = norm / s2
-    n_sig = norm / sig
+    s2, zi, norm, n_s2, n_sig = _profile_scales(sig, gam)
     a = c0 * ew
     f0, f1, f2, f3, f4 = fr[0], fr[1], fr[2], fr[3], fr[4]
     wrs, wis = scratch[0], scratch[1]
     a00 = a10 = a11 = a20 = a21 = a22 = a30 = a31 = a32 = a33 = a40 = a41 = a42 = a43 = a44 = 0.0
     b0 = b1 = b2 = b3 = b4 = 0.0
     for j in range(x.size):
-        zr = (x[j] - dl) / s2
-        wr, wi = wrs[j], wis[j]
-        dwr = -2.0 * (zr * wr - zi * wi)
-        dwi = -2.0 * (zr * wi + zi * wr) + _TWO_SQRT_PI
-        v = wr * norm
-        v_x = dwr * n_s2
-        v_s = -(dwr * zr - dwi * zi) * n_sig - v / sig
-        v_g = -dwi * n_s2
+        v, v_x, v_s, v_g = _profile_derivatives((x[j] - dl) / s2, zi, wrs[j], wis[j], norm, n_s2, n_sig, sig)
         r = y[j] - c0 * (1.0 - ew * v)
         j0 = (1.0 - ew * v) * f0
         j1 = -c0 * v * f1
@@ -232,26 +243,18 @@ def _jacobian_dot(x: np.ndarray, w: np.ndarray, p: np.ndarray, scratch: np.ndarr
                   d2: np.ndarray) -> tuple[float, float]:
     """Return ``u . J^T W d1`` and ``u . J^T W d2`` of one fit (the Jacobian of all parameters, from ``scratch``)."""
     c0, ew, dl, sig, gam = p[0], p[1], p[2], p[3], p[4]
-    s2 = sig * _SQRT_2
-    zi = gam / s2
-    norm = 1.0 / (sig * _SQRT_2PI)
-    n_s2 = norm / s2
-    n_sig = norm / sig
+    s2, zi, norm, n_s2, n_sig = _profile_scales(sig, gam)
     a = c0 * ew
     wrs, wis = scratch[0], scratch[1]
     t10 = t11 = t12 = t13 = t14 = t20 = t21 = t22 = t23 = t24 = 0.0
     for j in range(x.size):
-        zr = (x[j] - dl) / s2
-        wr, wi = wrs[j], wis[j]
-        dwr = -2.0 * (zr * wr - zi * wi)
-        dwi = -2.0 * (zr * wi + zi * wr) + _TWO_SQRT_PI
-        v = wr * norm
+        v, v_x, v_s, v_g = _profile_derivatives((x[j] - dl) / s2, zi, wrs[j], wis[j], norm, n_s2, n_sig, sig)
         wj = w[j]
         j0 = wj * (1.0 - ew * v)
         j1 = wj * (-c0 * v)
-        j2 = wj * (a * (dwr * n_s2))
-        j3 = wj * (-a * (-(dwr * zr - dwi * zi) * n_sig - v / sig))
-        j4 = wj * (-a * (-dwi * n_s2))
+        j2 = wj * (a * v_x)
+        j3 = wj * (-a * v_s)
+        j4 = wj * (-a * v_g)
         t10 += j0 * d1[j]
         t11 += j1 * d1[j]
         t12 += j2 * d1[j]
