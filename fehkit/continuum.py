@@ -24,7 +24,6 @@ forces it).
 from __future__ import annotations
 
 import contextlib
-import importlib
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from fehkit.errors import FehkitError
 from fehkit.float32 import at_least, at_most
 from fehkit.lines import load_linelist
 from fehkit.spectra import CHIPS, SpectrumBatch
-from fehkit.threads import map_parts, numba_wanted
+from fehkit.threads import compiled, map_parts, numba_wanted
 
 #: Half width (A) of the Fe line cores kept out of the continuum fit: 2 FWHM of the LSF at R = 22,500.
 LINE_CORE_HALF_WIDTH_A = 1.4
@@ -205,11 +204,9 @@ def _packaged_line_waves() -> np.ndarray:
     return waves
 
 
-@lru_cache(maxsize=1)
 def _kernels() -> Any:
-    """Return :mod:`fehkit.continuum_kernels` (imported, and numba with it, on first use), or None without numba."""
-    kernels = importlib.import_module("fehkit.continuum_kernels")
-    return kernels if kernels.numba is not None else None
+    """Return :mod:`fehkit.continuum_kernels` (numba imported on first use), or None without numba."""
+    return compiled("fehkit.continuum_kernels")
 
 
 def _fit_chip_compiled(

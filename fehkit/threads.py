@@ -9,12 +9,14 @@ already gives each core a process: ``fehkit batch`` sets it for its Dask workers
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from typing import Any, TypeVar
 
-__all__ = ["NUMBA_ENV", "THREADS_ENV", "map_parts", "map_threads", "n_threads", "numba_wanted"]
+__all__ = ["NUMBA_ENV", "THREADS_ENV", "compiled", "map_parts", "map_threads", "n_threads", "numba_wanted"]
 
 #: Environment variable that sets the number of threads (default: the number of CPUs).
 THREADS_ENV = "FEHKIT_THREADS"
@@ -38,6 +40,13 @@ def n_threads() -> int:
 def numba_wanted() -> bool:
     """Whether the compiled kernels may run: not when ``FEHKIT_NUMBA`` is ``0`` (read when a module is imported)."""
     return os.environ.get(NUMBA_ENV, "1") != "0"
+
+
+@cache
+def compiled(module: str) -> Any:
+    """Return the kernel module ``module`` (imported, and numba with it, on first use), or None without numba."""
+    kernels = importlib.import_module(module)
+    return kernels if kernels.numba is not None else None
 
 
 def map_threads(fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:

@@ -16,7 +16,6 @@ Where numba imports, both run as compiled kernels (:mod:`fehkit.physics.joint_ke
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import warnings
@@ -30,7 +29,7 @@ import pandas as pd
 from scipy.interpolate import RegularGridInterpolator
 
 from fehkit.errors import FehkitWarning, GridRangeError, PhysicsGridError
-from fehkit.threads import numba_wanted
+from fehkit.threads import compiled, numba_wanted
 
 #: File name of the packaged grid inside ``fehkit/physics/data``.
 DEFAULT_GRID = "cog_fe1.npz"
@@ -442,11 +441,9 @@ def _pchip_end(h0: float, h1: float, m0: np.ndarray, m1: np.ndarray) -> np.ndarr
     return np.where(wrong, 0.0, np.where(steep, 3.0 * m0, d))
 
 
-@lru_cache(maxsize=1)
 def _kernels() -> Any:
     """Return :mod:`fehkit.physics.joint_kernels` (numba imported on first use), or None without numba."""
-    kernels = importlib.import_module("fehkit.physics.joint_kernels")
-    return kernels if kernels.numba is not None else None
+    return compiled("fehkit.physics.joint_kernels")
 
 
 @lru_cache(maxsize=len(GRIDS))
