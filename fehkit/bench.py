@@ -77,7 +77,7 @@ def _quick_model(seed: int) -> Any:
 
 def run_bench(n: int = 2000, *, device: str = "auto", model: Any = None, seed: int = 7, baseline_n: int = 40,
               cannon: bool = True, files: bool = True, batch_size: int | None = None,
-              stream: int = 0, progress: bool = False) -> dict:
+              stream: int = 0, progress: bool = False, engine: str = "auto") -> dict:
     """Measure fehkit's speed on ``n`` synthetic spectra; return the numbers (the ``--json`` content).
 
     Parameters
@@ -99,15 +99,18 @@ def run_bench(n: int = 2000, *, device: str = "auto", model: Any = None, seed: i
     stream : int
         Also stream this many spectra through :func:`~fehkit.infer.infer_chunks`, simulated a chunk at a time
         (never all in memory): ``stream_spectra_per_s`` (inference only) and the peak memory with it.
+    engine : {"auto", "torch", "numpy"}
+        The engine of :func:`~fehkit.infer.infer` (torch on a GPU, NumPy and the compiled kernels on the CPU by
+        default); every stage is timed with it.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FehkitWarning)  # grid-edge notes of simulated stars are not the subject here
         return _run(n, device=device, model=model, seed=seed, baseline_n=baseline_n, cannon=cannon, files=files,
-                    batch_size=batch_size, stream=stream, progress=progress)
+                    batch_size=batch_size, stream=stream, progress=progress, engine=engine)
 
 
 def _run(n: int, *, device: str, model: Any, seed: int, baseline_n: int, cannon: bool, files: bool,
-         batch_size: int | None, stream: int, progress: bool) -> dict:
+         batch_size: int | None, stream: int, progress: bool, engine: str) -> dict:
     """:func:`run_bench` itself (which holds the warning filter around it)."""
     from fehkit.baselines.curve_fit import curve_fit_baseline
     from fehkit.continuum import normalize
@@ -129,26 +132,29 @@ def _run(n: int, *, device: str, model: Any, seed: int, baseline_n: int, cannon:
     t_model = time.perf_counter() - t_model
     sim = make_benchmark(n, seed=seed)
     params = reference_params(sim.truth)
-    runner = _Runner(ens, str(dev), None, "auto")  # the members and EW backend infer(trees="auto") uses here
+    runner = _Runner(ens, str(dev), None, "auto", engine)  # the members and engine infer(trees="auto") uses here
     members, backend = runner.members, runner.ew_backend
+    on = str(dev) if backend == "torch" else None  # the torch engine: every stage as tensor operations on dev
     snr = sim.batch.meta["snr"].to_numpy(float)
 
     # warm up (imports, torch kernels, caches) on a few spectra
-    infer(sim.batch.select(np.arange(min(n, 8))), ens, params.iloc[:min(n, 8)], device=str(dev), progress=False)
+    infer(sim.batch.select(np.arange(min(n, 8))), ens, params.iloc[:min(n, 8)], device=str(dev), progress=False,
+          engine=engine)
 
     # best of two runs: the first call of a compiled kernel on a new array size or layout can still load code
     stages: dict[str, dict] = {}
-    t, norm = best_time(lambda: normalize(sim.batch).batch, REPEAT)
+    t, norm = best_time(lambda: normalize(sim.batch, device=on).batch, REPEAT)
     stages["normalize"] = {"seconds": t}
 
     def ew_stage() -> Any:
-        out = measure_ew(norm, params=params[["teff", "logg", "vmic"]], backend=backend, device=str(dev), mc_draws=0)
+        out = measure_ew(norm, params=params[["teff", "logg", "vmic"]], backend=backend, device=str(dev), mc_draws=0,
+                         float64=runner.float64)
         _sync(dev)
         return out
 
     t, ew = best_time(ew_stage, REPEAT)
     stages["ew"] = {"seconds": t}
-    t, feats = best_time(lambda: build_features(ew, params, snr=snr), REPEAT)
+    t, feats = best_time(lambda: build_features(ew, params, snr=snr, device=on), REPEAT)
     stages["features"] = {"seconds": t}
     t, _ = best_time(lambda: ens.predict(feats, member_predictor=members), REPEAT)
     stages["predict"] = {"seconds": t}
@@ -156,10 +162,11 @@ def _run(n: int, *, device: str, model: Any, seed: int, baseline_n: int, cannon:
         s["spectra_per_s"] = n / s["seconds"]
 
     t_e2e, pred = best_time(lambda: infer(sim.batch, ens, params, device=str(dev), batch_size=batch_size or n,
-                                       progress=progress), REPEAT)
+                                       progress=progress, engine=engine), REPEAT)
     res: dict[str, Any] = {
         "synthetic": True,
         "device": str(dev),
+        "engine": "torch" if on else "numpy",
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor()
                                                                                      or platform.machine()),
         "n": n,
@@ -201,11 +208,11 @@ def _run(n: int, *, device: str, model: Any, seed: int, baseline_n: int, cannon:
     res["baseline_spectra_per_s"] = m / t_base
     res["speedup_vs_baseline"] = stages["ew"]["spectra_per_s"] / res["baseline_spectra_per_s"]
     true_ew = sim.ew[:m]
-    engine = ew.ew_mA[:m]
-    strong = (true_ew >= 20) & np.isfinite(base.ew_mA) & np.isfinite(engine) & ~ew.blend[:m]
+    measured = ew.ew_mA[:m]
+    strong = (true_ew >= 20) & np.isfinite(base.ew_mA) & np.isfinite(measured) & ~ew.blend[:m]
     res["ew_accuracy_strong_lines"] = {
         "n_lines": int(strong.sum()),
-        "mae_engine_mA": float(np.mean(np.abs(engine - true_ew)[strong])) if strong.any() else None,
+        "mae_engine_mA": float(np.mean(np.abs(measured - true_ew)[strong])) if strong.any() else None,
         "mae_baseline_mA": float(np.mean(np.abs(base.ew_mA - true_ew)[strong])) if strong.any() else None,
     }
 
@@ -219,8 +226,8 @@ def _run(n: int, *, device: str, model: Any, seed: int, baseline_n: int, cannon:
             t_write = time.perf_counter()
             paths = write_apstar(sim.batch, tmp)
             t_write = time.perf_counter() - t_write
-            t_files, _ = best_time(lambda: infer(paths, ens, params, device=str(dev), batch_size=batch_size or 250,
-                                              progress=progress))
+            t_files, _ = best_time(lambda: infer(paths, ens, params, device=str(dev), engine=engine,
+                                                 batch_size=batch_size or 250, progress=progress))
             from fehkit.io import read_apogee
 
             t_read, _ = best_time(lambda: read_apogee(paths))
@@ -228,12 +235,12 @@ def _run(n: int, *, device: str, model: Any, seed: int, baseline_n: int, cannon:
         res["files_read_only_per_s"] = n / t_read
         res["files_write_seconds"] = t_write
     if stream:
-        res.update(_stream(ens, dev, int(stream), batch_size or 2048, seed, progress))
+        res.update(_stream(ens, dev, int(stream), batch_size or 2048, seed, progress, engine))
     res["peak_rss_mb"] = _peak_rss_mb()
     return res
 
 
-def _stream(ens: Any, dev: torch.device, total: int, chunk: int, seed: int, progress: bool) -> dict:
+def _stream(ens: Any, dev: torch.device, total: int, chunk: int, seed: int, progress: bool, engine: str) -> dict:
     """Stream ``total`` simulated spectra through infer_chunks, a chunk at a time; time the inference alone."""
     from fehkit.infer import infer_chunks
     from fehkit.synth import make_benchmark
@@ -249,7 +256,7 @@ def _stream(ens: Any, dev: torch.device, total: int, chunk: int, seed: int, prog
             yield sim.batch, reference_params(sim.truth)
 
     rows, t0 = 0, time.perf_counter()
-    for table in infer_chunks(chunks(), ens, device=str(dev), progress=progress, total=total):
+    for table in infer_chunks(chunks(), ens, device=str(dev), progress=progress, total=total, engine=engine):
         rows += len(table)
     wall = time.perf_counter() - t0
     return {"stream_n": rows, "stream_chunk": chunk, "stream_seconds": wall - spent["simulate"],
@@ -276,7 +283,8 @@ def _cannon_speed(norm: Any, seed: int) -> dict:
 
 def summary(res: dict) -> str:
     """Return the bench result as a few lines of text."""
-    lines = [f"SYNTHETIC spectra: {res['n']} on {res['device']} ({res['device_name']}, {res['cpus']} CPUs)"]
+    lines = [f"SYNTHETIC spectra: {res['n']} on {res['device']} ({res['device_name']}, {res['cpus']} CPUs), "
+             f"{res.get('engine', 'numpy')} engine"]
     for name, s in res["stages"].items():
         lines.append(f"  {name:<10} {s['spectra_per_s']:>10.0f} spectra/s")
     lines.append(f"  {'end to end':<10} {res['end_to_end_spectra_per_s']:>10.0f} spectra/s "

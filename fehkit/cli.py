@@ -301,6 +301,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n", type=_POSITIVE_COUNT, default=2000, help="spectra (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--engine", choices=("auto", "torch", "numpy"), default="auto", help="torch tensor operations "
+                   "on the device, or NumPy and the compiled kernels on the CPU (default auto: torch on a GPU)")
     p.add_argument("--model", type=Path, default=None, help="model folder to predict with (default: train one)")
     p.add_argument("--baseline-n", type=_POSITIVE_COUNT, default=40, help="spectra for the slow curve_fit loop "
                    "(default %(default)s)")
@@ -514,7 +516,7 @@ def _bench(args: argparse.Namespace) -> int:
         check_output_file(args.json)
     res = run_bench(args.n, device=args.device, model=args.model, seed=args.seed, baseline_n=args.baseline_n,
                     cannon=not args.no_cannon, files=not args.no_files, stream=args.stream,
-                    batch_size=args.batch_size, progress=args.stream > 0)
+                    batch_size=args.batch_size, progress=args.stream > 0, engine=args.engine)
     res["command"] = args.command_line
     print(summary(res))
     if args.json is not None:

@@ -106,6 +106,7 @@ def normalize(
     lines: pd.DataFrame | None = None,
     chips: Mapping[str, tuple[float, float]] = CHIPS,
     min_pixels: int = 100,
+    device: str | None = None,
 ) -> Normalized:
     """Fit and divide out the continuum of every spectrum, one polynomial per detector.
 
@@ -126,6 +127,10 @@ def normalize(
         Wavelength range (A) of each detector; default the APOGEE detectors.
     min_pixels : int
         Fewest usable pixels a detector needs; with fewer its continuum is NaN and its pixels masked.
+    device : str, optional
+        A torch device (``"cuda"``, ``"cpu"``, ...): run the same fit as torch tensor operations there
+        (:func:`_fit_chip_torch`; what :func:`fehkit.infer` does on a GPU). Default: NumPy (or the compiled kernels)
+        on the CPU.
 
     Returns
     -------
@@ -157,7 +162,7 @@ def normalize(
 
     continuum = np.full(batch.flux.shape, np.nan, np.float32)
     ids = batch.meta["star_id"].astype(str).to_numpy() if "star_id" in batch.meta else np.arange(n).astype(str)
-    kernels = _kernels() if USE_NUMBA else None
+    kernels = _kernels() if USE_NUMBA and device is None else None
     if kernels is not None:  # the kernels take native float32 / bool arrays, C-ordered (no copy if they are)
         arrays = tuple(np.ascontiguousarray(a, t) for a, t in ((batch.flux, np.float32), (batch.ivar, np.float32),
                                                                  (batch.mask, bool)))
@@ -168,6 +173,11 @@ def normalize(
             continue
         x = 2.0 * (wave[sel] - lo) / (hi - lo) - 1.0
         basis = legendre.legvander(x, order)                        # (n_sel, order+1)
+        if device is not None:
+            fits[name] = _fit_chip_torch(batch.flux[:, sel], batch.ivar[:, sel], batch.mask[:, sel], ~core[sel],
+                                         basis, low, high, bias, max_iter, min_pixels, device)
+            continuum[:, sel] = fits[name].pop("continuum")
+            continue
         if kernels is not None and sel[-1] - sel[0] + 1 == sel.size:  # the detector's pixels in one run
             fits[name] = _fit_chip_compiled(kernels, arrays, sel, ~core[sel], basis, low, high, bias, max_iter,
                                             min_pixels, continuum)
@@ -185,6 +195,8 @@ def normalize(
     if kernels is not None:
         flux, ivar, mask = (np.empty_like(a) for a in arrays)
         kernels.divide(*arrays, continuum, flux, ivar, mask)
+    elif device is not None:
+        flux, ivar, mask = _divide_torch(batch, continuum, device)
     else:
         with np.errstate(invalid="ignore", divide="ignore"):
             no_continuum = ~(continuum > 0)
@@ -380,6 +392,116 @@ def _fit_chip(
             "n_used": np.count_nonzero(keep, axis=1), "n_iter": n_iter, "converged": converged, "scale": scale,
             "ok": ok}
 
+
+
+#: Rows of one torch median call (``torch.nanquantile`` takes at most 2**24 values at once).
+_QUANTILE_VALUES = 1 << 24
+
+
+def _fit_chip_torch(
+    flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, line_free: np.ndarray, basis: np.ndarray,
+    low: float, high: float, bias: float, max_iter: int, min_pixels: int, device: str,
+) -> dict[str, np.ndarray]:
+    """:func:`_fit_chip` as torch tensor operations on ``device``, all spectra of the detector at once.
+
+    The same fit step by step: the spectra scaled to their median level, float32 residuals, float64 normal
+    equations, the same clipping limits and convergence test; converged spectra keep their fit and leave the work
+    tensors. The normal equations are summed afresh each iteration (one matrix product: cheap on a GPU) rather than
+    updated with the pixels that changed side, so the sums differ from NumPy's in the last bits, and a pixel lying
+    on a clipping limit to within that rounding can be decided the other way (tested: the continua agree to
+    ~1e-6 relative).
+    """
+    import torch
+
+    dev = torch.device(device)
+    n, k = flux.shape[0], basis.shape[1]
+    f = torch.as_tensor(np.ascontiguousarray(flux), device=dev)
+    iv = torch.as_tensor(np.ascontiguousarray(ivar), device=dev)
+    usable = ~torch.as_tensor(np.ascontiguousarray(mask), device=dev) & torch.isfinite(f) & (iv > 0)
+    f64 = torch.where(usable, f, 0.0).double()
+    # each spectrum's median usable flux (the mean of the middle two for an even count), as NumPy's median
+    level = torch.ones(n, dtype=torch.float64, device=dev)
+    rows_per = max(1, _QUANTILE_VALUES // max(f.shape[1], 1))
+    for a in range(0, n, rows_per):
+        part = torch.where(usable[a:a + rows_per], f[a:a + rows_per].double(), torch.nan)
+        med = torch.nanquantile(part, 0.5, dim=1, interpolation="midpoint")
+        level[a:a + rows_per] = torch.where(torch.isfinite(med) & (med != 0), med, 1.0)
+    level = torch.where(level > 0, level, level.abs() + 1.0)
+    y = (f64 / level[:, None]).float()
+    w = (torch.where(usable, iv, 0.0).double() * level[:, None] ** 2).float()
+    sqrt_w = torch.sqrt(w)
+    sigma = torch.where(w > 0, 1.0 / torch.where(w > 0, sqrt_w, 1.0), 0.0)
+
+    n_pixels = usable.sum(dim=1)
+    ok = n_pixels >= max(min_pixels, 2 * k)
+    allowed = usable & torch.as_tensor(line_free, device=dev)[None, :] & ok[:, None]
+    b64 = torch.as_tensor(basis, dtype=torch.float64, device=dev)               # (n_sel, k)
+    outer = (b64[:, :, None] * b64[:, None, :]).reshape(b64.shape[0], k * k)
+    b32_t = b64.T.float()
+    root = float(np.sqrt(_clipped_second_moment(-low, high)))
+    scale = torch.ones(n, dtype=torch.float64, device=dev)
+    converged = torch.zeros(n, dtype=torch.bool, device=dev)
+    n_iter = torch.zeros(n, dtype=torch.int64, device=dev)
+    coef = torch.zeros((n, k), dtype=torch.float64, device=dev)
+    model = torch.zeros_like(y)
+    keep = allowed.clone()
+    rows = torch.arange(n, device=dev)
+    wy, ww, wsqrt, wsigma, wallowed, wkeep, wscale = y, w, sqrt_w, sigma, allowed, keep.clone(), scale.clone()
+    live = torch.ones(n, dtype=torch.bool, device=dev)
+    eye = torch.eye(k, dtype=torch.float64, device=dev)
+    for it in range(max_iter):
+        wk = ww.double() * wkeep
+        a = (wk @ outer).reshape(-1, k, k)
+        b = (wk * wy.double()) @ b64 - (bias * wscale * (it > 0))[:, None] * ((wk * wsigma.double()) @ b64)
+        trace = torch.diagonal(a, dim1=1, dim2=2).sum(dim=1)
+        a = a + eye * 1e-12 * torch.clamp(trace, min=1e-30)[:, None, None]
+        wcoef = torch.linalg.solve(a, b[..., None])[..., 0]
+        wmodel = wcoef.float() @ b32_t
+        resid = (wy - wmodel) * wsqrt
+        # the noise scale from the rms of the kept residuals, corrected for the clipping (as _clipped_scale)
+        sq = resid * resid * wkeep
+        rms = torch.sqrt(sq.sum(dim=1).double() / wkeep.sum(dim=1))
+        wscale = torch.clamp(torch.nan_to_num(rms / (root if it > 0 else 1.0), nan=1.0, posinf=1.0, neginf=1.0),
+                             0.3, 10.0)
+        r64 = resid.double()
+        new_keep = (r64 > (-low * wscale)[:, None]) & (r64 < (high * wscale)[:, None]) & wallowed
+        flip = new_keep != wkeep
+        changed = flip.sum(dim=1) > 2e-3 * torch.clamp(wkeep.sum(dim=1), min=1)
+        wkeep = new_keep
+        done = live & (~changed | (it == max_iter - 1))
+        if bool(done.any()):
+            out = rows[done]
+            coef[out], model[out], scale[out], keep[out] = wcoef[done], wmodel[done], wscale[done], wkeep[done]
+            n_iter[out] = it + 1
+            converged[out] = ~changed[done]
+            live &= ~done
+            if not bool(live.any()):
+                break
+            if int(live.sum()) < _COMPACT * live.numel():  # compact: drop the rows that are done
+                rows, wy, ww, wsqrt, wsigma, wallowed, wkeep, wscale = (
+                    t[live] for t in (rows, wy, ww, wsqrt, wsigma, wallowed, wkeep, wscale))
+                live = torch.ones(rows.numel(), dtype=torch.bool, device=dev)
+    ok &= keep.sum(dim=1) >= max(min_pixels // 2, 2 * k)
+    cont = torch.where(ok[:, None], model.double() * level[:, None], torch.nan).float()
+    return {"continuum": cont.cpu().numpy(), "coef": (coef * level[:, None]).cpu().numpy(),
+            "n_pixels": n_pixels.cpu().numpy(), "n_used": keep.sum(dim=1).cpu().numpy(),
+            "n_iter": n_iter.cpu().numpy(), "converged": converged.cpu().numpy(), "scale": scale.cpu().numpy(),
+            "ok": ok.cpu().numpy()}
+
+
+def _divide_torch(batch: SpectrumBatch, continuum: np.ndarray, device: str) -> tuple[np.ndarray, ...]:
+    """Flux / continuum, ivar * continuum**2 and the extended mask, as the NumPy branch of :func:`normalize`."""
+    import torch
+
+    dev = torch.device(device)
+    cont = torch.as_tensor(continuum, device=dev)
+    flux = torch.as_tensor(np.ascontiguousarray(batch.flux, np.float32), device=dev)
+    ivar = torch.as_tensor(np.ascontiguousarray(batch.ivar, np.float32), device=dev)
+    none = ~(cont > 0)
+    out_flux = torch.where(none, torch.nan, flux / cont)
+    out_ivar = torch.where(none, 0.0, ivar * cont * cont)
+    out_mask = torch.as_tensor(np.ascontiguousarray(batch.mask), device=dev) | none
+    return out_flux.cpu().numpy(), out_ivar.cpu().numpy(), out_mask.cpu().numpy()
 
 def _median(values: np.ndarray) -> float:
     """Return ``np.median(values)`` in float64 (to the bit), by partitioning ``values`` in place (float32 is faster)."""

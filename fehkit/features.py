@@ -116,6 +116,7 @@ def build_features(
     snr: np.ndarray | None = None,
     cog: CurveOfGrowth | None = None,
     systematic: bool = True,
+    device: str | None = None,
 ) -> Features:
     """Turn an EW table and stellar parameters into the regressors' feature matrix.
 
@@ -142,6 +143,9 @@ def build_features(
         Also run the classical method with the second physics (the SME grid) and keep the code-to-code difference
         in :attr:`Features.stars` as ``feh_sys`` (dex; :func:`fehkit.physics.joint.physics_systematic`), with
         ``feh_sys_clipped`` naming what was clipped to the SME grid's domain. Not a feature.
+    device : str, optional
+        A torch device: run the classical method's likelihoods and inversions as tensor operations there (what
+        :func:`fehkit.infer` does on a GPU; the same numbers to float rounding). Default: NumPy/numba on the CPU.
 
     Returns
     -------
@@ -176,10 +180,11 @@ def build_features(
             p["alpha_fe"].to_numpy(float))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FehkitWarning)
-        joint = joint_abundance(value, err, clean, *args, cog=cog, lines=lines)
-        perr_feh, shifts = parameter_error(value, err, clean, *args, errors=perr, cog=cog, lines=lines, base=joint)
-        median = per_line_median(value, err, clean, *args, cog=cog, lines=lines)
-        sysd = physics_systematic(value, err, clean, *args, reference=cog, lines=lines, base=joint)[
+        joint = joint_abundance(value, err, clean, *args, cog=cog, lines=lines, device=device)
+        perr_feh, shifts = parameter_error(value, err, clean, *args, errors=perr, cog=cog, lines=lines, base=joint,
+                                           device=device)
+        median = per_line_median(value, err, clean, *args, cog=cog, lines=lines, device=device)
+        sysd = physics_systematic(value, err, clean, *args, reference=cog, lines=lines, base=joint, device=device)[
             ["feh_sys", "feh_sys_clipped"]] if systematic else None
         feh = joint["feh_cog"].to_numpy(float)
         has_feh = np.isfinite(feh)

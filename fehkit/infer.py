@@ -5,14 +5,19 @@ The same path as ``fehkit predict`` (:func:`fehkit.training.predict_spectra`), c
 1. read the files of a chunk: with more than one chunk, later chunks are read ahead in other processes while
    this one measures the current chunk (astropy's FITS parsing is mostly Python, so threads would share one core);
 2. normalize the continuum (:func:`fehkit.continuum.normalize`);
-3. measure the EWs (:func:`fehkit.ew.measure_ew`; its torch backend on a GPU);
-4. build the features and run the classical method (:func:`fehkit.features.build_features`);
-5. run the three members as torch tensor operations on the device: the forest and the boosted trees as packed
-   tensors (:class:`fehkit.models.trees.TensorTrees`), the MLP as it is;
+3. measure the EWs (:func:`fehkit.ew.measure_ew`);
+4. build the features and run the classical method (:func:`fehkit.features.build_features`): its joint
+   likelihoods, their parameter shifts and second physics, and the per-line inversions;
+5. run the three members: the forest and the boosted trees as packed tensors
+   (:class:`fehkit.models.trees.TensorTrees`), the MLP as it is;
 6. fuse them, and compute errors and flags with :meth:`fehkit.models.FeHEnsemble.predict` -- the same code as the
    scikit-learn/XGBoost path, so the two agree to float rounding (tested).
 
-Without a GPU everything runs on the CPU; ``device="auto"`` takes CUDA when torch sees one.
+On a GPU (``device="auto"`` takes CUDA when torch sees one) steps 2-5 run as torch tensor operations on it
+(``engine="torch"``); what stays on the CPU is reading the files, interpolating each star's curve of growth in the
+physics grid and the sigma-clipped median of the per-line values (microseconds a star), and the final table.
+Without a GPU the CPU runs NumPy and the compiled kernels (``engine="numpy"``), faster there than torch; the torch
+engine also runs on the CPU, which is how it is tested against the NumPy one.
 """
 
 from __future__ import annotations
@@ -113,6 +118,7 @@ def infer(
     read_threads: int | None = None,
     read_processes: int | None = None,
     trees: str = "auto",
+    engine: str = "auto",
 ) -> pd.DataFrame:
     """[Fe/H] of every spectrum: the ``fehkit predict`` table, computed chunk by chunk on one device.
 
@@ -132,7 +138,8 @@ def infer(
     batch_size : int, optional
         Spectra per chunk (default 2048 in memory, :data:`FILE_BATCH_SIZE` when reading files).
     dtype : torch.dtype, optional
-        Arithmetic of the trees (default float64 on the CPU, float32 on a GPU).
+        Arithmetic of the trees and of the torch engine's EW fits (default float64 on the CPU, float32 on a GPU;
+        the compiled CPU kernels always fit in float64). float64 on a GPU gives the CPU's numbers to rounding.
     progress : bool, optional
         A tqdm bar over the spectra (default: when there is more than one chunk).
     read_threads : int, optional
@@ -149,6 +156,10 @@ def infer(
         scikit-learn and XGBoost themselves on the CPU (``"library"``). ``"auto"``: tensors on a GPU, the libraries
         on the CPU, where their compiled tree walks are faster than torch's gathers. Both give the same numbers
         (to float rounding; tested).
+    engine : {"auto", "torch", "numpy"}
+        How the continuum, the EW fits and the classical method run: torch tensor operations on the device
+        (``"torch"``), or NumPy and the compiled kernels on the CPU (``"numpy"``). ``"auto"``: torch on a GPU,
+        NumPy on the CPU. The EW fits agree to float32 rounding, the rest to float64 rounding (tested).
 
     Returns
     -------
@@ -166,7 +177,7 @@ def infer(
 
     if batch_size is not None and int(batch_size) < 1:
         raise UsageError(f"batch_size = {batch_size}: expected a positive number of spectra per chunk")
-    run = _Runner(model, device, dtype, trees)
+    run = _Runner(model, device, dtype, trees, engine)
     if isinstance(spectra, SpectrumBatch):
         n, paths = spectra.n_spectra, None
     else:
@@ -207,6 +218,7 @@ def infer_chunks(
     device: str = "auto",
     dtype: torch.dtype | None = None,
     trees: str = "auto",
+    engine: str = "auto",
     progress: bool = False,
     total: int | None = None,
 ) -> Iterator[pd.DataFrame]:
@@ -214,9 +226,9 @@ def infer_chunks(
 
     Only one chunk is held at a time, so a catalogue of any size runs in the memory of one chunk (plus the
     model): e.g. a generator that reads or simulates spectra a chunk at a time. ``total`` (spectra) sizes the
-    progress bar.
+    progress bar. ``device``, ``dtype``, ``trees`` and ``engine`` as for :func:`infer`.
     """
-    run = _Runner(model, device, dtype, trees)
+    run = _Runner(model, device, dtype, trees, engine)
     bar = _bar(total, progress)
     for batch, params in chunks:
         params = pd.DataFrame(params).reset_index(drop=True)
@@ -232,21 +244,25 @@ class _Runner:
     """The model on its device, and the path from one chunk of spectra to its results table."""
 
     def __init__(self, model: FeHEnsemble | str | os.PathLike[str], device: str, dtype: torch.dtype | None,
-                 trees: str) -> None:
+                 trees: str, engine: str = "auto") -> None:
         if trees not in ("auto", "tensor", "library"):
             raise UsageError(f"trees {trees!r}: expected 'auto', 'tensor' or 'library'")
+        if engine not in ("auto", "torch", "numpy"):
+            raise UsageError(f"engine {engine!r}: expected 'auto', 'torch' or 'numpy'")
         self.device = resolve_device(device)
         self.ensemble = model if isinstance(model, FeHEnsemble) else FeHEnsemble.load(model, device=str(self.device))
         use_tensors = trees == "tensor" or (trees == "auto" and self.device.type != "cpu")
         default = torch.float64 if self.device.type == "cpu" else torch.float32
         self.members = TorchMembers(self.ensemble, self.device, dtype or default) if use_tensors else None
-        self.ew_backend = "torch" if self.device.type == "cuda" else "numpy"
+        torch_engine = engine == "torch" or (engine == "auto" and self.device.type != "cpu")
+        self.ew_backend = "torch" if torch_engine else "numpy"
+        self.float64 = (dtype or default) == torch.float64
 
     def __call__(self, batch: SpectrumBatch, params: pd.DataFrame) -> pd.DataFrame:
         from fehkit.training import predict_spectra
 
         return predict_spectra(self.ensemble, batch, params, member_predictor=self.members,
-                               backend=self.ew_backend, device=str(self.device))
+                               backend=self.ew_backend, device=str(self.device), float64=self.float64)
 
 
 def _matched(match: Callable[[pd.DataFrame], pd.DataFrame], batch: SpectrumBatch) -> pd.DataFrame:

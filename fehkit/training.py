@@ -42,6 +42,7 @@ def spectra_features(
     log_ew: bool = False,
     backend: str = "numpy",
     device: str | None = None,
+    float64: bool = False,
 ) -> Features:
     """Turn spectra into features: normalize, measure the EWs, add Teff, log g, vmic and the classical method.
 
@@ -59,16 +60,26 @@ def spectra_features(
     log_ew : bool
         Add ``log_ew_*`` columns.
     backend, device : str
-        Array library and device of the EW fits (:func:`fehkit.ew.measure_ew`).
+        Array library and device of every stage: ``"numpy"`` (with the compiled kernels where numba imports) on the
+        CPU, or ``"torch"`` on ``device`` (default CUDA when available): the continuum fit, the EW fits
+        (:func:`fehkit.ew.measure_ew`) and the classical method's likelihoods as tensor operations there.
+    float64 : bool
+        EW fits in float64 throughout (:func:`fehkit.ew.measure_ew`).
     """
     params = params.reset_index(drop=True)
-    norm = normalized if normalized is not None else normalize(batch).batch
+    on = None
+    if backend == "torch":
+        import torch
+
+        on = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    norm = normalized if normalized is not None else normalize(batch, device=on).batch
     snr = batch.meta["snr"].to_numpy(float) if "snr" in batch.meta else None
     # the EW stage and the classical method clip the same stars to the same grid edge: each warning once
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FehkitWarning)
-        ew = measure_ew(norm, params=params[["teff", "logg", "vmic"]], backend=backend, device=device, mc_draws=0)
-        feats = build_features(ew, params, log_ew=log_ew, snr=snr)
+        ew = measure_ew(norm, params=params[["teff", "logg", "vmic"]], backend=backend, device=device, mc_draws=0,
+                        float64=float64)
+        feats = build_features(ew, params, log_ew=log_ew, snr=snr, device=on)
     seen: set[tuple[type, str]] = set()
     for w in caught:
         if (w.category, str(w.message)) not in seen:
@@ -224,15 +235,16 @@ def train_model(data: str | os.PathLike[str], out: str | os.PathLike[str], *, se
 
 
 def predict_spectra(ens: FeHEnsemble, batch: SpectrumBatch, params: pd.DataFrame, *,
-                    member_predictor: Any = None, backend: str = "numpy", device: str | None = None) -> pd.DataFrame:
+                    member_predictor: Any = None, backend: str = "numpy", device: str | None = None,
+                    float64: bool = False) -> pd.DataFrame:
     """``fehkit predict``: the results table (:data:`PREDICT_COLUMNS`) of spectra with known Teff, log g, vmic.
 
     ``params`` has one row per spectrum of ``batch``, in its order, with finite ``teff``, ``logg`` and ``vmic``
     that a star can have (:func:`fehkit.features.check_param_values`; :class:`~fehkit.errors.InputTableError`
     otherwise, before any work). ``flag`` and ``flag_reason`` say where the [Fe/H] is not to be trusted
-    (:mod:`fehkit.flags`). ``member_predictor``, ``backend`` and ``device`` are how :func:`fehkit.infer.infer`
-    runs the members and the EW fits on its device (see :meth:`FeHEnsemble.predict` and
-    :func:`fehkit.ew.measure_ew`).
+    (:mod:`fehkit.flags`). ``member_predictor``, ``backend``, ``device`` and ``float64`` are how
+    :func:`fehkit.infer.infer` runs the members and the other stages on its device (see
+    :meth:`FeHEnsemble.predict` and :func:`spectra_features`).
     """
     if len(params) != batch.n_spectra:
         raise InputTableError(f"params: {len(params)} rows for {batch.n_spectra} spectra; expected one row per "
@@ -244,7 +256,7 @@ def predict_spectra(ens: FeHEnsemble, batch: SpectrumBatch, params: pd.DataFrame
             raise InputTableError(f"params: {which} {col!r}; expected finite teff, logg and vmic for every spectrum")
     ids = batch.meta["star_id"].astype(str).to_numpy() if "star_id" in batch.meta else None
     check_param_values(params.reset_index(drop=True), "params", ids=ids)
-    return predict_features(ens, spectra_features(batch, params, backend=backend, device=device),
+    return predict_features(ens, spectra_features(batch, params, backend=backend, device=device, float64=float64),
                             member_predictor=member_predictor)
 
 

@@ -10,6 +10,9 @@ from fehkit.continuum import ContinuumError, normalize
 from fehkit.spectra import CHIPS, SpectrumBatch, apstar_wavelength
 from fehkit.synth import draw_population, simulate
 
+#: Where the torch engine is checked against NumPy: CPU tensors everywhere, and a GPU when there is one.
+TORCH_DEVICES = ["cpu"] + (["cuda"] if __import__("torch").cuda.is_available() else [])
+
 
 def _population(n: int, snr: float, seed: int) -> pd.DataFrame:
     t = draw_population(n, np.random.default_rng(seed))
@@ -143,3 +146,27 @@ def test_blocks_and_early_finishers_do_not_change_the_fit(monkeypatch):
     for col in ("n_pixels", "n_used", "n_iter", "converged", "flag"):
         assert (diag5[col] == diag[col]).all(), col
     assert np.allclose(diag5["noise_scale"], diag["noise_scale"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", TORCH_DEVICES)
+def test_the_torch_fit_gives_the_numpy_fit(monkeypatch, device):
+    """The torch engine (a GPU's; on CPU tensors too) against the NumPy reference: same clipping, same continuum."""
+    import fehkit.continuum as continuum
+
+    sim = simulate(_population(24, 40, seed=10), seed=10)
+    b = sim.batch.select(np.arange(24))
+    lo, hi = CHIPS["red"]
+    b.flux[0, (b.wave >= lo) & (b.wave <= hi)] = np.nan     # a detector without data
+    b.mask[0, (b.wave >= lo) & (b.wave <= hi)] = True
+    monkeypatch.setattr(continuum, "USE_NUMBA", False)
+    ref = normalize(b, max_iter=4)                          # some spectra stop at the iteration limit
+    got = normalize(b, max_iter=4, device=device)
+    assert (~ref.diagnostics["converged"]).any() and (ref.diagnostics["flag"] == "too_few_pixels").sum() == 1
+    assert (np.isnan(got.continuum) == np.isnan(ref.continuum)).all()
+    assert np.allclose(got.continuum, ref.continuum, rtol=1e-6, atol=0, equal_nan=True)
+    for col in ("n_pixels", "n_used", "n_iter", "converged", "flag"):
+        assert (got.diagnostics[col] == ref.diagnostics[col]).all(), col
+    assert np.allclose(got.diagnostics["noise_scale"], ref.diagnostics["noise_scale"], rtol=1e-5)
+    assert (got.batch.mask == ref.batch.mask).all()
+    assert np.allclose(got.batch.flux, ref.batch.flux, rtol=1e-6, equal_nan=True)
+    assert np.allclose(got.batch.ivar, ref.batch.ivar, rtol=1e-5)

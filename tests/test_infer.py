@@ -76,6 +76,15 @@ def test_members_as_float64_tensors_equal_scikit_learn_and_xgboost(setup):
     assert diff < 1e-12  # the forest's leaf means in float64: the same sums
 
 
+def test_the_torch_engine_in_float64_gives_the_cpu_table(setup):
+    """The whole GPU path (continuum, EWs, classical method, trees as tensors) on CPU tensors, in float64."""
+    ens, _, sim, params, expected = setup
+    got = _quiet(infer, sim.batch, ens, params, device="cpu", engine="torch", trees="tensor", dtype=torch.float64)
+    _same(expected, got, 1e-5, 1e-4)
+    for col in ("feh_cog", "feh_sys"):
+        assert np.allclose(expected[col], got[col], rtol=0, atol=1e-6, equal_nan=True), col
+
+
 def test_torch_members_return_each_members_raw_output(setup):
     ens, _, sim, params, _ = setup
     feats = _quiet(spectra_features, sim.batch, params)
@@ -158,6 +167,7 @@ def test_infer_on_the_real_dr17_files_flags_them(setup):
     ({"device": "tpu"}, "device 'tpu'"),
     ({"batch_size": 0}, "batch_size = 0"),
     ({"trees": "onnx"}, "trees 'onnx'"),
+    ({"engine": "jax"}, "engine 'jax'"),
 ])
 def test_bad_settings_are_clear_errors(setup, kwargs, message):
     ens, _, sim, params, _ = setup
@@ -186,6 +196,9 @@ def test_infer_on_cuda_agrees_with_the_cpu(setup):
     for col in MEMBER_COLUMNS:
         assert np.allclose(expected[col], got[col], atol=2e-3, equal_nan=True), col  # float32 EWs and trees
     assert np.allclose(expected["feh"], got["feh"], atol=2e-3, equal_nan=True)
+    # in float64 the GPU gives the CPU's numbers to rounding
+    got64 = _quiet(infer, sim.batch, ens, params, device="cuda", dtype=torch.float64)
+    _same(expected, got64, 1e-5, 1e-4)
 
 
 def test_predict_cli_takes_a_device(setup, tmp_path):

@@ -306,3 +306,24 @@ def test_physics_systematic_reuses_a_given_reference_fit(cog):
     plain = physics_systematic(ew, err, usable, teff, logg, vmic, alpha, reference=cog)
     reused = physics_systematic(ew, err, usable, teff, logg, vmic, alpha, reference=cog, base=base)
     pd.testing.assert_frame_equal(plain, reused)
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if __import__("torch").cuda.is_available() else []))
+def test_the_torch_grid_gives_the_search_results(cog, device):
+    """The torch engine evaluates the whole grid (a GPU's way): the same minimum, crossings and detections."""
+    from fehkit.physics.joint import _joint
+
+    ew, err, usable, teff, logg, vmic = _mixed_stars(cog, n=60, seed=13)
+    ref = joint_abundance(ew, err, usable, teff, logg, vmic, cog=cog)
+    got = joint_abundance(ew, err, usable, teff, logg, vmic, cog=cog, device=device, chunk=25)
+    assert list(got.columns) == list(ref.columns)
+    for col in ref.columns:
+        a, b = ref[col].to_numpy(float), got[col].to_numpy(float)
+        assert np.allclose(a, b, rtol=0, atol=1e-8, equal_nan=True), col
+    short = _joint(ew, err, usable, teff, logg, vmic, 0.4, cog=cog, full=False, device=device)
+    assert np.allclose(short["feh_cog"], ref["feh_cog"], rtol=0, atol=1e-8, equal_nan=True)
+    med = per_line_median(ew, err, usable, teff, logg, vmic, cog=cog)
+    med_t = per_line_median(ew, err, usable, teff, logg, vmic, cog=cog, device=device)
+    for col in med.columns:
+        assert np.allclose(med[col].to_numpy(float), med_t[col].to_numpy(float), rtol=0, atol=1e-10,
+                           equal_nan=True), col

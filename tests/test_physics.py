@@ -287,3 +287,29 @@ def test_pchip_coefficients_are_scipys_bit_for_bit(cog):
     for nodes, values in ((cog.feh, curves), (x, y), (np.array([0.0, 1.0]), y[:, :2])):
         expected = np.moveaxis(PchipInterpolator(nodes, values, axis=1).c, 2, 1)
         assert np.array_equal(pchip_coefficients(nodes, values), expected)
+
+
+@pytest.mark.parametrize("name", ["moog", "sme"])
+def test_torch_interpolation_and_inversion_give_the_numpy_numbers(name):
+    """The torch engine's grid interpolation, PCHIP pieces and inversions (CPU tensors here) against NumPy."""
+    from fehkit.physics.cog import pchip_coefficients, pchip_coefficients_torch
+
+    grid = CurveOfGrowth.load(name)
+    rng = np.random.default_rng(5)
+    n = 40
+    teff, logg = rng.uniform(grid.teff[0], grid.teff[-1], n), rng.uniform(grid.logg[0], grid.logg[-1], n)
+    vmic, alpha = rng.uniform(grid.vmic[0], grid.vmic[-1], n), rng.uniform(0.0, 0.4, n)
+    lines = np.array([3, 0, 7])
+    ref = grid.curves(teff, logg, vmic, alpha, lines)
+    got = grid.curves(teff, logg, vmic, alpha, lines, device="cpu")
+    assert np.allclose(got.numpy(), ref, rtol=0, atol=1e-12)
+    assert np.allclose(pchip_coefficients_torch(grid.feh, got).numpy(), pchip_coefficients(grid.feh, ref),
+                       rtol=1e-12, atol=1e-12)
+    ew = grid.ew(teff, logg, rng.uniform(-4.5, -1.0, n), vmic, alpha)
+    ew[0, :2] = [np.nan, -1.0]                                  # no abundance
+    ew[1, 0] = 1e5                                              # stronger than the grid reaches
+    a, a_err = grid.abundance(ew, teff, logg, vmic, alpha, ew_err=np.ones_like(ew))
+    b, b_err = grid.abundance(ew, teff, logg, vmic, alpha, ew_err=np.ones_like(ew), device="cpu")
+    assert (np.isnan(a) == np.isnan(b)).all() and np.isnan(a[0, :2]).all() and np.isnan(a[1, 0])
+    assert np.allclose(a, b, rtol=0, atol=1e-10, equal_nan=True)
+    assert np.allclose(a_err, b_err, rtol=1e-9, equal_nan=True)

@@ -129,6 +129,7 @@ def measure_ew(
     resolution: float = R_LSF,
     half_width: int = WINDOW_HALF_WIDTH_PIX,
     chunk: int = 256,
+    float64: bool = False,
 ) -> EWTable:
     """Measure the EW of every line in every spectrum with batched Voigt fits.
 
@@ -178,6 +179,10 @@ def measure_ew(
         Fit window half width in pixels.
     chunk : int
         Spectra fitted per block (bounds memory: ~``chunk x n_lines x (2 half_width + 1) x mc_draws`` values).
+    float64 : bool
+        Run the numpy or torch fits in float64 throughout instead of float32 first (the compiled kernels, the
+        default on the CPU, always compute in float64): the torch backend then gives the compiled kernels' EWs to
+        rounding.
 
     Returns
     -------
@@ -202,7 +207,7 @@ def measure_ew(
     if batch.flux_unit != "":
         batch = normalize(batch, lines=lines).batch
     n = batch.n_spectra
-    xp = ArrayBackend(backend, device, compiled=backend == "numpy" and kernels.ENABLED)
+    xp = ArrayBackend(backend, device, compiled=backend == "numpy" and kernels.ENABLED, float64=float64 or None)
     idx, in_window = window_pixels(batch.wave, lines, half_width)
     lam0 = lines["wave_vac"].to_numpy(float)
     dx = (batch.wave[idx] - lam0[:, None]).astype(np.float32)                       # (L, W)

@@ -386,17 +386,20 @@ def inverse_diagonal(xp: ArrayBackend, a: Any) -> Any:
 class ArrayBackend:
     """The few array operations the solver needs, on numpy or on torch (any device).
 
-    ``compiled`` (numpy only): run the fits through the numba kernels of :mod:`fehkit.ew.kernels`.
+    ``compiled`` (numpy only): run the fits through the numba kernels of :mod:`fehkit.ew.kernels`. ``float64``:
+    compute every fit in float64 (default :attr:`float64`).
     """
 
     #: Compute every fit in float64 (the numpy reference for the float64 compiled kernels; for tests).
     float64 = False
 
-    def __init__(self, name: str, device: str | None, compiled: bool = False) -> None:
+    def __init__(self, name: str, device: str | None, compiled: bool = False, float64: bool | None = None) -> None:
         if compiled and (name != "numpy" or kernels.numba is None):
             raise ValueError("compiled: needs the numpy backend and numba")
         self.name = name
         self.compiled = compiled
+        if float64 is not None:  # this instance's choice; otherwise the class default
+            self.float64 = bool(float64)
         if name == "torch":
             import torch
 
@@ -409,7 +412,7 @@ class ArrayBackend:
     def asarray(self, a: np.ndarray, double: bool = False) -> Any:
         """Return an array of the backend (float32, or float64 with ``double``) from a numpy array."""
         if self.name == "torch":
-            dtype = self._t.float64 if double else self._t.float32
+            dtype = self._t.float64 if double or self.float64 else self._t.float32
             return self._t.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=self.device)
         return np.asarray(a, dtype=np.float64 if double or self.float64 else np.float32)
 

@@ -113,6 +113,8 @@ class CurveOfGrowth:
         self._axes = tuple(np.ascontiguousarray(ax, float) for ax in axes)
         self._values = values.reshape(*values.shape[:4], -1)
         self._filled_values = np.ascontiguousarray(filled_values).reshape(*filled_values.shape[:4], -1)
+        #: the grid's axes and values as torch tensors, per device they were used on (``curves(device=...)``)
+        self._on_device: dict[str, Any] = {}
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
@@ -187,15 +189,52 @@ class CurveOfGrowth:
         return pts
 
     def curves(
-        self, teff: Any, logg: Any, vmic: Any, alpha_fe: Any = 0.4, lines: np.ndarray | None = None
+        self, teff: Any, logg: Any, vmic: Any, alpha_fe: Any = 0.4, lines: np.ndarray | None = None,
+        device: str | None = None,
     ) -> np.ndarray:
         """log10 EW (mA) at every [Fe/H] node of the grid, for each star: shape (n_stars, n_feh, n_lines).
 
         Parameters are arrays of one value per star (or scalars). ``lines`` selects grid lines by index.
-        Teff, log g and vmic outside the grid are clipped to its edge with a :class:`FehkitWarning`.
+        Teff, log g and vmic outside the grid are clipped to its edge with a :class:`FehkitWarning`. With a torch
+        ``device``, the interpolation runs there and a float64 tensor on it is returned.
         """
-        out = self._interpolate(self._rgi, self._values, self._points(teff, logg, vmic, alpha_fe))
+        points = self._points(teff, logg, vmic, alpha_fe)
+        if device is not None:
+            out = self._interpolate_torch(points, device)
+            return out if lines is None else out[..., out.new_tensor(np.asarray(lines), dtype=int)]
+        out = self._interpolate(self._rgi, self._values, points)
         return out if lines is None else out[..., lines]
+
+    def _interpolate_torch(self, points: np.ndarray, device: str) -> Any:
+        """Run the multilinear interpolation of :meth:`_interpolate` as torch operations on ``device``: (n, F, L).
+
+        The compiled kernel's steps (each axis's cell, its fraction, the 16 corners summed in the same order), so
+        the same numbers to rounding.
+        """
+        import torch
+
+        dev = torch.device(device)
+        key = str(dev)
+        if key not in self._on_device:  # the grid is copied to a device once
+            self._on_device[key] = (tuple(torch.as_tensor(ax, device=dev) for ax in self._axes),
+                                    torch.as_tensor(self._values, device=dev))
+        axes, values = self._on_device[key]
+        pts = torch.as_tensor(points, dtype=torch.float64, device=dev)
+        idx, frac = [], []
+        for d, ax in enumerate(axes):
+            j = torch.clamp(torch.searchsorted(ax, pts[:, d].contiguous(), right=True) - 1, 0, ax.numel() - 2)
+            idx.append(j)
+            frac.append((pts[:, d] - ax[j]) / (ax[j + 1] - ax[j]))
+        out = torch.zeros((pts.shape[0], values.shape[4]), dtype=torch.float64, device=dev)
+        for corner in range(16):  # itertools.product order: the first axis varies slowest
+            weight = torch.ones(pts.shape[0], dtype=torch.float64, device=dev)
+            c = []
+            for d in range(4):
+                upper = (corner >> (3 - d)) & 1
+                c.append(idx[d] + upper)
+                weight = weight * (frac[d] if upper else 1.0 - frac[d])
+            out = out + values[c[0], c[1], c[2], c[3]] * weight[:, None]
+        return out.reshape(pts.shape[0], *self._rgi.values.shape[4:])
 
     def _interpolate(self, rgi: RegularGridInterpolator, values: np.ndarray, points: np.ndarray) -> np.ndarray:
         """Run ``rgi`` at ``points`` (n, 4), or the compiled kernel on the same grid (``values``) where numba imports.
@@ -326,6 +365,7 @@ class CurveOfGrowth:
         alpha_fe: Any = 0.4,
         lines: np.ndarray | None = None,
         ew_err: np.ndarray | None = None,
+        device: str | None = None,
     ) -> pd.DataFrame | np.ndarray:
         """Invert the curve of growth line by line: the [Fe/H] at which each line has the measured EW.
 
@@ -340,6 +380,9 @@ class CurveOfGrowth:
         ew_err : numpy.ndarray, optional
             EW errors (mA); if given, the [Fe/H] errors from the local slope of the curve of growth are
             returned too.
+        device : str, optional
+            A torch device: run the inversion (the same bisection) as tensor operations there. Default: NumPy
+            (or the compiled kernel) on the CPU.
 
         Returns
         -------
@@ -356,17 +399,19 @@ class CurveOfGrowth:
         >>> bool(np.allclose(feh, -2.3, atol=1e-6))
         True
         """
-        curves = self.curves(teff, logg, vmic, alpha_fe, lines)
+        curves = self.curves(teff, logg, vmic, alpha_fe, lines, device=device)
         ew = np.atleast_2d(np.asarray(ew, float))
         if ew.shape[0] != curves.shape[0] and curves.shape[0] == 1:
-            curves = np.repeat(curves, ew.shape[0], axis=0)
+            curves = curves.repeat(ew.shape[0], 1, 1) if device is not None else np.repeat(curves, ew.shape[0], axis=0)
         if ew.shape != (curves.shape[0], curves.shape[2]):
             raise GridRangeError(f"ew has shape {ew.shape}; expected (n_stars, n_lines) = "
                                  f"{(curves.shape[0], curves.shape[2])}")
         with np.errstate(divide="ignore", invalid="ignore"):
             y = np.where(np.isfinite(ew) & (ew > 0), np.log10(ew), np.nan)
-        kernels = _kernels() if USE_NUMBA else None
-        if kernels is not None:
+        kernels = _kernels() if USE_NUMBA and device is None else None
+        if device is not None:
+            feh, slope = self._invert(curves, y, device)
+        elif kernels is not None:
             feh, slope = np.empty_like(y), np.empty_like(y)
             kernels.invert(np.ascontiguousarray(curves), self.feh, y, feh, slope)
         else:
@@ -377,33 +422,51 @@ class CurveOfGrowth:
             feh_err = np.asarray(ew_err, float) / (ew * np.log(10) * slope)
         return feh, np.where(np.isnan(feh), np.nan, feh_err)
 
-    def _invert(self, curves: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return where each curve (n, F, L) reaches log EW ``y`` (n, L): [Fe/H] and d log EW / d [Fe/H] (NumPy).
+    def _invert(self, curves: Any, y: np.ndarray, device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Return where each curve (n, F, L) reaches log EW ``y`` (n, L): [Fe/H] and d log EW / d [Fe/H].
 
-        NaN where ``y`` is NaN or above the curve's top; below its bottom the linear part, slope 1.
+        NaN where ``y`` is NaN or above the curve's top; below its bottom the linear part, slope 1. NumPy, or with
+        a torch ``device`` (``curves`` a tensor there) the same steps as tensor operations there.
         """
-        coef = pchip_coefficients(self.feh, curves)
+        if device is None:
+            xp, to = np, np.asarray
+            coef, curves_x, y_x, nodes = pchip_coefficients(self.feh, curves), curves, y, self.feh
+        else:
+            import torch
+
+            xp = torch
+            dev = torch.device(device)
+
+            def to(a: Any) -> Any:
+                return torch.as_tensor(a, dtype=torch.float64, device=dev)
+
+            coef, curves_x = pchip_coefficients_torch(self.feh, curves), curves
+            y_x, nodes = to(y), to(self.feh)
         nf = len(self.feh)
         # the interval of each (star, line): curves are increasing in [Fe/H]
-        k = np.clip((curves <= y[:, None, :]).sum(axis=1) - 1, 0, nf - 2)
+        k = xp.clip((curves_x <= y_x[:, None, :]).sum(axis=1) - 1, 0, nf - 2)
         s, li = np.meshgrid(np.arange(y.shape[0]), np.arange(y.shape[1]), indexing="ij")
+        if device is not None:
+            s, li = torch.as_tensor(s, device=dev), torch.as_tensor(li, device=dev)
         c = coef[:, s, k, li]  # (4, n_stars, n_lines)
-        lo = np.zeros_like(y)
-        hi = np.broadcast_to(np.diff(self.feh)[k], y.shape).copy()
+        lo = xp.zeros_like(y_x)
+        hi = (nodes[1:] - nodes[:-1])[k] + lo
         for _ in range(40):  # bisection on a monotone cubic: 2**-40 of 0.25 dex
             mid = 0.5 * (lo + hi)
             f = ((c[0] * mid + c[1]) * mid + c[2]) * mid + c[3]
-            up = f < y
-            lo = np.where(up, mid, lo)
-            hi = np.where(up, hi, mid)
-        feh = self.feh[k] + 0.5 * (lo + hi)
-        first, last = curves[:, 0, :], curves[:, -1, :]
-        feh = np.where(y < first, self.feh[0] + (y - first), feh)
-        feh = np.where(y > last, np.nan, feh)
-        feh = np.where(np.isnan(y), np.nan, feh)
+            up = f < y_x
+            lo = xp.where(up, mid, lo)
+            hi = xp.where(up, hi, mid)
+        feh = nodes[k] + 0.5 * (lo + hi)
+        first, last = curves_x[:, 0, :], curves_x[:, -1, :]
+        feh = xp.where(y_x < first, nodes[0] + (y_x - first), feh)
+        feh = xp.where(y_x > last, xp.nan, feh)
+        feh = xp.where(xp.isnan(y_x), xp.nan, feh)
         d = 0.5 * (lo + hi)
-        slope = (3 * c[0] * d + 2 * c[1]) * d + c[2]  # d log EW / d [Fe/H]
-        return feh, np.where(y < first, 1.0, slope)
+        slope = xp.where(y_x < first, 1.0, (3 * c[0] * d + 2 * c[1]) * d + c[2])  # d log EW / d [Fe/H]
+        if device is not None:
+            return feh.cpu().numpy(), slope.cpu().numpy()
+        return to(feh), to(slope)
 
 
 def pchip_coefficients(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -431,6 +494,32 @@ def pchip_coefficients(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         d[:, -1] = _pchip_end(h[0, -1, 0], h[0, -2, 0], m[:, -1], m[:, -2])
     t = (d[:, :-1] + d[:, 1:] - 2 * m) / h
     return np.stack((t / h, (m - d[:, :-1]) / h - t, d[:, :-1], y[:, :-1]))
+
+
+def pchip_coefficients_torch(x: np.ndarray, y: Any) -> Any:
+    """:func:`pchip_coefficients` of the torch tensor ``y`` (n, len(x), m), on its device: the same formulas."""
+    import torch
+
+    h_np = np.diff(np.asarray(x, float))
+    h = torch.as_tensor(h_np, dtype=y.dtype, device=y.device)[None, :, None]
+    m = (y[:, 1:] - y[:, :-1]) / h
+    d = torch.zeros_like(y)
+    if len(h_np) == 1:
+        d[:, 0] = d[:, 1] = m[:, 0]
+    else:
+        h0, h1 = h[:, :-1], h[:, 1:]
+        sign = torch.sign(m)
+        flat = (sign[:, 1:] != sign[:, :-1]) | (m[:, 1:] == 0) | (m[:, :-1] == 0)
+        w1, w2 = 2 * h1 + h0, h1 + 2 * h0
+        mean = (w1 / m[:, :-1] + w2 / m[:, 1:]) / (w1 + w2)
+        d[:, 1:-1] = torch.where(flat, 0.0, 1.0 / mean)
+        for end, (a, b) in ((0, (0, 1)), (-1, (-1, -2))):
+            m0, m1 = m[:, a], m[:, b]
+            g = ((2 * h_np[a] + h_np[b]) * m0 - h_np[a] * m1) / (h_np[a] + h_np[b])
+            steep = (torch.sign(m0) != torch.sign(m1)) & (g.abs() > 3.0 * m0.abs())
+            d[:, end] = torch.where(torch.sign(g) != torch.sign(m0), 0.0, torch.where(steep, 3.0 * m0, g))
+    t = (d[:, :-1] + d[:, 1:] - 2 * m) / h
+    return torch.stack((t / h, (m - d[:, :-1]) / h - t, d[:, :-1], y[:, :-1]))
 
 
 def _pchip_end(h0: float, h1: float, m0: np.ndarray, m1: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ import pandas as pd
 from astropy.stats import sigma_clipped_stats
 
 from fehkit.errors import FehkitWarning, GridRangeError
-from fehkit.physics.cog import ALPHA_RANGE, CurveOfGrowth, _kernels, pchip_coefficients
+from fehkit.physics.cog import ALPHA_RANGE, CurveOfGrowth, _kernels, pchip_coefficients, pchip_coefficients_torch
 from fehkit.threads import map_parts, numba_wanted
 
 #: [Fe/H] grid of the likelihood (dex): below the curve-of-growth grid (-5) the lines are on the linear part.
@@ -70,6 +70,7 @@ def joint_abundance(
     model_floor_mA: float = MODEL_FLOOR_MA,
     detection_sigma: float = 3.0,
     chunk: int = 1024,
+    device: str | None = None,
 ) -> pd.DataFrame:
     """Maximum-likelihood [Fe/H] from all usable lines at once, its error, significance and upper limit.
 
@@ -90,7 +91,12 @@ def joint_abundance(
     detection_sigma : float
         Joint significance below which a star counts as not detected (upper limit).
     chunk : int
-        Stars evaluated together (memory: ~3 x chunk x 601 floats and a few chunk x 21 x n_lines).
+        Stars evaluated together (memory: ~3 x chunk x 601 floats and a few chunk x 21 x n_lines; with a
+        ``device``, ~10 x chunk x 601 x n_lines floats).
+    device : str, optional
+        A torch device (``"cuda"``, ``"cpu"``): evaluate -2 ln L on the whole [Fe/H] grid there, as tensor
+        operations (:func:`_search_torch`; what :func:`fehkit.infer` does on a GPU). The grid minimum and crossings
+        are those of the search, so the results agree to float rounding. Default: the search on the CPU.
 
     Returns
     -------
@@ -111,13 +117,13 @@ def joint_abundance(
     """
     return _joint(ew_mA, ew_err_mA, usable, teff, logg, vmic, alpha_fe, cog=cog or CurveOfGrowth.load(), lines=lines,
                   model_fraction=model_fraction, model_floor_mA=model_floor_mA, detection_sigma=detection_sigma,
-                  chunk=chunk)
+                  chunk=chunk, device=device)
 
 
 def _joint(ew_mA: Any, ew_err_mA: Any, usable: Any, teff: Any, logg: Any, vmic: Any, alpha_fe: Any, *,
            cog: CurveOfGrowth, lines: np.ndarray | None = None, model_fraction: float = MODEL_FRACTION,
            model_floor_mA: float = MODEL_FLOOR_MA, detection_sigma: float = 3.0, chunk: int = 1024,
-           full: bool = True) -> pd.DataFrame:
+           full: bool = True, device: str | None = None) -> pd.DataFrame:
     """Run :func:`joint_abundance`; without ``full``, only its :data:`_SHORT_COLUMNS` (a cheaper search).
 
     The parameter shifts and the second physics need only the maximum-likelihood [Fe/H] and the detection.
@@ -125,7 +131,12 @@ def _joint(ew_mA: Any, ew_err_mA: Any, usable: Any, teff: Any, logg: Any, vmic: 
     ew, err, use = _inputs(ew_mA, ew_err_mA, usable, cog, lines)
     n = ew.shape[0]
     params = [np.broadcast_to(np.asarray(a, float), (n,)) for a in (teff, logg, vmic, alpha_fe)]
-    if USE_NUMBA and _kernels() is not None:  # star by star: parts of the stars in threads, the same numbers
+    if device is not None:  # the whole grid at once on the device, a chunk of stars at a time
+        rows = [_joint_chunk(ew[s:s + chunk], err[s:s + chunk], use[s:s + chunk],
+                             *(p[s:s + chunk] for p in params), cog, lines, model_fraction, model_floor_mA, full,
+                             device=device)
+                for s in range(0, n, chunk)]
+    elif USE_NUMBA and _kernels() is not None:  # star by star: parts of the stars in threads, the same numbers
         rows = map_parts(lambda s: _joint_chunk(ew[s], err[s], use[s], *(p[s] for p in params), cog, lines,
                                                 model_fraction, model_floor_mA, full), n, max_rows=chunk)
     else:
@@ -190,12 +201,14 @@ def per_line_median(
     lines: np.ndarray | None = None,
     detection_sigma: float = 3.0,
     clip_sigma: float = 3.0,
+    device: str | None = None,
 ) -> pd.DataFrame:
     """Run the textbook classical method: invert each detected line, then a sigma-clipped median over lines.
 
     Only lines with EW >= ``detection_sigma`` errors are inverted (a weak line's inversion is meaningless);
     stars with none get NaN. Returns ``feh_cog_median``, ``feh_cog_median_err`` (the clipped standard deviation
-    over sqrt(n), or the single line's error) and ``cog_median_n_lines``.
+    over sqrt(n), or the single line's error) and ``cog_median_n_lines``. With a torch ``device`` the inversions
+    run there (:meth:`CurveOfGrowth.abundance`); the clipped median of the (n_stars, n_lines) values stays NumPy.
     """
     cog = cog or CurveOfGrowth.load()
     ew = np.atleast_2d(np.asarray(ew_mA, float))
@@ -204,7 +217,7 @@ def per_line_median(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FehkitWarning)
         feh, feh_err = cog.abundance(np.where(det, ew, np.nan), teff, logg, vmic, alpha_fe, lines=lines,
-                                     ew_err=err)
+                                     ew_err=err, device=device)
     feh = np.where(det, feh, np.nan)
     n_ok = np.isfinite(feh).sum(axis=1)
     with warnings.catch_warnings():
@@ -430,14 +443,17 @@ def _m2lnl_none(ew: np.ndarray, err: np.ndarray, use: np.ndarray, floor: float) 
 
 def _joint_chunk(ew: np.ndarray, err: np.ndarray, use: np.ndarray, teff: np.ndarray, logg: np.ndarray,
                  vmic: np.ndarray, alpha: np.ndarray, cog: CurveOfGrowth, lines: np.ndarray | None,
-                 frac: float, floor: float, full: bool = True) -> dict[str, np.ndarray]:
+                 frac: float, floor: float, full: bool = True, device: str | None = None) -> dict[str, np.ndarray]:
     """Return the columns of :func:`joint_abundance` for a chunk of stars (without ``full``: the short ones).
 
     The errors, the upper limit and chi2 need more of the profile than the maximum and the signal do.
     """
-    kernels = _kernels() if USE_NUMBA else None
-    search = _search_compiled if kernels is not None else _search_numpy
-    found = search(ew, err, use, teff, logg, vmic, alpha, cog, lines, frac, floor, full)
+    if device is not None:
+        found = _search_torch(ew, err, use, teff, logg, vmic, alpha, cog, lines, frac, floor, full, device)
+    else:
+        kernels = _kernels() if USE_NUMBA else None
+        search = _search_compiled if kernels is not None else _search_numpy
+        found = search(ew, err, use, teff, logg, vmic, alpha, cog, lines, frac, floor, full)
     k = found["k"]
     g = FEH_GRID.size
     # parabolic refinement between the neighbouring grid points
@@ -510,6 +526,78 @@ def _search_compiled(ew: np.ndarray, err: np.ndarray, use: np.ndarray, teff: np.
             "near": near, "lo1": cross[:, 0], "hi1": cross[:, 1], "hi9": cross[:, 2], "chi2": chi2,
             "n_eval": n_eval}
 
+
+
+def _search_torch(ew: np.ndarray, err: np.ndarray, use: np.ndarray, teff: np.ndarray, logg: np.ndarray,
+                  vmic: np.ndarray, alpha: np.ndarray, cog: CurveOfGrowth, lines: np.ndarray | None, frac: float,
+                  floor: float, full: bool, device: str) -> dict[str, np.ndarray]:
+    """:func:`_search_numpy` as torch tensor operations on ``device``: -2 ln L on all of :data:`FEH_GRID` at once.
+
+    No search: a GPU evaluates the 601 points of every star faster than it could decide which to skip. The model
+    EWs are the same PCHIP pieces as :class:`_Table`'s, from each star's curve of growth interpolated in the grid's
+    Teff, log g, vmic and [alpha/Fe] on the device too, in float64, so the minimum and the crossings land on the
+    same grid points as the search's.
+    """
+    import torch
+
+    dev = torch.device(device)
+    f64 = torch.float64
+    curves = cog.curves(teff, logg, vmic, alpha, lines, device=dev)       # (n, F, L) log10 EW at the nodes
+    coef = pchip_coefficients_torch(cog.feh, curves)                      # (4, n, F - 1, L)
+    piece, s, on_grid = _grid_pieces(cog.feh)
+    piece_t = torch.as_tensor(piece, device=dev)
+    s_t = torch.as_tensor(s, dtype=f64, device=dev)[None, :, None]
+    z = s_t * s_t
+    log_ew = coef[3][:, piece_t] + coef[2][:, piece_t] * s_t + coef[1][:, piece_t] * z + coef[0][:, piece_t] * (z * s_t)
+    below = torch.as_tensor(~on_grid, device=dev)
+    if bool(below.any()):  # linear in the number of iron atoms below the grid
+        lin = (curves[:, 0, :][:, None, :]
+               + torch.as_tensor(FEH_GRID - cog.feh[0], dtype=f64, device=dev)[None, :, None])
+        log_ew = torch.where(below[None, :, None], lin, log_ew)
+    model = torch.pow(10.0, log_ew)                                        # (n, G, L)
+    del log_ew
+    use_t = torch.as_tensor(use, device=dev)[:, None, :]
+    e = torch.as_tensor(np.where(use, ew, 0.0), dtype=f64, device=dev)[:, None, :]
+    var = torch.as_tensor(err, dtype=f64, device=dev)[:, None, :] ** 2 + (frac * model) ** 2 + floor ** 2
+    value = torch.where(use_t, (e - model) ** 2 / var + torch.log(var), 0.0).sum(dim=2)   # (n, G)
+    n, g = value.shape
+    rows = torch.arange(n, device=dev)
+    k = torch.argmin(value, dim=1)
+    kk = torch.clamp(k, 1, g - 2)
+    near = value[rows[:, None], kk[:, None] + torch.tensor([-1, 0, 1], device=dev)]
+    out = {"k": k, "best": value[rows, k], "near": near}
+    if full:
+        delta = value - out["best"][:, None]
+        out["lo1"], out["hi1"] = _crossing_torch(delta, k, 1.0)
+        out["hi9"] = _crossing_torch(delta, k, 9.0)[1]
+        out["chi2"] = torch.where(use_t[:, 0], (e[:, 0] - model[rows, k]) ** 2 / var[rows, k], 0.0).sum(dim=1)
+    return {key: v.cpu().numpy() for key, v in out.items()}
+
+
+def _crossing_torch(delta: Any, k: Any, level: float) -> tuple[Any, Any]:
+    """:func:`_crossing` on torch tensors: [Fe/H] either side of the minimum where ``delta`` first reaches ``level``."""
+    import torch
+
+    n, g = delta.shape
+    dev = delta.device
+    grid = torch.as_tensor(FEH_GRID, dtype=delta.dtype, device=dev)
+    idx = torch.arange(g, device=dev)[None, :]
+    above = delta >= level
+    left = torch.where(above & (idx < k[:, None]), idx, -1).amax(dim=1)
+    right = torch.where(above & (idx > k[:, None]), idx, g).amin(dim=1)
+    rows = torch.arange(n, device=dev)
+
+    def interp(i_out: Any, i_in: Any, edge: float) -> Any:
+        ok = (i_out >= 0) & (i_out < g)
+        io = torch.clamp(i_out, 0, g - 1)
+        d_out, d_in = delta[rows, io], delta[rows, i_in]
+        t = torch.where(d_out > d_in, (level - d_in) / torch.where(d_out > d_in, d_out - d_in, 1.0), 0.0)
+        x = grid[i_in] + t * (grid[io] - grid[i_in])
+        return torch.where(ok, x, edge)
+
+    lo = interp(left, torch.clamp(left + 1, 0, g - 1), float(FEH_GRID[0]))
+    hi = interp(right, torch.clamp(right - 1, 0, g - 1), float(FEH_GRID[-1]))
+    return lo, hi
 
 def _grid_pieces(feh: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """PCHIP piece of each :data:`FEH_GRID` point, its offset in the piece and whether it is on the grid, as _Table."""
