@@ -18,6 +18,8 @@ On a GPU (``device="auto"`` takes CUDA when torch sees one) steps 2-5 run as tor
 physics grid and the sigma-clipped median of the per-line values (microseconds a star), and the final table.
 Without a GPU the CPU runs NumPy and the compiled kernels (``engine="numpy"``), faster there than torch; the torch
 engine also runs on the CPU, which is how it is tested against the NumPy one.
+
+The module itself is callable: ``fehkit.infer(spectra, model, params, device="auto")`` is :func:`infer`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from __future__ import annotations
 import copy
 import multiprocessing
 import os
+import sys
+import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -335,3 +339,13 @@ def _bar(total: int, show: bool) -> Any:
     from fehkit.models.ensemble import _progress
 
     return _progress(total, show, "fehkit.infer")
+
+
+class _CallableModule(types.ModuleType):
+    """The module, callable: ``fehkit.infer(...)`` is :func:`infer` (``from fehkit.infer import infer`` works too)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> pd.DataFrame:
+        return infer(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

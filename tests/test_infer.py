@@ -67,6 +67,15 @@ def test_infer_on_the_cpu_gives_the_library_table(setup):
     _same(expected, got, 1e-6, 1e-6)
 
 
+def test_fehkit_infer_is_the_helper_itself(setup):
+    import fehkit
+
+    ens, _, sim, params, expected = setup
+    got = _quiet(fehkit.infer, sim.batch.select(np.arange(5)), ens, params.iloc[:5], device="cpu")
+    pd.testing.assert_frame_equal(got, _quiet(infer, sim.batch.select(np.arange(5)), ens, params.iloc[:5],
+                                               device="cpu"))
+
+
 def test_members_as_float64_tensors_equal_scikit_learn_and_xgboost(setup):
     """The float64 check of the tensor trees: 1e-5 dex per member and 1e-4 dex fused at most (both far smaller)."""
     ens, _, sim, params, expected = setup
