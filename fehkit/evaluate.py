@@ -28,9 +28,8 @@ from fehkit.flags import has_flag
 MODEL_COLUMNS = {"rf": "feh_rf", "xgb": "feh_xgb", "dnn": "feh_dnn", "ensemble": "feh", "cog": "feh_cog",
                  "cannon": "feh_cannon"}
 
-#: S/N bins: the "~50" bin is 40-65; ">= 100" is an open bin overlapping the two above it.
-SNR_BINS: tuple[tuple[float, float | None], ...] = ((30, 40), (40, 65), (65, 100), (100, 150), (150, None),
-                                                    (100, None))
+#: S/N bins, side by side with no overlap (a figure joins them in order): the "~50" bin is 40-65.
+SNR_BINS: tuple[tuple[float, float | None], ...] = ((30, 40), (40, 65), (65, 100), (100, 150), (150, None))
 FEH_BINS: tuple[tuple[float, float], ...] = tuple((lo, lo + 0.5) for lo in np.arange(-4.5, -1.0, 0.5))
 TEFF_BINS: tuple[tuple[float | None, float | None], ...] = ((None, 4400), (4400, 5000), (5000, 5500), (5500, None))
 #: The ([Fe/H], S/N) grid of the "ensemble within 10% of the classical method" check: the S/N bins of the
@@ -40,6 +39,19 @@ GRID_SNR_BINS = ((30, 60), (60, 120), (120, None))
 LOWEST_FEH_SNR = {50: (40, 65), 100: (80, 125), 200: (160, None)}
 
 HEADLINE = "test stars with a detected joint Fe signal (>= 3 sigma over all lines) and S/N >= 50"
+#: Lowest S/N of the headline subset.
+HEADLINE_MIN_SNR = 50.0
+
+
+def headline_mask(flag: Any, snr: Any) -> np.ndarray:
+    """Return the headline subset (:data:`HEADLINE`): a detected joint Fe signal (a measured [Fe/H]) and S/N >= 50.
+
+    Examples
+    --------
+    >>> headline_mask(["ok", "upper_limit", "ok", "out_of_domain"], [80, 80, 30, 60]).tolist()
+    [True, False, False, True]
+    """
+    return flag_detected(flag) & (np.asarray(snr, float) >= HEADLINE_MIN_SNR)
 
 
 @dataclass(frozen=True)
@@ -207,7 +219,7 @@ def evaluate(
     truth = p["true_feh"].to_numpy(float)
     detected = flag_detected(p["flag"])  # a measured [Fe/H]; out_of_domain or grid flags only warn about it
     snr = p["snr"].to_numpy(float)
-    head = detected & (snr >= 50)
+    head = detected & (snr >= HEADLINE_MIN_SNR)
     rng = np.random.default_rng(seed)
 
     models = {}

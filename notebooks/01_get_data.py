@@ -64,7 +64,7 @@ print(load_manifest().table()[['name', 'kind', 'citation']].to_string(index=Fals
 # Offline: the **synthetic** benchmark (100 stars, `fehkit.synth.make_benchmark`) stands in for the training table, with its noisy reference labels in the same columns, and the spectra shown are the two packaged **real** DR17 files (neither is metal-poor).
 
 # %%
-train = None
+train, bench = None, None  # bench: the synthetic stand-in, offline
 if ONLINE:
     try:
         refs = load_reference('montelius2026')
@@ -102,10 +102,43 @@ print('training table columns start with', list(train.columns[:6]) == list(TRAIN
 show(spectrum_figure(spectra, 0))
 
 # %% [markdown]
-# ## Save it for training
+# ## Save it for training, and train
 #
-# ```python
-# train.to_csv('train.csv', index=False)   # then: fehkit train --data train.csv --out model/
-# ```
-#
-# The same from a shell: save allStar-like rows (TELESCOPE, FIELD, FILE) to a CSV and run `fehkit fetch spectra rows.csv --out fetched.csv`. An interrupted fetch resumes where it stopped; `FEHKIT_CACHE` moves the cache and `FEHKIT_DATA_URL` points at a mirror of the SAS.
+# `fehkit train --data` reads a table whose `file` column names spectrum files on disk, relative to the table's folder. This cell writes the training table and the spectra it names into the folder `fehkit-get-data/` next to this notebook: online, the table of real stars (their spectra are already in the cache); offline, the **synthetic** stand-in table and its simulated apStar-format files (marked synthetic in their headers, so every model trained on them says so).
+
+# %%
+import subprocess
+import sys
+from pathlib import Path
+
+from fehkit.files import write_table
+from fehkit.synth import write_benchmark
+
+work = Path('fehkit-get-data')
+work.mkdir(exist_ok=True)
+if bench is not None:  # offline: the stand-in table names the simulated files; write them beside it
+    write_benchmark(bench, work / 'spectra', overwrite=True)
+    train = train.assign(file='spectra/' + train['file'])
+write_table(train, work / 'train.csv',
+            comment='SYNTHETIC stand-in training table (fehkit.synth), not observations' if bench is not None
+            else 'training table: APOGEE DR17 spectra cross-matched with reference [Fe/H]')
+print(f'wrote {work / "train.csv"}: {len(train)} stars, {train["file"].map(lambda f: (work / f).exists()).sum()} '
+      'of their spectrum files on disk')
+
+# %% [markdown]
+# The same command you would type in a shell (here through the notebook's own Python, so it is the fehkit you are running): it measures the EWs, trains the ensemble and writes the model folder with its model card. With 70 stars it takes about 20 s on two cores. The small online sample (up to five stars) is too few to train on; the cell says so, and a larger `head()` in the query above gives more.
+
+# %%
+command = ['fehkit', 'train', '--data', str(work / 'train.csv'), '--out', str(work / 'model'), '--overwrite',
+           '--quiet']
+if len(train) >= 20:
+    done = subprocess.run([sys.executable, '-m', *command], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f'{" ".join(command)} failed:\n{done.stderr}')
+    print(done.stdout.strip())
+    print('model card written:', (work / 'model' / 'card.json').exists())
+else:
+    print(f'{len(train)} stars: too few to train; with more, run: {" ".join(command)}')
+
+# %% [markdown]
+# The same from a shell: `fehkit train --data fehkit-get-data/train.csv --out fehkit-get-data/model`. To fetch spectra without Python, save allStar-like rows (TELESCOPE, FIELD, FILE) to a CSV and run `fehkit fetch spectra rows.csv --out fetched.csv`. An interrupted fetch resumes where it stopped; `FEHKIT_CACHE` moves the cache and `FEHKIT_DATA_URL` points at a mirror of the SAS.

@@ -91,7 +91,7 @@ show(continuum_figure(sim.batch, continuum, 0, true_continuum=sim.continuum))
 # %% [markdown]
 # ### Try it
 #
-# The explorer re-fits one spectrum whenever a slider moves (zoom in first: the zoom is kept). The table under the plot adds, per detector, the median error against the SYNTHETIC truth. Things to try: `order` 1 (a straight line cannot follow a detector's response); the worst star above, with `clip below` at 5 sigma (its lines are no longer clipped and drag the continuum further down) and at 1 sigma; a star at S/N 30.
+# The explorer re-fits one spectrum whenever a slider moves (zoom in first: the zoom is kept, in both panels). In flux units a continuum that moves by half a percent is a hair's width, so the lower panel shows the relative residual `(flux - continuum) / continuum`: grey pixels, their running median in orange (zero where the fit follows the star), and, dashed green, how far the SYNTHETIC true continuum lies from the fit, which is the error the EWs inherit. The table under the plot adds, per detector, the median error against the SYNTHETIC truth. Things to try: `order` 1 (a straight line cannot follow a detector's response); the worst star above, with `clip below` at 5 sigma (its lines are no longer clipped and drag the continuum further down) and at 1 sigma; a star at S/N 30.
 
 # %%
 ContinuumExplorer(sim.batch, true_continuum=sim.continuum)

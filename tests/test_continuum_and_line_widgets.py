@@ -14,9 +14,16 @@ from jupyter_bokeh import BokehModel
 from fehkit.continuum import normalize
 from fehkit.ew import measure_ew
 from fehkit.io import read_apogee
-from fehkit.plots import continuum_figure, ew_comparison_figure, line_fit_figure, spectrum_label
+from fehkit.plots import (
+    continuum_figure,
+    ew_comparison_figure,
+    line_fit_figure,
+    spectrum_figure,
+    spectrum_label,
+    update_line_fit_figure,
+)
 from fehkit.synth import make_benchmark, simulate
-from fehkit.widgets import ContinuumExplorer, LineInspector
+from fehkit.widgets import ContinuumExplorer, LineInspector, SpectrumViewer
 
 FE_15298 = 2  # Fe I 15298.74, one of the strongest H-band Fe lines
 
@@ -40,7 +47,8 @@ def real(examples):
 
 
 def _legend(fig) -> list[str]:
-    return [item.label.value for legend in fig.legend for item in legend.items]
+    """The legend entries shown (an entry of something the figure has no data for is hidden)."""
+    return [item.label.value for legend in fig.legend for item in legend.items if item.visible]
 
 
 def _texts(fig) -> str:
@@ -141,11 +149,35 @@ def test_continuum_explorer_refits_on_each_slider_and_keeps_the_figure(sim):
     assert list(explorer.diagnostics.chip) == ["blue", "green", "red"]
 
 
-def test_continuum_explorer_switches_spectrum(sim):
+def test_continuum_explorer_residual_panel_follows_the_sliders(sim):
     explorer = ContinuumExplorer(sim.batch, true_continuum=sim.continuum)
+    median = explorer.residual_figure.select_one({"name": "residual_median"}).data_source
+    offset = explorer.residual_figure.select_one({"name": "truth_offset"}).data_source
+    assert explorer.residual_figure.x_range is explorer.figure.x_range  # one zoom for both panels
+    before = np.array(median.data["median"])
+    explorer.order.value = 1
+    # (flux - fit) / fit of the new fit, and its offset from the true continuum
+    fit = explorer.result.continuum[0].astype(float)
+    good = ~sim.batch.mask[0] & (fit > 0)
+    resid = explorer.residual_figure.select_one({"name": "residual"}).data_source.data["residual"]
+    np.testing.assert_allclose(resid[good], sim.batch.flux[0][good] / fit[good] - 1, rtol=1e-5)
+    np.testing.assert_allclose(offset.data["offset"][good], sim.continuum[0][good] / fit[good] - 1, rtol=1e-5)
+    assert np.nanmax(np.abs(np.array(median.data["median"]) - before)) > 1e-3
+
+
+def test_continuum_explorer_switches_spectrum_in_place(sim):
+    explorer = ContinuumExplorer(sim.batch, true_continuum=sim.continuum)
+    plot, fig = explorer.plot, explorer.figure
+    flux = fig.select_one({"name": "flux"}).data_source
+    explorer.figure.x_range.update(start=15300.0, end=15400.0)  # the user's zoom
     explorer.select.value = 3
-    assert explorer.plot in explorer.children
-    assert explorer.plot._model.title.text.startswith("SYNTHETIC SYN0011-00003")
+    assert explorer.plot is plot and plot._model.children[0] is fig  # nothing rebuilt
+    assert fig.title.text.startswith("SYNTHETIC SYN0011-00003")
+    np.testing.assert_array_equal(flux.data["flux"][~np.isnan(flux.data["flux"])],
+                                  sim.batch.flux[3][np.isfinite(sim.batch.flux[3])].astype(float))
+    truth = fig.select_one({"name": "true_continuum"}).data_source.data["continuum"]
+    np.testing.assert_array_equal(truth, sim.continuum[3].astype(float))
+    assert (fig.x_range.start, fig.x_range.end) == (15300.0, 15400.0)
     assert explorer.diagnostics.star_id.unique().tolist() == ["SYN0011-00003"]
     assert explorer.select.label == spectrum_label(sim.batch, 3)
 
@@ -164,11 +196,44 @@ def test_line_inspector_follows_both_dropdowns(sim, measured):
     assert "Fe I 15298.74" in inspector.plot._model.title.text
     assert "true EW (SYNTHETIC truth)" in inspector.details.value
     assert f"{sim.ew[0, FE_15298]:.1f} mÅ" in inspector.details.value
+    plot, fig = inspector.plot, inspector.figure
+    pixels = fig.select_one({"name": "pixels"}).data_source
+    before = np.array(pixels.data["flux"])
     inspector.select.value = 2
     assert inspector.line.value == FE_15298  # the same line, now in the other star
-    assert inspector.plot._model.title.text.startswith("SYNTHETIC SYN0011-00002")
+    assert inspector.plot is plot and plot._model is fig  # updated in place, not rebuilt
+    assert fig.title.text.startswith("SYNTHETIC SYN0011-00002")
+    assert not np.allclose(before, pixels.data["flux"])
     assert inspector.line.label == f"15298.74 Å: {table.flag[2, FE_15298]}"
     assert inspector.plot in inspector.children[1].children
+    x0 = fig.x_range.start
+    inspector.line.value = FE_15298 + 1  # another line: its window
+    assert fig.x_range.start > x0 and f"Fe I {table.lines.wave_vac[FE_15298 + 1]:.2f}" in fig.title.text
+
+
+def test_line_inspector_shows_an_upper_limit_only_for_undetected_lines(sim, measured):
+    norm, table = measured
+    inspector = LineInspector(norm.batch, table)
+    i, k = np.argwhere(table.flag == "ok")[0]
+    inspector.select.value, inspector.line.value = int(i), int(k)
+    assert "upper limit" not in inspector.details.value
+    assert "upper limit" not in _texts(inspector.figure)
+    i, k = np.argwhere(table.flag == "upper_limit")[0]
+    inspector.select.value, inspector.line.value = int(i), int(k)
+    assert f"&lt; {table.ew_upper_mA[i, k]:.1f} mÅ" in inspector.details.value
+    assert f"EW < {table.ew_upper_mA[i, k]:.1f} mÅ" in _texts(inspector.figure)
+
+
+def test_line_fit_figure_updates_in_place_with_no_model_left_behind(sim, measured):
+    norm, table = measured
+    fig = line_fit_figure(norm.batch, table, 0, FE_15298)
+    model = BokehModel(fig)
+    n_models = len(list(fig.document.models))
+    i, k = np.argwhere(np.isin(table.flag, ["ok"]))[-1]
+    update_line_fit_figure(fig, norm.batch, table, int(i), int(k))
+    assert len(list(fig.document.models)) == n_models and model._model is fig
+    assert fig.title.text == line_fit_figure(norm.batch, table, int(i), int(k)).title.text
+    assert len(fig.select_one({"name": "pixels"}).data_source.data["wave"]) > 20
 
 
 def test_line_inspector_on_real_data(real):
@@ -198,5 +263,25 @@ def test_line_fit_figure_marks_the_pixels_the_fit_dropped():
     table = measure_ew(nb, mc_draws=0)
     assert table.used is not None and not table.used[0, k].all()
     fig = line_fit_figure(nb, table, 0, k)
-    labels = [item.label.value for item in fig.legend[0].items]
-    assert "dropped by the fit" in labels
+    assert "dropped by the fit" in _legend(fig)
+
+
+def test_spectrum_viewer_switches_spectrum_in_place(real, examples):
+    batch, _, _ = real
+    viewer = SpectrumViewer(batch)
+    fig = viewer.figure
+    fig.x_range.update(start=15500.0, end=15600.0)  # the user's zoom
+    viewer.select.value = 1
+    assert viewer.plot._model is fig and viewer.children[1] is viewer.plot
+    flux = fig.select_one({"name": "flux"}).data_source.data["flux"]
+    fresh = spectrum_figure(batch, 1).select_one({"name": "flux"}).data_source.data["flux"]
+    np.testing.assert_array_equal(flux, fresh)
+    assert (fig.x_range.start, fig.x_range.end) == (15500.0, 15600.0)
+    assert fig.title.text.startswith(str(batch.meta.star_id[1]))
+
+
+def test_flag_reasons_read_as_words_not_parameter_names(measured):
+    _, table = measured
+    reasons = table.reasons[table.flag == "upper_limit"]
+    assert reasons.size and all(f"not detected at {table.detection_sigma:g}σ" in r for r in reasons)
+    assert not any("detection_sigma" in r or "{" in r for r in table.reasons.ravel())

@@ -124,7 +124,10 @@ def test_bins_count_upper_limits_but_average_only_detected_stars(metrics, table)
     mid = by_snr[(40, 65)]  # S/N 60, 55 (headline), 45 (detected) and 55 (upper limit)
     assert (mid["n"], mid["n_upper_limits"]) == (4, 1)
     assert mid["mae"] == pytest.approx(np.mean([0.1, 0.2, 0.15]))
-    assert by_snr[(100, None)]["n"] == 4 and by_snr[(100, None)]["n_upper_limits"] == 1
+    high = [by_snr[(100, 150)], by_snr[(150, None)]]  # the bins do not overlap: S/N >= 100 is these two
+    assert sum(b["n"] for b in high) == 4 and sum(b["n_upper_limits"] for b in high) == 1
+    edges = [(b["lo"], b["hi"]) for b in metrics["by_snr"]]
+    assert all(hi == next_lo for (_, hi), (next_lo, _) in zip(edges, edges[1:], strict=False))
     for row in metrics["by_snr"] + metrics["by_feh"]:
         assert {"lo", "hi", "n", "n_upper_limits", "mae", "bias", "mae_cog"} <= set(row)
     assert sum(b["n"] for b in metrics["by_feh"]) == 11

@@ -27,7 +27,8 @@ FLAGS: tuple[str, ...] = ("ok", "upper_limit", "blend_suspect", "fit_failed", "m
 FLAG_OK, FLAG_UPPER, FLAG_BLEND, FLAG_FAILED, FLAG_MASKED = range(5)
 
 
-#: Why a line got its flag: bit i of :attr:`EWTable.reason_bits` stands for ``REASONS[i]``.
+#: Why a line got its flag: bit i of :attr:`EWTable.reason_bits` stands for ``REASONS[i]``. ``{sigma}`` is filled
+#: in with the table's detection threshold (:attr:`EWTable.reasons`).
 REASONS: tuple[str, ...] = (
     "too few good pixels",            # masked
     "fit did not converge or too few pixels left after clipping",
@@ -39,7 +40,7 @@ REASONS: tuple[str, ...] = (
     "width far above the star's shared width",
     "centre off the star's shared RV",
     "residuals beyond the noise",
-    "not detected at detection_sigma",  # upper_limit
+    "not detected at {sigma}σ (EW below {sigma} times its error)",  # upper_limit
 )
 
 
@@ -158,7 +159,8 @@ class EWTable:
         """The reasons behind each flag, "; "-joined, (n_spec, n_lines) str ("" for a clean line)."""
         bits = self.reason_bits.astype(np.int64)
         out = np.full(bits.shape, "", dtype=object)
-        for i, text in enumerate(REASONS):
+        for i, template in enumerate(REASONS):
+            text = template.format(sigma=f"{self.detection_sigma:g}")
             has = (bits >> i) & 1 == 1
             out[has] = np.where(out[has] == "", text, out[has] + "; " + text)
         return out

@@ -7,11 +7,13 @@ Figures are standalone Bokeh models, so they render in static HTML, in notebooks
 * :mod:`~fehkit.plots.line_fits` -- one line's Voigt fit, measured against true equivalent widths;
 * :mod:`~fehkit.plots.results` -- [Fe/H] of many stars: 1:1, residuals, members, binned errors;
 * :mod:`~fehkit.plots.likelihood` -- one star: its joint likelihood and its lines on the curve of growth;
+* :mod:`~fehkit.plots.training` -- how the ensemble learns and fuses: loss curves, out-of-fold residuals, weights,
+  fusion metrics, feature importances;
 * :mod:`~fehkit.plots.style` -- the models' names and colours, titles and legends every results figure shares.
 """
 
 from fehkit.plots.likelihood import likelihood_figure, line_ew_figure, update_likelihood_figure, update_line_ew_figure
-from fehkit.plots.line_fits import ew_comparison_figure, line_fit_figure
+from fehkit.plots.line_fits import ew_comparison_figure, line_fit_figure, update_line_fit_figure
 from fehkit.plots.results import (
     bin_label,
     binned_mae_figure,
@@ -24,9 +26,13 @@ from fehkit.plots.results import (
 from fehkit.plots.spectra import (
     comparison_figure,
     continuum_figure,
+    continuum_residual_figure,
     display_continuum,
     spectrum_figure,
     spectrum_label,
+    update_continuum_figure,
+    update_continuum_residual_figure,
+    update_spectrum_figure,
 )
 from fehkit.plots.style import model_color, model_column, model_label
 
@@ -35,6 +41,7 @@ __all__ = [
     "binned_mae_figure",
     "comparison_figure",
     "continuum_figure",
+    "continuum_residual_figure",
     "display_continuum",
     "ew_comparison_figure",
     "likelihood_figure",
@@ -50,6 +57,10 @@ __all__ = [
     "residual_vs_figure",
     "spectrum_figure",
     "spectrum_label",
+    "update_continuum_figure",
+    "update_continuum_residual_figure",
     "update_likelihood_figure",
     "update_line_ew_figure",
+    "update_line_fit_figure",
+    "update_spectrum_figure",
 ]

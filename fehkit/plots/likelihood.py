@@ -50,7 +50,7 @@ def likelihood_figure(
     *,
     m2lnl_none: float | None = None,
     title: str | None = None,
-    width: int = 600,
+    width: int = 500,
     height: int = 560,
 ) -> figure:
     """Plot one star's joint likelihood, -2 ln L against [Fe/H], with the truth and every model's value marked.
@@ -114,7 +114,7 @@ def likelihood_figure(
                        line_width="width", line_dash="dash", legend_field="label", name="marks")
     fig.add_tools(HoverTool(renderers=[marked], tooltips=[("", "@label")]))
     update_likelihood_figure(fig, feh_grid, m2lnl, marks, upper, synthetic, m2lnl_none=m2lnl_none, title=title)
-    place_legend(fig, "below")
+    place_legend(fig, "below", ncols=1)  # one entry a row: the labels carry their values and are long
     return fig
 
 
@@ -185,7 +185,7 @@ def line_ew_figure(
     feh_best: float | None = None,
     synthetic: bool = True,
     title: str | None = None,
-    width: int = 900,
+    width: int = 860,
     height: int = 380,
 ) -> figure:
     """Plot one star's measured EW of each Fe line, with its 1-sigma error bar, beside the curve-of-growth model.

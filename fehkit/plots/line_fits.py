@@ -34,16 +34,18 @@ def line_fit_figure(
     table: EWTable,
     index: int,
     k: int,
-    width: int = 640,
-    height: int = 340,
+    width: int = 520,
+    height: int = 360,
 ) -> figure:
     """Plot the fit window of one line of one spectrum: the data, the fitted Voigt profile and the flag.
 
     The pixels are drawn with their 1-sigma error bars, masked pixels are shaded red (whatever their flux), the
     fitted profile comes from ``table.model`` on a fine grid, the dashed vertical line is the fitted line centre
-    and the dotted horizontal one the fitted local continuum level. The title names the spectrum and the line; a
-    second line under it gives the EW with its error, the flag and whether the line kept its own shape
-    (``fig.above[-1]``), and the reasons behind the flag are listed under the plot.
+    and the dotted horizontal one the fitted local continuum level. The title names the spectrum and the line;
+    two lines under it give the EW with its error and the flag, then the upper limit of an undetected line and
+    whether the line kept its own shape (``fig.above[-1]``); the reasons behind the flag are listed under the
+    plot, one a line (``fig.below[-1]``). The legend, under the plot, lists only what is drawn. Every renderer is
+    named, so :func:`update_line_fit_figure` shows another line or spectrum in the same figure.
 
     Parameters
     ----------
@@ -56,7 +58,7 @@ def line_fit_figure(
     k : int
         Which line (row of ``table.lines``).
     width, height : int
-        Size in screen pixels.
+        Size in screen pixels (the default leaves room for a table beside it in a notebook cell).
 
     Returns
     -------
@@ -72,16 +74,63 @@ def line_fit_figure(
     >>> fig = line_fit_figure(norm_batch, measure_ew(norm_batch, mc_draws=0), 0, 2)
     >>> fig.title.text
     'SYNTHETIC SYN-000000 (S/N 150): Fe I 15298.74 Å'
-    >>> fig.above[-1].text.split("   ")[1]
-    'flag: ok'
+    >>> print(fig.above[-1].text)
+    EW 112.0 ± 5.8 mÅ   flag: ok
+    its own line shape
     """
     check_line_fit_inputs(norm_batch, table)
+    fig = figure(width=width, height=height, x_axis_label="vacuum wavelength (Å)", y_axis_label="normalized flux",
+                 tools="box_zoom,reset,save", x_range=Range1d(0, 1), y_range=Range1d(0, 1))
+    # the numbers go under the title (a second Title added above sits between the title and the plot) and the
+    # reasons under the plot, one a line: Bokeh titles do not wrap
+    fig.add_layout(Title(text="", text_font_size="10pt", text_font_style="normal", name="numbers"), "above")
+    fig.add_layout(Title(text="", text_font_style="italic", text_font_size="8.5pt", name="reasons"), "below")
+    empty = {"wave": [], "flux": []}
+    fig.quad(left="left", right="right", bottom="bottom", top="top", name="masked", fill_color=MASK_COLOR,
+             fill_alpha=0.15, line_alpha=0, legend_label="masked pixel",
+             source=ColumnDataSource({"left": [], "right": [], "bottom": [], "top": []}))
+    # pixels the fit dropped as outliers (a cosmic ray, a neighbouring line): drawn hollow
+    fig.scatter("wave", "flux", source=ColumnDataSource(dict(empty)), size=8, marker="circle", fill_alpha=0,
+                line_color=MASK_COLOR, legend_label="dropped by the fit", name="dropped")
+    fig.segment(x0="wave", x1="wave", y0="lo", y1="hi", source=ColumnDataSource({"wave": [], "lo": [], "hi": []}),
+                color=FLUX_COLOR, line_alpha=0.5, legend_label="±1σ", name="errors")
+    pixels = fig.scatter("wave", "flux", source=ColumnDataSource({"wave": [], "flux": [], "err": []}), size=5,
+                         color=FLUX_COLOR, legend_label="data", name="pixels")
+    fig.add_tools(HoverTool(renderers=[pixels], tooltips=[("λ", "@wave{0.000} Å"), ("flux", "@flux{0.000}"),
+                                                          ("σ", "@err{0.000}")]))
+    fig.line("wave", "flux", source=ColumnDataSource(dict(empty)), color=MODEL_COLOR, line_width=2,
+             legend_label="fitted profile", name="model")
+    fig.line("wave", "flux", source=ColumnDataSource(dict(empty)), color=GAP_COLOR, line_dash="dotted",
+             legend_label="local continuum", name="level")
+    fig.line("wave", "flux", source=ColumnDataSource(dict(empty)), color=MODEL_COLOR, line_dash="dashed",
+             line_alpha=0.6, legend_label="line centre", name="centre")
+    legend = fig.legend[0]
+    legend.label_text_font_size = "8pt"
+    legend.click_policy = "hide"
+    legend.orientation = "horizontal"  # under the data, in columns: the plot keeps its width, the legend is not cut
+    legend.ncols = 4
+    legend.spacing, legend.padding, legend.margin = 2, 4, 4
+    fig.add_layout(legend, "below")
+    update_line_fit_figure(fig, norm_batch, table, index, k)
+    return fig
+
+
+def update_line_fit_figure(fig: figure, norm_batch: SpectrumBatch, table: EWTable, index: int, k: int) -> None:
+    """Show line ``k`` of spectrum ``index`` in a figure of :func:`line_fit_figure`, in place.
+
+    Every source, the ranges (the new line's window), the titles and which legend entries show change; no model
+    is added or left behind, so a :class:`jupyter_bokeh.BokehModel` holding the figure sends only the changes.
+    """
+    check_line_fit_inputs(norm_batch, table)
+    if not 0 <= index < table.n_spectra or not 0 <= k < table.n_lines:
+        raise PlotInputError(f"index, k: expected a spectrum 0-{table.n_spectra - 1} and a line "
+                             f"0-{table.n_lines - 1}, found {index}, {k}")
     line = table.lines.iloc[k]
     lam0 = float(line["wave_vac"])
     idx, inside = window_pixels(norm_batch.wave, table.lines.iloc[[k]],
                                 int(table.info.get("half_width_pix", WINDOW_HALF_WIDTH_PIX)))
     pix = idx[0][inside[0]]
-    wave = norm_batch.wave[pix]
+    wave = norm_batch.wave[pix].astype(float)
     flux = norm_batch.flux[index, pix].astype(float)
     ivar = norm_batch.ivar[index, pix].astype(float)
     mask = norm_batch.mask[index, pix]
@@ -103,50 +152,37 @@ def line_fit_figure(
     ylo, yhi = lo - pad, hi + pad
 
     measured = f"EW {ew:.1f} ± {ew_err:.1f} mÅ" if np.isfinite(ew) else "no EW"
-    shape = "own line shape" if bool(table.free_shape[index, k]) else "the star's shared line shape"
-    fig = figure(
-        title=f"{spectrum_label(norm_batch, index)}: Fe I {lam0:.2f} Å", width=width, height=height,
-        x_axis_label="vacuum wavelength (Å)", y_axis_label="normalized flux", tools="box_zoom,reset,save",
-        x_range=Range1d(float(wave[0]), float(wave[-1])), y_range=Range1d(ylo, yhi),
-    )
-    # the numbers go under the title (a second Title added above sits between the title and the plot) and each
-    # reason on a line of its own under the plot: Bokeh titles do not wrap
-    fig.add_layout(Title(text=f"{measured}   flag: {flag}   ({shape})", text_font_size="10pt",
-                         text_font_style="normal"), "above")
-    for reason in reasons.split("; ") if reasons else []:
-        fig.add_layout(Title(text=f"• {reason}", text_font_style="italic", text_font_size="8.5pt"), "below")
-    if mask.any():
-        half = 0.5 * np.gradient(wave)
-        bad = ColumnDataSource({"left": (wave - half)[mask], "right": (wave + half)[mask],
-                                "bottom": np.full(mask.sum(), ylo), "top": np.full(mask.sum(), yhi)})
-        fig.quad(left="left", right="right", bottom="bottom", top="top", source=bad, fill_color=MASK_COLOR,
-                 fill_alpha=0.15, line_alpha=0, legend_label="masked pixel")
-    if table.used is not None:
-        # pixels the fit dropped as outliers (a cosmic ray, a neighbouring line): drawn hollow
-        dropped = good & ~table.used[index, k][inside[0]]
-        if dropped.any():
-            fig.scatter(wave[dropped], flux[dropped], size=8, marker="circle", fill_alpha=0, line_color=MASK_COLOR,
-                        legend_label="dropped by the fit")
-    fig.segment(x0=wave[good], x1=wave[good], y0=(flux - err)[good], y1=(flux + err)[good], color=FLUX_COLOR,
-                line_alpha=0.5, legend_label="±1σ")
-    pixels = fig.scatter("wave", "flux", source=ColumnDataSource({"wave": wave[good], "flux": flux[good],
-                                                                  "err": err[good]}),
-                         size=5, color=FLUX_COLOR, legend_label="data")
-    fig.add_tools(HoverTool(renderers=[pixels], tooltips=[("λ", "@wave{0.000} Å"), ("flux", "@flux{0.000}"),
-                                                          ("σ", "@err{0.000}")]))
-    if np.isfinite(model).any():
-        fig.line(fine, model, color=MODEL_COLOR, line_width=2, legend_label="fitted profile")
-    if np.isfinite(level):
-        fig.line([wave[0], wave[-1]], [level, level], color=GAP_COLOR, line_dash="dotted",
-                 legend_label="local continuum")
-    if np.isfinite(centre):
-        fig.line([centre, centre], [ylo, yhi], color=MODEL_COLOR, line_dash="dashed", line_alpha=0.6,
-                 legend_label="line centre")
-    legend = fig.legend[0]
-    legend.label_text_font_size = "8pt"
-    legend.click_policy = "hide"
-    fig.add_layout(legend, "right")  # outside the data, so it hides no pixel
-    return fig
+    shape = "its own line shape" if bool(table.free_shape[index, k]) else "the star's shared line shape"
+    upper = float(table.ew_upper_mA[index, k])
+    if flag == "upper_limit" and np.isfinite(upper):  # only an undetected line has an upper limit
+        shape = f"not detected: EW < {upper:.1f} mÅ ({table.detection_sigma:g}σ upper limit); {shape}"
+    fig.title.text = f"{spectrum_label(norm_batch, index)}: Fe I {lam0:.2f} Å"
+    fig.select_one({"name": "numbers"}).text = f"{measured}   flag: {flag}\n{shape}"
+    fig.select_one({"name": "reasons"}).text = "\n".join(f"• {r}" for r in reasons.split("; ")) if reasons else ""
+    fig.x_range.update(start=float(wave[0]), end=float(wave[-1]))
+    fig.y_range.update(start=ylo, end=yhi)
+
+    half = 0.5 * np.gradient(wave) if wave.size > 1 else np.full(wave.size, 0.1)
+    dropped = (good & ~table.used[index, k][inside[0]]) if table.used is not None else np.zeros_like(good)
+    data: dict[str, dict[str, object]] = {
+        "masked": {"left": (wave - half)[mask], "right": (wave + half)[mask], "bottom": np.full(mask.sum(), ylo),
+                   "top": np.full(mask.sum(), yhi)},
+        "dropped": {"wave": wave[dropped], "flux": flux[dropped]},
+        "errors": {"wave": wave[good], "lo": (flux - err)[good], "hi": (flux + err)[good]},
+        "pixels": {"wave": wave[good], "flux": flux[good], "err": err[good]},
+        "model": {"wave": fine, "flux": model} if np.isfinite(model).any() else {"wave": [], "flux": []},
+        "level": ({"wave": [wave[0], wave[-1]], "flux": [level, level]} if np.isfinite(level)
+                  else {"wave": [], "flux": []}),
+        "centre": ({"wave": [centre, centre], "flux": [ylo, yhi]} if np.isfinite(centre)
+                   else {"wave": [], "flux": []}),
+    }
+    drawn = set()
+    for name, columns in data.items():
+        fig.select_one({"name": name}).data_source.data = columns
+        if len(next(iter(columns.values()))):
+            drawn.add(name)
+    for item in fig.legend[0].items:  # the legend lists only what this line has
+        item.visible = any(r.name in drawn for r in item.renderers)
 
 
 def ew_comparison_figure(

@@ -37,10 +37,12 @@ from fehkit.plots.style import (
     ZERO_COLOR,
     as_float,
     as_pair,
+    legend_columns,
     model_color,
     model_column,
     model_label,
     place_legend,
+    subtitle,
     titled,
 )
 from fehkit.spectra import is_synthetic
@@ -88,8 +90,8 @@ def one_to_one_figure(
     ...                      "feh_upper": [float("nan"), float("nan"), -3.6],
     ...                      "flag": ["ok", "ok", "upper_limit"], "synthetic": True})
     >>> fig = one_to_one_figure(pred)
-    >>> fig.title.text
-    'SYNTHETIC: ensemble vs true [Fe/H] (2 detected, 1 upper limits)'
+    >>> fig.title.text, fig.above[-1].text
+    ('SYNTHETIC: ensemble vs true [Fe/H]', '2 detected, 1 upper limits')
     >>> fig.select_one({"name": "upper_limits"}).data_source.data["y"].tolist()
     [-3.6]
     """
@@ -106,10 +108,11 @@ def one_to_one_figure(
     err_column = _companion(pred, column, "err")
 
     label = model_label(column)
-    if title is None:
-        title = f"{label} vs true [Fe/H] ({detected.sum()} detected, {upper.sum()} upper limits)"
-    fig = figure(title=titled(title, synthetic), width=width, height=height, tools=TOOLS,
-                 x_axis_label="true [Fe/H] (dex)", y_axis_label=f"predicted {FEH_LABEL}: {label}")
+    counts = f"{detected.sum()} detected, {upper.sum()} upper limits"
+    fig = figure(title=titled(f"{label} vs true [Fe/H]" if title is None else title, synthetic), width=width,
+                 height=height, tools=TOOLS, x_axis_label="true [Fe/H] (dex)",
+                 y_axis_label=f"predicted {FEH_LABEL}: {label}")
+    subtitle(fig, counts)  # under the title, so that neither is cut in a figure half a notebook cell wide
     shown = np.concatenate([truth[detected | upper], y[detected], limit[upper]])
     lo, hi = (float(np.min(shown)) - 0.2, float(np.max(shown)) + 0.2) if shown.size else (-5.0, 0.0)
     fig.line([lo, hi], [lo, hi], color=ZERO_COLOR, line_dash="dashed", legend_label="predicted = true",
@@ -344,7 +347,8 @@ def members_figure(
         rows["n"].append(as_float(s.get("n")))
         for name in ("bias", "scatter", "r"):
             rows[name].append(as_float(s.get(name)))
-        rows["weight"].append(as_float(weights.get(key)))
+        w = as_float(weights.get(key))  # only the members have a weight: no NaN shown for the others
+        rows["weight"].append(f"{w:.2f}" if math.isfinite(w) else "not a member")
         rows["color"].append(MODELS[key][2] if key in MODELS else "#17becf")
         rows["size"].append(12 if key == "ensemble" else 8)
     factors = rows["model"][::-1]  # the first model on top
@@ -356,7 +360,7 @@ def members_figure(
                  y_range=FactorRange(*factors), x_range=Range1d(0, xmax), tools="save,reset",
                  x_axis_label="mean absolute error in [Fe/H] (dex)")
     # the subset under the title (a Title added above sits between the title and the plot)
-    fig.add_layout(Title(text=_subset_text(metrics), text_font_size="9pt", text_font_style="normal"), "above")
+    subtitle(fig, _subset_text(metrics), reserved=260)  # the model names take the left of the figure
     source = ColumnDataSource(rows)
     fig.segment(x0="lo", x1="hi", y0="model", y1="model", source=source, color="color", line_width=3,
                 line_alpha=0.6, name="ci")
@@ -364,7 +368,7 @@ def members_figure(
     fig.add_tools(HoverTool(renderers=[points], tooltips=[
         ("model", "@model"), ("n", "@n{0}"), ("MAE", "@mae{0.000} dex [@lo{0.000}, @hi{0.000}]"),
         ("bias", "@bias{+0.000} dex"), ("scatter", "@scatter{0.000} dex"), ("r", "@r{0.000}"),
-        ("ensemble weight", "@weight{0.00}")]))
+        ("ensemble weight", "@weight")]))
     return fig
 
 
@@ -414,6 +418,7 @@ def binned_mae_figure(
     bins = metrics.get(key)
     if not bins:
         raise PlotInputError(f"metrics[{key!r}]: expected a list of bins, found {bins!r}")
+    bins = side_by_side(bins)
     labels = [bin_label(b.get("lo"), b.get("hi")) for b in bins]
     n = np.array([as_float(b.get("n")) for b in bins])
     n_upper = np.array([as_float(b.get("n_upper_limits")) for b in bins])
@@ -429,10 +434,13 @@ def binned_mae_figure(
 
     what, axis_label = BIN_LABELS[key]
     if title is None:
-        title = f"MAE per {what} bin (detected stars); bars: stars per bin"
+        title = f"MAE per {what} bin"
     fig = figure(title=titled(title, bool(metrics.get("synthetic"))), width=width, height=height,
                  x_range=FactorRange(*labels), y_range=Range1d(0, ymax), tools="save,reset",
                  x_axis_label=axis_label, y_axis_label="mean absolute error in [Fe/H] (dex)")
+    subtitle(fig, "lines: MAE of the detected stars; bars: stars per bin (right axis)")
+    if len(labels) * 75 > width - 120:  # the bin labels would run into each other
+        fig.xaxis.major_label_orientation = 0.7
     fig.extra_y_ranges = {"stars": Range1d(0, 1.1 * max(float(n.max()), 1.0))}
     fig.add_layout(LinearAxis(y_range_name="stars", axis_label="stars per bin (bars)"), "right")
     source = ColumnDataSource(data)
@@ -453,7 +461,7 @@ def binned_mae_figure(
     tooltips = [("bin", "@bin"), ("stars", "@n{0} (@n_upper{0} upper limits)")]
     tooltips += [(f"MAE {MODELS[m][1]}", f"@{{{m}}}{{0.000}} dex") for m in drawn]
     fig.add_tools(HoverTool(renderers=main[:1] or "auto", tooltips=tooltips, mode="vline"))
-    place_legend(fig, "below", ncols=3)
+    place_legend(fig, "below", ncols=legend_columns(fig))
     return fig
 
 
@@ -469,6 +477,30 @@ def model_stats(metrics: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     ordered = {k: models[k] for k in MODELS if models.get(k)}
     ordered.update({k: v for k, v in models.items() if k not in ordered and v})
     return ordered
+
+
+def side_by_side(bins: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Return the bins that lie side by side, in order: a bin overlapping one kept before it is left out.
+
+    A figure joins its bins by a line, so an overlapping summary bin (``≥ 100`` after ``[100, 150)`` and ``≥ 150``,
+    as in metrics written by fehkit before its S/N bins were made disjoint) would be drawn as if it came next.
+
+    Examples
+    --------
+    >>> bins = [{"lo": 65, "hi": 100}, {"lo": 100, "hi": 150}, {"lo": 150, "hi": None}, {"lo": 100, "hi": None}]
+    >>> [bin_label(b["lo"], b["hi"]) for b in side_by_side(bins)]
+    ['[65, 100)', '[100, 150)', '≥ 150']
+    """
+    kept: list[Mapping[str, Any]] = []
+    edge = -math.inf
+    for b in bins:
+        lo, hi = as_float(b.get("lo")), as_float(b.get("hi"))
+        lo = lo if math.isfinite(lo) else -math.inf
+        if kept and lo < edge:
+            continue
+        kept.append(b)
+        edge = hi if math.isfinite(hi) else math.inf
+    return kept
 
 
 def bin_label(lo: Any, hi: Any, fmt: str = "g") -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
+from bokeh.models import Title
 from bokeh.plotting import figure
 
 from fehkit.errors import PlotInputError
@@ -97,6 +99,28 @@ def as_pair(value: Any) -> tuple[float, float]:
     return math.nan, math.nan
 
 
+#: Width of one character of a 9 pt subtitle, in screen pixels (generous, so a wrapped line is never cut).
+SUBTITLE_CHAR_PX = 6.3
+
+
+def subtitle(fig: figure, text: str, font_size: str = "9pt", reserved: int = 70) -> Title:
+    """Add ``text`` under the title, wrapped to the figure's width (a Bokeh title does not wrap; it is cut).
+
+    A Title added above sits between the title and the plot; lines are broken at spaces to fit ``fig.width``
+    less ``reserved`` pixels (the axis and its labels, the toolbar), so the text is whole in a figure half a
+    notebook cell wide.
+    """
+    chars = max(24, int((fig.width - reserved) / SUBTITLE_CHAR_PX))
+    title = Title(text="\n".join(textwrap.wrap(text, chars)), text_font_size=font_size, text_font_style="normal")
+    fig.add_layout(title, "above")
+    return title
+
+
+def legend_columns(fig: figure, widest: int = 3) -> int:
+    """Return how many legend columns fit under a figure: ``widest`` at 560 px and more, fewer below."""
+    return max(1, min(widest, int(fig.width // 190)))
+
+
 def place_legend(fig: figure, where: str, inside: bool = False, ncols: int = 2) -> None:
     """Put the legend inside the frame at ``where``, or outside it (``"below"``: in columns), clickable to hide."""
     legend = fig.legend[0]
@@ -106,8 +130,8 @@ def place_legend(fig: figure, where: str, inside: bool = False, ncols: int = 2) 
         legend.location = where
         legend.background_fill_alpha = 0.7
         return
-    if where == "below":  # in columns, so the figure keeps its width for the data
+    if where == "below":  # in columns, so the figure keeps its width for the data; fewer when it is narrow
         legend.orientation = "horizontal"
-        legend.ncols = ncols
+        legend.ncols = min(ncols, legend_columns(fig, ncols))
         legend.spacing, legend.padding, legend.margin = 2, 4, 4
     fig.add_layout(legend, where)  # outside the data, so it hides no point

@@ -7,13 +7,21 @@ import html
 import ipywidgets as widgets
 import numpy as np
 import pandas as pd
-from bokeh.plotting import figure
+from bokeh.layouts import column
 from jupyter_bokeh import BokehModel
 
 from fehkit.continuum import normalize
 from fehkit.errors import PlotInputError
-from fehkit.plots.spectra import continuum_figure, continuum_source, spectrum_label
+from fehkit.plots.spectra import (
+    continuum_figure,
+    continuum_residual_figure,
+    continuum_source,
+    spectrum_label,
+    update_continuum_figure,
+    update_continuum_residual_figure,
+)
 from fehkit.spectra import CHIPS, SpectrumBatch
+from fehkit.widgets._bokeh import ensure_bokehjs
 
 #: Diagnostics columns shown under the plot (the Legendre coefficients are left out).
 DIAGNOSTIC_COLUMNS = ("chip", "n_pixels", "n_used", "n_iter", "converged", "noise_scale", "flag")
@@ -23,10 +31,13 @@ class ContinuumExplorer(widgets.VBox):
     """A notebook widget that re-runs :func:`fehkit.continuum.normalize` on one spectrum as its settings change.
 
     A drop-down picks the spectrum; sliders set the Legendre order per detector (1-6) and the clipping limits
-    below (``low``) and above (``high``) the fit, in noise sigma. Each change re-fits that one spectrum and
-    replaces the continuum line in place, so a zoom stays where it is; the diagnostics of its three detectors are
-    shown under the plot. Given the true continuum of simulated spectra, it is drawn too and the table adds the
-    median relative error of the fit against it.
+    below (``low``) and above (``high``) the fit, in noise sigma. Each change re-fits that one spectrum. The upper
+    panel is the spectrum with its fitted continuum; the lower one the relative residual ``(flux - continuum) /
+    continuum`` with its running median, where a change of the fit by a fraction of a percent shows (both share
+    the wavelength zoom). Every change updates the data of the same figures, so a zoom stays where it is; the
+    diagnostics of the three detectors are shown under the plot. Given the true continuum of simulated spectra,
+    it is drawn too, the residual panel shows its offset from the fit, and the table adds the median relative
+    error of the fit against it.
 
     Parameters
     ----------
@@ -39,6 +50,8 @@ class ContinuumExplorer(widgets.VBox):
     ----------
     result : fehkit.continuum.Normalized
         The latest fit of the selected spectrum (a batch of one).
+    figure, residual_figure : bokeh.plotting.figure
+        The two panels, inside ``plot`` (one :class:`jupyter_bokeh.BokehModel`); they are made once.
 
     Examples
     --------
@@ -69,8 +82,14 @@ class ContinuumExplorer(widgets.VBox):
         self.high = widgets.FloatSlider(value=3.0, min=0.5, max=6.0, step=0.25, description="clip above (σ)",
                                         **slider)
         self.details = widgets.HTML()
+        ensure_bokehjs()
         self._fit()
-        self.plot = BokehModel(self._figure())
+        truth = self._truth()
+        self.figure = continuum_figure(self._spectrum, self.result.continuum, 0, true_continuum=truth,
+                                       height=300)
+        self.residual_figure = continuum_residual_figure(self._spectrum, self.result.continuum, 0, truth,
+                                                         x_range=self.figure.x_range, height=220)
+        self.plot = BokehModel(column(self.figure, self.residual_figure, sizing_mode="stretch_width"))
         self.select.observe(self._new_spectrum, names="value")
         for control in (self.order, self.low, self.high):
             control.observe(self._new_settings, names="value")
@@ -93,20 +112,23 @@ class ContinuumExplorer(widgets.VBox):
                                 high=float(self.high.value))
         self.details.value = self._details_html()
 
-    def _figure(self) -> figure:
-        truth = None if self.true_continuum is None else np.asarray(self.true_continuum[[self.index]])
-        return continuum_figure(self._spectrum, self.result.continuum, 0, true_continuum=truth)
+    def _truth(self) -> np.ndarray | None:
+        return None if self.true_continuum is None else np.asarray(self.true_continuum[[self.index]])
 
     def _new_spectrum(self, change: dict) -> None:
         self._fit()
-        self.plot = BokehModel(self._figure())
-        self.children = [self.select, self.controls, self.plot, self.details]
+        # the same figures, the new star's data: BokehModel sends the changes, no model is rebuilt or left behind
+        update_continuum_figure(self.figure, self._spectrum, self.result.continuum, 0, true_continuum=self._truth())
+        update_continuum_residual_figure(self.residual_figure, self._spectrum, self.result.continuum, 0,
+                                         self._truth())
 
     def _new_settings(self, change: dict) -> None:
         self._fit()
-        # replace the data of the continuum line only: BokehModel sends the change, the user's zoom stays
-        line = self.plot._model.select_one({"name": "continuum"})
-        line.data_source.data = continuum_source(self.batch.wave, self.result.continuum[0])
+        # replace the data of the continuum line and the residual only: the user's zoom stays
+        self.figure.select_one({"name": "continuum"}).data_source.data = continuum_source(
+            self.batch.wave, self.result.continuum[0])
+        update_continuum_residual_figure(self.residual_figure, self._spectrum, self.result.continuum, 0,
+                                         self._truth())
 
     def _details_html(self) -> str:
         table = self.result.diagnostics[list(DIAGNOSTIC_COLUMNS)].copy()

@@ -26,6 +26,7 @@ from fehkit.plots.likelihood import (
 )
 from fehkit.plots.style import model_label
 from fehkit.spectra import is_synthetic
+from fehkit.widgets._bokeh import ensure_bokehjs
 
 #: Predictions columns the explorer cannot do without.
 REQUIRED = ("star_id", "feh", "feh_err", "flag", "feh_cog")
@@ -96,8 +97,9 @@ class FeHExplorer(widgets.VBox):
         first = int(order[0]) if star is None else self._find(star)
         self.select = widgets.Dropdown(options=options, value=first, description="star",
                                        layout=widgets.Layout(width="520px"))
-        self.details = widgets.HTML(layout=widgets.Layout(width="360px"))
+        self.details = widgets.HTML(layout=widgets.Layout(width="350px"))
         self.profile = self._profile()
+        ensure_bokehjs()
         self.likelihood_plot = BokehModel(likelihood_figure(*self._likelihood_args(), **self._likelihood_kwargs()))
         self.ew_plot = BokehModel(line_ew_figure(*self._line_args(), **self._line_kwargs()))
         self.details.value = self._details_html()

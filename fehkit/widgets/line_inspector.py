@@ -10,17 +10,20 @@ from jupyter_bokeh import BokehModel
 
 from fehkit.errors import PlotInputError
 from fehkit.ew import EWTable
-from fehkit.plots.line_fits import check_line_fit_inputs, line_fit_figure
+from fehkit.plots.line_fits import check_line_fit_inputs, line_fit_figure, update_line_fit_figure
 from fehkit.plots.spectra import spectrum_label
 from fehkit.spectra import SpectrumBatch
+from fehkit.widgets._bokeh import ensure_bokehjs
 
 
 class LineInspector(widgets.VBox):
     """A notebook widget showing the fit of one line of one spectrum of an :class:`~fehkit.ew.EWTable`.
 
     One drop-down picks the spectrum, another the line (labelled by wavelength and flag); the plot is
-    :func:`fehkit.plots.line_fit_figure` and a small table beside it lists that line's numbers. Given the true EWs
-    of simulated spectra, the table adds the true EW, labelled as synthetic truth.
+    :func:`fehkit.plots.line_fit_figure` and a small table beside it lists that line's numbers (the upper limit
+    only for a line that was not detected). Each choice changes the data of the same figure
+    (:func:`fehkit.plots.update_line_fit_figure`); nothing is rebuilt. Given the true EWs of simulated spectra,
+    the table adds the true EW, labelled as synthetic truth.
 
     Parameters
     ----------
@@ -63,8 +66,10 @@ class LineInspector(widgets.VBox):
                                        description="spectrum", layout=widgets.Layout(width="420px"))
         self.line = widgets.Dropdown(options=self._line_options(0), description="line",
                                      layout=widgets.Layout(width="300px"))
-        self.details = widgets.HTML(layout=widgets.Layout(width="340px"))
-        self.plot = BokehModel(line_fit_figure(norm_batch, table, 0, int(self.line.value)))
+        self.details = widgets.HTML(layout=widgets.Layout(width="330px"))
+        ensure_bokehjs()
+        self.figure = line_fit_figure(norm_batch, table, 0, int(self.line.value))
+        self.plot = BokehModel(self.figure)
         self.details.value = self._details_html()
         self.select.observe(self._new_spectrum, names="value")
         self.line.observe(self._show, names="value")
@@ -95,9 +100,8 @@ class LineInspector(widgets.VBox):
     def _show(self, change: dict) -> None:
         if self._relabelling:
             return
-        self.plot = BokehModel(line_fit_figure(self.batch, self.table, self.index, int(self.line.value)))
+        update_line_fit_figure(self.figure, self.batch, self.table, self.index, int(self.line.value))
         self.details.value = self._details_html()
-        self.children = [self.controls, widgets.HBox([self.plot, self.details])]
 
     def _details_html(self) -> str:
         t, i, k = self.table, self.index, int(self.line.value)
@@ -113,8 +117,9 @@ class LineInspector(widgets.VBox):
             ("EW", num(t.ew_mA, "{:.1f}", " mÅ")),
             ("error (fit)", num(t.ew_err_mA, "{:.1f}", " mÅ")),
             ("error (Monte Carlo)", num(t.ew_err_mc_mA, "{:.1f}", " mÅ")),
-            (f"upper limit ({t.detection_sigma:g}σ)", num(t.ew_upper_mA, "{:.1f}", " mÅ")),
         ]
+        if self._flags[i, k] == "upper_limit":  # a detected line has no upper limit to show
+            rows.append((f"upper limit ({t.detection_sigma:g}σ)", "< " + num(t.ew_upper_mA, "{:.1f}", " mÅ")))
         if self.truth_ew is not None:
             rows.append(("true EW (SYNTHETIC truth)", f"{float(self.truth_ew[i, k]):.1f} mÅ"))
         rows += [

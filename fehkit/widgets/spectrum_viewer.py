@@ -6,16 +6,18 @@ import ipywidgets as widgets
 import pandas as pd
 from jupyter_bokeh import BokehModel
 
-from fehkit.plots.spectra import spectrum_figure
+from fehkit.plots.spectra import spectrum_figure, update_spectrum_figure
 from fehkit.spectra import SpectrumBatch
+from fehkit.widgets._bokeh import ensure_bokehjs
 
 
 class SpectrumViewer(widgets.VBox):
     """A notebook widget showing one spectrum of a batch at a time.
 
     The plot is a standalone Bokeh figure inside :class:`jupyter_bokeh.BokehModel`, so it works in JupyterLab,
-    Binder and VS Code without a Bokeh server. Call ``bokeh.io.output_notebook(bokeh.resources.INLINE)`` first
-    when the notebook must work offline.
+    Binder and VS Code without a Bokeh server; the widget loads BokehJS into the page itself, offline
+    (:func:`fehkit.widgets.ensure_bokehjs`). Picking another spectrum changes the data of the same figure, so the
+    wavelength zoom stays.
 
     Parameters
     ----------
@@ -42,10 +44,12 @@ class SpectrumViewer(widgets.VBox):
         ]
         self.select = widgets.Dropdown(options=list(zip(labels, range(batch.n_spectra), strict=True)),
                                        description="spectrum", layout=widgets.Layout(width="420px"))
-        self.plot = BokehModel(spectrum_figure(batch, 0, lines=lines))
+        ensure_bokehjs()
+        self.figure = spectrum_figure(batch, 0, lines=lines)
+        self.plot = BokehModel(self.figure)
         self.select.observe(self._show, names="value")
         super().__init__([self.select, self.plot])
 
     def _show(self, change: dict) -> None:
-        self.plot = BokehModel(spectrum_figure(self.batch, int(change["new"]), lines=self.lines))
-        self.children = [self.select, self.plot]
+        # the same figure, the new spectrum's data: BokehModel sends the changes, the zoom stays
+        update_spectrum_figure(self.figure, self.batch, int(change["new"]))
