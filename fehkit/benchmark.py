@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,7 @@ def run_benchmark(
     ablation: bool = True,
     robustness: bool = True,
     progress: bool = False,
+    epoch_callback: Callable[[Any], None] | None = None,
 ) -> BenchmarkRun:
     """Make the synthetic benchmark, measure it, train the ensemble, run the baselines and evaluate.
 
@@ -129,6 +130,12 @@ def run_benchmark(
     robustness : bool
         Score the trained model on test spectra made with physics the analysis does not know
         (:func:`fehkit.robustness.run_robustness`: as many stars as the test split, the same stars per scenario).
+    progress : bool
+        Show the ensemble's progress bar.
+    epoch_callback : callable, optional
+        Passed to :meth:`FeHEnsemble.fit` of the main ensemble: called after every epoch of every MLP fit with a
+        :class:`~fehkit.models.mlp.EpochRecord` (e.g. :meth:`fehkit.widgets.TrainingDashboard.on_epoch`, which
+        draws the loss curves live). It changes nothing in the training or the results.
     """
     from fehkit.evaluate import evaluate
 
@@ -152,7 +159,8 @@ def run_benchmark(
     kwargs = {"label_error": label_error, "seed": seed, "progress": progress, **(ensemble or {})}
 
     t0 = time.perf_counter()
-    ens = FeHEnsemble(**kwargs).fit(feats.select(tr), y[tr], X_val=feats.select(va), y_val=y[va])
+    ens = FeHEnsemble(**kwargs).fit(feats.select(tr), y[tr], X_val=feats.select(va), y_val=y[va],
+                                    epoch_callback=epoch_callback)
     timings["train"] = time.perf_counter() - t0
     synthetic = is_synthetic(sim.batch)
     pred = _prediction_table(predict_features(ens, feats.select(te)), feats.select(te),
@@ -246,6 +254,25 @@ def _prediction_table(pred: pd.DataFrame, feats: Features, truth: pd.DataFrame, 
             out[c] = truth[c].to_numpy()
     out["synthetic"] = synthetic
     return out
+
+
+def oof_table(run: BenchmarkRun) -> pd.DataFrame:
+    """Return the ensemble's out-of-fold predictions of a run's training stars, beside their truth.
+
+    One row per training star the members were cross-validated on: ``feh`` (fused), ``feh_err``, each member's
+    ``feh_<member>``, the classical ``feh_cog``, ``true_feh``, ``snr`` and ``flag`` (``upper_limit`` where the joint
+    Fe signal is below the detection threshold), ``star_id``. Held-out predictions, like the test set's.
+    """
+    train = run.sim.truth["split"].to_numpy() == "train"
+    truth = run.sim.truth[train].reset_index(drop=True)
+    table = _oof_table(run.ensemble, run.features.select(train), truth)
+    oof = run.ensemble.oof_predictions_
+    rows = oof["row"].to_numpy()
+    for m in run.ensemble.weights_:
+        table[f"feh_{m}"] = oof[f"feh_{m}"].to_numpy()
+    if "star_id" in truth:
+        table["star_id"] = truth["star_id"].to_numpy()[rows]
+    return table
 
 
 def _oof_table(ens: FeHEnsemble, feats: Features, truth: pd.DataFrame) -> pd.DataFrame:

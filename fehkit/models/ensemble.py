@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,10 @@ from fehkit.models.base import MEMBERS, EnsembleError, NotFittedError, check_fit
 from fehkit.models.boosting import XGB_DEFAULTS, make_boosting
 from fehkit.models.domain import MIN_LABEL_SPREAD, fit_domain, prediction_flags
 from fehkit.models.forest import RF_DEFAULTS, make_forest
-from fehkit.models.mlp import DNN_DEFAULTS, TorchMLPRegressor
+from fehkit.models.mlp import DNN_DEFAULTS, EpochCallback, TorchMLPRegressor
 
-__all__ = ["MEMBERS", "EnsembleError", "FeHEnsemble", "NotFittedError", "grid_search", "oof_mse_score"]
+__all__ = ["FUSION_RULES", "MEMBERS", "EnsembleError", "FeHEnsemble", "NotFittedError", "fuse", "fusion_importance",
+           "fusion_scores", "fusion_weights", "grid_search", "normalize_weights", "oof_mse_score"]
 
 #: Columns the ensemble reads from the features by name (see :mod:`fehkit.features`).
 BASE_FEATURE, ERR_FEATURE, PARAM_ERR_FEATURE = "feh_cog", "feh_cog_err", "feh_cog_err_param"
@@ -176,7 +178,7 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
 
     # ---- fitting ---------------------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any, *, feature_names: Sequence[str] | None = None, X_val: Any = None,
-            y_val: Any = None) -> FeHEnsemble:
+            y_val: Any = None, epoch_callback: EpochCallback | None = None) -> FeHEnsemble:
         """Cross-validate the members for their OOF variances and weights, calibrate errors, then refit on all.
 
         Parameters
@@ -187,6 +189,10 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
             Training labels ([Fe/H], dex).
         X_val, y_val : optional
             A validation set for the MLP's early stopping in the final fit (otherwise a held-out part of X).
+        epoch_callback : callable, optional
+            Called after every epoch of every MLP fit (one per fold, then the final fit) with a
+            :class:`~fehkit.models.mlp.EpochRecord` whose ``fit`` says which (``"fold 1 of 5"``, ``"final fit"``),
+            e.g. :meth:`fehkit.widgets.TrainingDashboard.on_epoch`. It changes nothing in the training.
         """
         Xa, names = _matrix(X, feature_names)
         y = _labels(y, len(Xa), "y")
@@ -227,17 +233,20 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
         bar = _progress(len(steps), self.progress, "fitting ensemble")
         fitted = {}
         for k, m in steps:
+            # only the MLP trains by epochs; the callback learns which of its fits an epoch belongs to
+            report = {} if m != "dnn" or epoch_callback is None else {"epoch_callback": _labelled(
+                epoch_callback, f"fold {k + 1} of {len(folds)}" if k >= 0 else "final fit")}
             if k >= 0:
                 tr, te = folds[k]
                 est = self._make(m, self.seed + k)
-                est.fit(Xt[tr], t[tr])
+                est.fit(Xt[tr], t[tr], **report)
                 oof[m][te] = est.predict(Xt[te])
             else:
                 est = self._make(m, self.seed)
                 if m == "dnn" and Xv is not None:
-                    est.fit(Xt, t, X_val=Xv, y_val=yv - self._base(Xv))
+                    est.fit(Xt, t, X_val=Xv, y_val=yv - self._base(Xv), **report)
                 else:
-                    est.fit(Xt, t)
+                    est.fit(Xt, t, **report)
                 fitted[m] = est
             bar.update(1)
         bar.close()
@@ -251,9 +260,8 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
         floor = 1e-6
         self.oof_mse_ = {m: float(max(np.mean((base + oof[m] - yt)[det] ** 2) - label_var, floor))
                          for m in members}
-        inv = {m: 1.0 / v for m, v in self.oof_mse_.items()}
-        self.weights_ = {m: float(v / sum(inv.values())) for m, v in inv.items()}
-        fused = sum(self.weights_[m] * self.oof_predictions_[f"feh_{m}"].to_numpy() for m in members)
+        self.weights_ = fusion_weights(self.oof_mse_)
+        fused = fuse({m: self.oof_predictions_[f"feh_{m}"].to_numpy() for m in members}, self.weights_)
         self.oof_predictions_["feh"] = fused
         self.calibration_ = self._calibrate(fused - yt, self._err_terms(Xt), det, label_var)
         self.oof_predictions_["feh_err"] = self._feh_err(Xt)
@@ -334,7 +342,7 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
         raw = member_predictor(Xa) if member_predictor is not None else \
             {m: est.predict(Xa) for m, est in self.members_.items()}
         preds = {m: base + np.asarray(raw[m], float) for m in self.members_}
-        out["feh"] = sum(self.weights_[m] * preds[m] for m in preds)
+        out["feh"] = fuse(preds, self.weights_)
         out["feh_err"] = self._feh_err(Xa)
         upper = ~self._detected(Xa)
         # no usable line at all: nothing measured and nothing excluded (no limit either)
@@ -352,6 +360,30 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
             detection_sigma=self.detection_sigma)
         out["feh"] = np.where(upper, np.nan, out["feh"])  # an upper limit (or no line) has no value: feh_upper
         return out
+
+    def permutation_predictions(self, X: Any, *, feature_names: Sequence[str] | None = None,
+                                seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+        """Each member's [Fe/H] with one feature at a time shuffled across the stars: permutation importance's input.
+
+        For every feature, its column is permuted among the rows of X (one random permutation per feature, from
+        ``seed``) while the others stay, and each member predicts [Fe/H] as :meth:`predict` does (the classical
+        starting value plus the member's residual, so shuffling ``feh_cog`` moves both). Returns
+        ``{feature: {member: (n,) array}}``; fuse and score them with :func:`fusion_importance`. All shuffled
+        copies go through each member in one call.
+        """
+        check_fitted(self, _FITTED, "call fit(X, y) or FeHEnsemble.load(folder)")
+        expected = list(self.feature_names_in_)
+        Xa, names = _matrix(X, expected if feature_names is None else feature_names)
+        _check_predict_input(Xa, names, expected)
+        n, k = Xa.shape
+        rng = np.random.default_rng(seed)
+        shuffled = np.repeat(Xa[None], k, axis=0)  # (k, n, k): copy j has column j permuted
+        for j in range(k):
+            shuffled[j, :, j] = Xa[rng.permutation(n), j]
+        flat = shuffled.reshape(k * n, k)
+        base = self._base(flat)
+        out = {m: (base + np.asarray(est.predict(flat), float)).reshape(k, n) for m, est in self.members_.items()}
+        return {name: {m: out[m][j] for m in out} for j, name in enumerate(names)}
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """R^2 of the fused ``feh`` against ``y`` over the stars with a measured ``feh``: higher is better.
@@ -471,6 +503,136 @@ def oof_mse_score(estimator: FeHEnsemble, X: Any = None, y: Any = None) -> float
     weight. ``X`` and ``y`` are ignored.
     """
     return -float(np.mean(list(estimator.oof_mse_.values())))
+
+
+#: The fusion rules of :func:`fusion_weights`.
+FUSION_RULES = ("inverse_variance", "equal", "single")
+
+
+def fusion_weights(oof_mse: Mapping[str, float], rule: str = "inverse_variance",
+                   member: str | None = None) -> dict[str, float]:
+    """Return the members' weights under a fusion rule, in the order of ``oof_mse``; they sum to 1.
+
+    ``"inverse_variance"`` is what :meth:`FeHEnsemble.fit` uses: w_i = (1/sigma_i^2) / sum_j (1/sigma_j^2) with
+    sigma_i^2 a member's out-of-fold MSE (``oof_mse_``). For independent, unbiased members this is the
+    combination with the smallest variance; a member twice as noisy gets half the weight. ``"equal"`` gives every
+    member 1/n; ``"single"`` gives ``member`` all the weight.
+
+    Examples
+    --------
+    >>> fusion_weights({"rf": 0.01, "xgb": 0.01, "dnn": 0.02})
+    {'rf': 0.4, 'xgb': 0.4, 'dnn': 0.2}
+    >>> fusion_weights({"rf": 0.01, "dnn": 0.02}, "single", member="dnn")
+    {'rf': 0.0, 'dnn': 1.0}
+    """
+    mse = {str(m): float(v) for m, v in oof_mse.items()}
+    if not mse:
+        raise EnsembleError("oof_mse: no member; expected each member's out-of-fold MSE (FeHEnsemble.oof_mse_)")
+    if rule == "inverse_variance":
+        bad = {m: v for m, v in mse.items() if not (np.isfinite(v) and v > 0)}
+        if bad:
+            raise EnsembleError(f"oof_mse: {bad} not a positive number; expected each member's out-of-fold MSE > 0")
+        inv = {m: 1.0 / v for m, v in mse.items()}
+        return {m: float(v / sum(inv.values())) for m, v in inv.items()}
+    if rule == "equal":
+        return {m: 1.0 / len(mse) for m in mse}
+    if rule == "single":
+        if member not in mse:
+            raise EnsembleError(f"member {member!r}: expected one of the ensemble's members {list(mse)} for the "
+                                "'single' rule")
+        return {m: float(m == member) for m in mse}
+    raise EnsembleError(f"rule {rule!r}: expected one of {list(FUSION_RULES)}")
+
+
+def normalize_weights(weights: Mapping[str, float]) -> dict[str, float]:
+    """Scale non-negative weights (e.g. from sliders) so that they sum to 1.
+
+    Examples
+    --------
+    >>> normalize_weights({"rf": 1.0, "xgb": 1.0, "dnn": 2.0})
+    {'rf': 0.25, 'xgb': 0.25, 'dnn': 0.5}
+    """
+    w = {str(m): float(v) for m, v in weights.items()}
+    bad = {m: v for m, v in w.items() if not (np.isfinite(v) and v >= 0)}
+    if bad:
+        raise EnsembleError(f"weights: {bad}; expected finite weights >= 0")
+    total = sum(w.values())
+    if total <= 0:
+        raise EnsembleError(f"weights: {w} sum to 0; expected at least one member with a weight above 0")
+    return {m: v / total for m, v in w.items()}
+
+
+def fuse(predictions: Mapping[str, Any], weights: Mapping[str, float]) -> np.ndarray:
+    """Fuse the members' [Fe/H]: sum_i w_i feh_i, the ensemble's value (what :meth:`FeHEnsemble.predict` returns).
+
+    ``predictions`` maps each member to its (n,) [Fe/H]; ``weights`` (summing to 1, e.g. :func:`fusion_weights`)
+    gives the order of the sum. A member of weight 0 is left out, so its NaN cannot spoil the sum.
+
+    Examples
+    --------
+    >>> fuse({"rf": np.array([-2.0, -3.0]), "dnn": np.array([-2.2, -3.4])}, {"rf": 0.5, "dnn": 0.5})
+    array([-2.1, -3.2])
+    """
+    missing = [m for m, w in weights.items() if w != 0 and m not in predictions]
+    if missing:
+        raise EnsembleError(f"predictions: no member(s) {missing}; expected one (n,) array per weighted member "
+                            f"(found {list(predictions)})")
+    terms = [w * np.asarray(predictions[m], float) for m, w in weights.items() if w != 0]
+    if not terms:
+        raise EnsembleError(f"weights: {dict(weights)}: every weight is 0; expected at least one above 0")
+    return np.asarray(sum(terms), float)
+
+
+def fusion_scores(predictions: Mapping[str, Any], weights: Mapping[str, float], truth: Any, feh_err: Any = None,
+                  subset: Any = None) -> dict[str, Any]:
+    """MAE, bias and coverage_68 of the fused [Fe/H] under ``weights``, against ``truth``.
+
+    ``coverage_68`` is the fraction of stars with |feh - truth| <= feh_err, as in ``metrics.json``: ``feh_err``
+    (the ensemble's calibrated per-star error, which does not depend on the weights) was calibrated for the
+    inverse-variance fusion, so another rule shows how far that calibration carries. ``subset`` (a boolean mask)
+    picks the stars scored; stars without a finite prediction or truth are left out. Returns ``n``, ``mae``,
+    ``bias`` (mean of feh - truth) and ``coverage_68`` (None where no star is left, or no ``feh_err`` given).
+
+    Examples
+    --------
+    >>> preds = {"rf": np.array([-2.0, -3.5]), "dnn": np.array([-2.5, -3.0])}
+    >>> fusion_scores(preds, {"rf": 0.5, "dnn": 0.5}, truth=[-2.0, -3.0], feh_err=[0.5, 0.125])
+    {'n': 2, 'mae': 0.25, 'bias': -0.25, 'coverage_68': 0.5}
+    """
+    feh = fuse(predictions, weights)
+    truth = np.asarray(truth, float)
+    err = np.full(feh.shape, np.nan) if feh_err is None else np.asarray(feh_err, float)
+    if truth.shape != feh.shape or err.shape != feh.shape:
+        raise EnsembleError(f"truth {truth.shape} and feh_err {err.shape}: expected one value per star {feh.shape}")
+    sel = np.isfinite(feh) & np.isfinite(truth)
+    if subset is not None:
+        sel &= np.asarray(subset, bool)
+    d = feh[sel] - truth[sel]
+    if not d.size:
+        return {"n": 0, "mae": None, "bias": None, "coverage_68": None}
+    return {"n": int(d.size), "mae": float(np.mean(np.abs(d))), "bias": float(np.mean(d)),
+            "coverage_68": None if feh_err is None else float(np.mean(np.abs(d) <= err[sel]))}
+
+
+def fusion_importance(permuted: Mapping[str, Mapping[str, Any]], predictions: Mapping[str, Any],
+                      weights: Mapping[str, float], truth: Any, subset: Any = None) -> pd.Series:
+    """Permutation importance of each feature for the fused [Fe/H] under ``weights``: how much its MAE grows.
+
+    ``permuted`` is :meth:`FeHEnsemble.permutation_predictions` (each feature shuffled in turn, each member's
+    [Fe/H]) and ``predictions`` the members' [Fe/H] of the same stars unshuffled; both are fused with ``weights``
+    and scored against ``truth`` on ``subset`` (:func:`fusion_scores`). A feature the fused model does not lean on
+    scores about 0; one it needs, the MAE it adds when its values are scrambled. Returned largest first.
+    """
+    ref = fusion_scores(predictions, weights, truth, subset=subset)["mae"]
+    if ref is None:
+        raise EnsembleError("truth/subset: no star with a finite prediction and truth to score the importances on")
+    gain = {f: fusion_scores(p, weights, truth, subset=subset)["mae"] - ref for f, p in permuted.items()}
+    return pd.Series(gain, name="mae_increase", dtype=float).sort_values(ascending=False, kind="stable")
+
+
+def _labelled(callback: EpochCallback, fit: str) -> EpochCallback:
+    """Wrap an epoch callback so that each record says which fit it comes from."""
+    return lambda record: callback(replace(record, fit=fit))
 
 
 def grid_search(X: Any, y: Any, grids: Mapping[str, Mapping[str, Iterable[Any]]], *,

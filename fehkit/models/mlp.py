@@ -3,12 +3,15 @@
 Inputs are standardized with the training set's mean and scale; a missing value (NaN: a masked line) becomes the
 mean (0 after standardizing) and a 0/1 indicator column tells the network it was missing. Training stops when the
 validation loss has not improved for ``patience`` epochs and the best weights are kept. The same code runs on CPU
-or CUDA through ``device``; weights are saved as safetensors (:mod:`fehkit.models.persist`).
+or CUDA through ``device``; weights are saved as safetensors (:mod:`fehkit.models.persist`). ``fit`` can report
+each epoch's training and validation loss to a callback (:class:`EpochRecord`), e.g. to draw the loss curves live;
+the callback only reads numbers the loop computes anyway, so training is the same with or without one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +25,43 @@ from fehkit.models.base import check_fitted
 DNN_DEFAULTS: dict[str, Any] = {"hidden": (256, 128, 64), "lr": 1e-3, "weight_decay": 1e-4,
                                 "batch_size": 64, "max_epochs": 400, "patience": 10, "val_fraction": 0.15,
                                 "dropout": 0.0, "device": "cpu"}
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch of :meth:`TorchMLPRegressor.fit`, as its ``epoch_callback`` receives it.
+
+    Losses are mean squared errors of the standardized target (the target minus its training mean, divided by its
+    training standard deviation): 1.0 is what predicting the mean would give.
+
+    Attributes
+    ----------
+    epoch : int
+        The epoch just finished, counted from 1.
+    train_loss : float
+        Mean loss over the epoch's mini-batches (each weighted by its size), as the optimizer saw them while the
+        weights changed.
+    val_loss : float
+        Loss on the validation rows after the epoch: the number early stopping watches.
+    best_epoch : int
+        The epoch with the lowest validation loss so far: the weights ``fit`` keeps if training stopped now.
+    last : bool
+        True on the epoch after which training stops (``patience`` epochs without improvement, or ``max_epochs``).
+    fit : str
+        Which fit this is, where a caller trains several (:meth:`fehkit.models.FeHEnsemble.fit` sets
+        ``"fold 2 of 5"`` or ``"final fit"``); empty otherwise.
+    """
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    best_epoch: int
+    last: bool
+    fit: str = ""
+
+
+#: What ``fit`` calls after each epoch.
+EpochCallback = Callable[[EpochRecord], None]
 
 
 def build_network(n_in: int, hidden: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
@@ -96,8 +136,13 @@ class TorchMLPRegressor(RegressorMixin, BaseEstimator):
 
     # ---- fitting ----------------------------------------------------------------------------------------
     def fit(self, X: np.ndarray, y: np.ndarray, *, X_val: np.ndarray | None = None,
-            y_val: np.ndarray | None = None) -> TorchMLPRegressor:
-        """Fit on (X, y); stop early on (X_val, y_val), or on a held-out ``val_fraction`` of the rows."""
+            y_val: np.ndarray | None = None, epoch_callback: EpochCallback | None = None) -> TorchMLPRegressor:
+        """Fit on (X, y); stop early on (X_val, y_val), or on a held-out ``val_fraction`` of the rows.
+
+        ``epoch_callback``, if given, is called after every epoch with an :class:`EpochRecord` (the losses, the
+        best epoch so far, whether training stops there). The losses are recorded either way, in ``history_``
+        (validation) and ``train_history_`` (training); ``best_epoch_`` is the epoch whose weights are kept.
+        """
         X = np.asarray(X, np.float32)
         y = np.asarray(y, np.float32).ravel()
         rng = np.random.default_rng(self.seed)
@@ -122,29 +167,40 @@ class TorchMLPRegressor(RegressorMixin, BaseEstimator):
         xv = self._tensor(np.asarray(X_val, np.float32), dev)
         yv = torch.as_tensor((np.asarray(y_val, np.float32).ravel() - self.y_mean_) / self.y_scale_, device=dev)
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        best, best_state, waited, self.history_ = np.inf, None, 0, []
-        for _epoch in range(self.max_epochs):
+        best, best_state, waited, self.history_, self.train_history_ = np.inf, None, 0, [], []
+        best_epoch = 0
+        for epoch in range(1, int(self.max_epochs) + 1):
             net.train()
+            # summed on the device and read once per epoch: no extra host-device synchronization per batch
+            seen = torch.zeros((), device=dev)
             for idx in torch.randperm(len(xt), generator=gen).split(self.batch_size):
                 idx = idx.to(dev)
                 opt.zero_grad()
                 loss = torch.mean((net(xt[idx]).squeeze(1) - yt[idx]) ** 2)
                 loss.backward()
                 opt.step()
+                seen += loss.detach() * len(idx)
             net.eval()
             with torch.no_grad():
                 val = float(torch.mean((net(xv).squeeze(1) - yv) ** 2))
             self.history_.append(val)
+            self.train_history_.append(float(seen) / len(xt))
+            stop = False
             if val < best - 1e-6:
-                best, waited = val, 0
+                best, waited, best_epoch = val, 0, epoch
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             else:
                 waited += 1
-                if waited >= self.patience:
-                    break
+                stop = waited >= self.patience
+            if epoch_callback is not None:
+                epoch_callback(EpochRecord(epoch, self.train_history_[-1], val, best_epoch,
+                                           stop or epoch == int(self.max_epochs)))
+            if stop:
+                break
         net.load_state_dict(best_state)
         self.module_ = net.eval()
         self.n_epochs_ = len(self.history_)
+        self.best_epoch_ = best_epoch
         return self
 
     # ---- prediction ----------------------------------------------------------------------------------------
