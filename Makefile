@@ -10,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 DEMO_OUT ?= fehkit-demo
 
-.PHONY: demo inspect validate-feh test lint venv clean browser-deps physics-grid physics-grid-sme bench-simulate bench-ew bench bench-batch validate-ew
+.PHONY: demo inspect validate-feh test lint venv clean browser-deps physics-grid physics-grid-sme bench-simulate bench-ew bench bench-batch validate-ew binder-requirements binder-check
 
 venv: $(VENV)/.installed
 
@@ -37,6 +37,28 @@ lint: venv
 
 test: lint
 	$(BIN)/python -m pytest --nbval-lax -p no:cacheprovider
+
+# Binder's environment: binder/requirements.txt pinned from a clean virtual environment (needs python3.11 and the
+# internet), and the check that it installs into a fresh one (made with $(PYTHON): Python 3.11, as binder/runtime.txt)
+# and runs the quick-start notebook (pip's cache makes a rerun quick; the notebook runs headless through nbconvert,
+# which comes with JupyterLab). CI runs the check (.ci/run).
+# BINDER_REQUIREMENTS: the file to install (a copy without the --extra-index-url line where PyTorch's index cannot be
+# reached but pip has the CPU wheel locally).
+BINDER_VENV ?= /tmp/fehkit-binder-venv
+BINDER_REQUIREMENTS ?= binder/requirements.txt
+binder-requirements:
+	bash scripts/binder_requirements.sh
+
+binder-check:
+	rm -rf $(BINDER_VENV)
+	$(PYTHON) -m venv $(BINDER_VENV)
+	$(BINDER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BINDER_VENV)/bin/python -m pip install --quiet -r $(BINDER_REQUIREMENTS)
+	PATH="$(abspath $(BINDER_VENV))/bin:$$PATH" bash binder/postBuild
+	! $(BINDER_VENV)/bin/python -m pip show --quiet pytest ruff playwright nbval 2>/dev/null
+	cd notebooks && FEHKIT_THREADS=1 $(abspath $(BINDER_VENV))/bin/python -m jupyter nbconvert --to notebook \
+		--execute --ExecutePreprocessor.timeout=300 --output-dir "$(abspath $(BINDER_VENV))/out" 00_quickstart.ipynb
+	@echo "binder-check: binder/requirements.txt installs into a fresh venv and runs notebooks/00_quickstart.ipynb"
 
 # Debian's Chromium for tests/test_notebook_browser.py (a real browser over JupyterLab); needs root. Without it that
 # one test is skipped. Never `playwright install`: it downloads its own browser.

@@ -1,9 +1,13 @@
 """The notebooks in a real browser: JupyterLab on loopback, driven by Chromium through Playwright.
 
-nbval runs the notebooks headless, which cannot see whether the Bokeh plots and the ipywidgets viewers actually
-render in JupyterLab (offline BokehJS, widget manager, jupyter_bokeh). These tests run every cell in the browser,
-wait for the plots, pick another star in the viewer's drop-down and check that the plot changed: the quick-start
-notebook (00) with its spectrum viewer, and the [Fe/H] notebook (04) with `fehkit.widgets.FeHExplorer`.
+nbval runs the notebooks headless, which cannot see whether the Bokeh plots and the ipywidgets apps actually render
+in JupyterLab (offline BokehJS, widget manager, jupyter_bokeh). These tests run every cell of every notebook in the
+browser, check that each Bokeh figure draws (a visible, non-blank canvas) and that no cell or widget failed, and drive
+the widgets as a user would: pick another star in the viewers' drop-downs (00, 04), watch the network's loss curve
+grow while it trains (04, ``TrainingDashboard``), move a weight slider and see the MAE change (04,
+``FusionExplorer``), move the [Fe/H] slider of the curve-of-growth explorer (05) and the Teff offset of the
+validation dashboard (06), checking each time that the plot changed. Screenshots of every notebook and widget are
+saved in ``FEHKIT_SCREENSHOTS`` (a folder; default the test's temporary folder).
 
 They need Debian's Chromium (`make browser-deps`, as root) and the `playwright` package ([dev] extra); without
 them they are skipped, unless FEHKIT_REQUIRE_BROWSER=1 (set by .ci/run) turns the skip into a failure.
@@ -30,6 +34,10 @@ import pytest
 NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
 NOTEBOOK = NOTEBOOKS / "00_quickstart.ipynb"
 FEH_NOTEBOOK = NOTEBOOKS / "04_feh_ensemble.ipynb"
+COG_NOTEBOOK = NOTEBOOKS / "05_hband_physics.ipynb"
+RECAL_NOTEBOOK = NOTEBOOKS / "06_recalibration.ipynb"
+#: Notebooks with no widget test of their own: each runs to the end and draws every figure.
+PLAIN_NOTEBOOKS = sorted(set(NOTEBOOKS.glob("*.ipynb")) - {NOTEBOOK, FEH_NOTEBOOK, COG_NOTEBOOK, RECAL_NOTEBOOK})
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
@@ -153,6 +161,106 @@ def _settled(page, element, than: bytes | None = None, timeout: float = 30.0) ->
     return last
 
 
+def _shots(tmp_path: Path) -> Path:
+    """The folder screenshots go to: ``FEHKIT_SCREENSHOTS`` when set, else the test's temporary folder."""
+    folder = Path(os.environ.get("FEHKIT_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _run_to_the_end(page, url: str, timeout_s: float = 240) -> list[dict]:
+    """Run every cell of the notebook at ``url``; wait until all ran (or one failed); return the code cells."""
+    _run_all_cells(page, url)
+    page.wait_for_function(
+        f"""() => {{ if (!({KERNEL_IDLE})()) return false;
+            const cells = ({CODE_CELLS})();
+            return cells.every(c => c.count !== null)
+                || cells.some(c => c.outputs.some(o => o.output_type === 'error')); }}""",
+        timeout=timeout_s * 1000, polling=500)
+    cells = page.evaluate(CODE_CELLS)
+    failed = [o for c in cells for o in c["outputs"] if o["output_type"] == "error"]
+    assert not failed, "\n".join(f"{o['ename']}: {o['evalue']}" for o in failed)
+    assert all(c["count"] is not None for c in cells), [c["count"] for c in cells]
+    return cells
+
+
+def _every_figure_draws(page, folder: Path, name: str) -> int:
+    """Scroll to each Bokeh figure of the notebook; each has a visible, non-blank canvas (saved). Return the count."""
+    figures = page.locator(".jp-OutputArea-output .bk-Figure")
+    n = figures.count()
+    for i in range(n):
+        fig = figures.nth(i)
+        fig.scroll_into_view_if_needed(timeout=30_000)
+        fig.locator("canvas").first.wait_for(state="visible", timeout=30_000)
+        shot = _settled(page, fig)
+        (folder / f"{name}-figure-{i:02d}.png").write_bytes(shot)
+        assert _pixels(shot).std() > 10, f"{name}: figure {i} is blank"
+    assert page.get_by_text("Error displaying widget").count() == 0, f"{name}: a widget failed to display"
+    return n
+
+
+def _set_slider(page, widget, label: str, value: str) -> None:
+    """Type ``value`` into the readout of the slider of ``widget`` labelled ``label`` and press Enter."""
+    slider = widget.locator(".widget-slider").filter(has=page.locator(".widget-label", has_text=label)).first
+    readout = slider.locator(".widget-readout").first
+    readout.scroll_into_view_if_needed(timeout=30_000)
+    readout.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type(value)
+    page.keyboard.press("Enter")
+
+
+@pytest.mark.parametrize("lab", PLAIN_NOTEBOOKS, indirect=True, ids=lambda p: p.stem)
+def test_every_notebook_runs_and_draws_in_jupyterlab(lab, tmp_path, request):
+    notebook = request.node.callspec.params["lab"]
+    folder = _shots(tmp_path)
+    with _browser_page() as (page, errors):
+        _run_to_the_end(page, f"{lab}/lab/tree/{notebook.name}")
+        _every_figure_draws(page, folder, notebook.stem)
+        page.screenshot(path=str(folder / f"{notebook.stem}.png"))
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("lab", [COG_NOTEBOOK], indirect=True)
+def test_curve_of_growth_explorer_moves_with_its_feh_slider(lab, tmp_path):
+    folder = _shots(tmp_path)
+    with _browser_page() as (page, errors):
+        _run_to_the_end(page, f"{lab}/lab/tree/{COG_NOTEBOOK.name}")
+        _every_figure_draws(page, folder, COG_NOTEBOOK.stem)
+        explorer = page.locator(".jp-OutputArea-output .widget-vbox").filter(
+            has=page.locator(".widget-label", has_text="[Fe/H]")).first
+        curve = explorer.locator(".bk-Figure").first
+        curve.scroll_into_view_if_needed(timeout=30_000)
+        before = _settled(page, curve)
+        _set_slider(page, explorer, "[Fe/H]", "-1.5")
+        after = _settled(page, curve, than=before)
+        (folder / "05-cog-before.png").write_bytes(before)
+        (folder / "05-cog-after.png").write_bytes(after)
+    assert not errors, errors
+    changed = _changed(before, after)
+    assert changed > 0.01, f"curve of growth did not move with [Fe/H] ({changed:.2%} of pixels)"
+
+
+@pytest.mark.parametrize("lab", [RECAL_NOTEBOOK], indirect=True)
+def test_validation_dashboard_follows_its_teff_offset(lab, tmp_path):
+    folder = _shots(tmp_path)
+    with _browser_page() as (page, errors):
+        _run_to_the_end(page, f"{lab}/lab/tree/{RECAL_NOTEBOOK.name}", timeout_s=300)
+        _every_figure_draws(page, folder, RECAL_NOTEBOOK.stem)
+        dashboard = page.locator(".jp-OutputArea-output .widget-vbox").filter(
+            has=page.locator(".widget-label", has_text="Teff offset")).first
+        panel = dashboard.locator(".bk-Figure").first
+        panel.scroll_into_view_if_needed(timeout=30_000)
+        before = _settled(page, panel)
+        _set_slider(page, dashboard, "Teff offset", "200")
+        after = _settled(page, panel, than=before, timeout=90)
+        (folder / "06-validation-before.png").write_bytes(before)
+        (folder / "06-validation-after.png").write_bytes(after)
+    assert not errors, errors
+    changed = _changed(before, after)
+    assert changed > 0.01, f"validation dashboard did not follow the Teff offset ({changed:.2%} of pixels)"
+
+
 @pytest.mark.parametrize("lab", [NOTEBOOK], indirect=True)
 def test_quickstart_plots_and_viewer_work_in_jupyterlab(lab, tmp_path):
     with _browser_page() as (page, errors):
@@ -183,58 +291,84 @@ def test_quickstart_plots_and_viewer_work_in_jupyterlab(lab, tmp_path):
 
 
 @pytest.mark.parametrize("lab", [FEH_NOTEBOOK], indirect=True)
-def test_feh_notebook_plots_and_explorer_work_in_jupyterlab(lab, tmp_path):
+def test_feh_notebook_trains_live_and_its_explorers_work_in_jupyterlab(lab, tmp_path):
+    folder = _shots(tmp_path)
     with _browser_page() as (page, errors):
         _run_all_cells(page, f"{lab}/lab/tree/{FEH_NOTEBOOK.name}")
-        # done: every code cell ran, or one failed (Run All stops there); the benchmark cell trains ~10-60 s
+        # the training dashboard's loss figure is the notebook's first; it draws while the next cell trains
+        loss = page.locator(".jp-OutputArea-output .bk-Figure").first
+        loss.wait_for(state="attached", timeout=120_000)
+        loss.scroll_into_view_if_needed(timeout=30_000)
+        trained = f"""() => ({CODE_CELLS})().some(c => c.outputs.some(o => o.output_type === 'error'
+            || (o.output_type === 'stream' && o.text.includes('SYNTHETIC benchmark:'))))"""
+        seen: list[bytes] = []
+        end = time.monotonic() + 240
+        while time.monotonic() < end and not page.evaluate(trained):  # the training cell is still running
+            shot = loss.screenshot(timeout=30_000)
+            if not seen or shot != seen[-1]:
+                seen.append(shot)
+            page.wait_for_timeout(500)
+        growing = [a for a, b in zip(seen, seen[1:], strict=False) if _changed(a, b) > 0.001]
+        for i, shot in enumerate(seen[:: max(1, len(seen) // 4)]):
+            (folder / f"04-loss-while-training-{i}.png").write_bytes(shot)
+
         page.wait_for_function(
             f"""() => {{ if (!({KERNEL_IDLE})()) return false;
                 const cells = ({CODE_CELLS})();
                 return cells.every(c => c.count !== null)
                     || cells.some(c => c.outputs.some(o => o.output_type === 'error')); }}""",
-            timeout=180_000, polling=500)
+            timeout=240_000, polling=500)
         cells = page.evaluate(CODE_CELLS)
         failed = [o for c in cells for o in c["outputs"] if o["output_type"] == "error"]
         assert not failed, "\n".join(f"{o['ename']}: {o['evalue']}" for o in failed)
-        assert all(c["count"] is not None for c in cells), [c["count"] for c in cells]
+        n_figures = _every_figure_draws(page, folder, FEH_NOTEBOOK.stem)
 
-        # six Bokeh figures: two rows of two from show(), the likelihood and line-EW figures of the explorer
-        figures = page.locator(".jp-OutputArea-output .bk-Figure")
-        figures.nth(5).wait_for(state="attached", timeout=60_000)
-        assert figures.count() == 6, figures.count()
-        for i in range(6):
-            figures.nth(i).scroll_into_view_if_needed(timeout=30_000)
-            figures.nth(i).locator("canvas").first.wait_for(state="visible", timeout=30_000)
-        explorer = page.locator(".jp-OutputArea-output .widget-vbox").filter(has=page.locator(".widget-dropdown"))
+        # the [Fe/H] explorer: labels "<star_id> · S/N .. · true [Fe/H] ..", sorted by true [Fe/H]; textContent, not
+        # innerText, which depends on layout
+        explorer = page.locator(".jp-OutputArea-output .widget-vbox").filter(
+            has=page.locator(".widget-dropdown")).filter(has=page.locator(".widget-html")).last
         likelihood = explorer.locator(".widget-hbox .bk-Figure").first
         lines = explorer.locator(".bk-Figure").last
         details = explorer.locator(".widget-html").first
         dropdown = explorer.locator(".widget-dropdown select").first
-        # labels "<star_id> · S/N .. · true [Fe/H] ..", sorted by true [Fe/H]; textContent, not innerText, which
-        # depends on layout (see below)
         labels = dropdown.evaluate("s => Array.from(s.options, o => o.textContent)")
         options = [label.replace("\xa0", " ").split(" · ")[0] for label in labels]
         assert len(options) >= 2 and options[0].startswith("SYN"), labels[:3]
         assert f"SYNTHETIC star {options[0]}," in details.text_content(), details.text_content()
+        likelihood.scroll_into_view_if_needed(timeout=30_000)
         before = _settled(page, likelihood), _settled(page, lines)
-
-        # a star from the middle of the list, far in [Fe/H] from the first: the summary names it, both figures redraw
-        pick = len(options) // 2
+        pick = len(options) // 2  # a star far in [Fe/H] from the first: the summary names it, both figures redraw
         dropdown.select_option(index=pick)
         page.wait_for_function("([el, star]) => el.textContent.includes(`SYNTHETIC star ${star},`)",
                                arg=[details.element_handle(), options[pick]], timeout=60_000)
         after = _settled(page, likelihood, than=before[0]), _settled(page, lines, than=before[1])
-        page.screenshot(path=str(tmp_path / "jupyterlab.png"))
-        widget_errors = page.get_by_text("Error displaying widget").count()
+
+        # the fusion explorer: a weight slider changes the MAE bars and the table
+        fusion = page.locator(".jp-OutputArea-output .widget-vbox").filter(
+            has=page.locator(".widget-toggle-buttons")).last
+        bars = fusion.locator(".bk-Figure").first
+        table = fusion.locator(".widget-html").last
+        bars.scroll_into_view_if_needed(timeout=30_000)
+        bars_before, table_before = _settled(page, bars), table.text_content()
+        # (the notebook's exercises leave the neural net alone in charge: give the forest an equal say)
+        _set_slider(page, fusion, "random forest", "1")
+        page.wait_for_function("([el, old]) => el.textContent !== old", arg=[table.element_handle(), table_before],
+                               timeout=60_000)
+        bars_after = _settled(page, bars, than=bars_before)
+        for name, shot in (("04-fusion-before", bars_before), ("04-fusion-after", bars_after)):
+            (folder / f"{name}.png").write_bytes(shot)
+        page.screenshot(path=str(folder / f"{FEH_NOTEBOOK.stem}.png"))
 
     # the notebook's printed output, from the notebook model: JupyterLab does not lay out off-screen cells, so
     # their text is missing from the page's innerText (and its last cell prints a TamperedModelError on purpose)
     text = "\n".join(o.get("text", "") for c in cells for o in c["outputs"] if o["output_type"] == "stream")
     assert "SYNTHETIC benchmark:" in text and "same predictions: True" in text, text[-3000:]
     assert "TamperedModelError: <tmp>/model/xgb.json" in text, text[-3000:]
-    assert not widget_errors
     assert not errors, errors
+    assert n_figures >= 8, n_figures
+    assert len(growing) >= 2, f"the loss figure changed {len(growing)} times while the network trained"
     for name, a, b in zip(("likelihood", "line-EW"), before, after, strict=True):
-        assert _pixels(a).std() > 10, f"{name} figure is blank"
         changed = _changed(a, b)
         assert changed > 0.01, f"{name} figure did not change after picking another star ({changed:.2%} of pixels)"
+    changed = _changed(bars_before, bars_after)
+    assert changed > 0.001, f"MAE bars did not change with the forest's weight ({changed:.2%} of pixels)"
