@@ -6,7 +6,8 @@ browser, check that each Bokeh figure draws (a visible, non-blank canvas) and th
 the widgets as a user would: pick another star in the viewers' drop-downs (00, 04), watch the network's loss curve
 grow while it trains (04, ``TrainingDashboard``), move a weight slider and see the MAE change (04,
 ``FusionExplorer``), move the [Fe/H] slider of the curve-of-growth explorer (05) and the Teff offset of the
-validation dashboard (06), checking each time that the plot changed. Screenshots of every notebook and widget are
+validation dashboard (06), checking each time that the plot changed; and build two widgets in a fresh notebook
+that never calls ``output_notebook`` (they load BokehJS themselves). Screenshots of every notebook and widget are
 saved in ``FEHKIT_SCREENSHOTS`` (a folder; default the test's temporary folder).
 
 They need Debian's Chromium (`make browser-deps`, as root) and the `playwright` package ([dev] extra); without
@@ -36,6 +37,27 @@ NOTEBOOK = NOTEBOOKS / "00_quickstart.ipynb"
 FEH_NOTEBOOK = NOTEBOOKS / "04_feh_ensemble.ipynb"
 COG_NOTEBOOK = NOTEBOOKS / "05_hband_physics.ipynb"
 RECAL_NOTEBOOK = NOTEBOOKS / "06_recalibration.ipynb"
+
+
+def _fresh_notebook() -> Path:
+    """A new notebook that builds two widgets and never calls ``output_notebook``: they must load BokehJS themselves."""
+    import tempfile
+
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in (
+        "from fehkit import read_apogee\nfrom fehkit.examples import example_paths\n"
+        "from fehkit.widgets import CurveOfGrowthExplorer, SpectrumViewer\nbatch = read_apogee(example_paths())",
+        "SpectrumViewer(batch)",
+        "CurveOfGrowthExplorer()",
+    )]
+    path = Path(tempfile.mkdtemp(prefix="fehkit-fresh-")) / "fresh_widgets.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
 #: Notebooks with no widget test of their own: each runs to the end and draws every figure.
 PLAIN_NOTEBOOKS = sorted(set(NOTEBOOKS.glob("*.ipynb")) - {NOTEBOOK, FEH_NOTEBOOK, COG_NOTEBOOK, RECAL_NOTEBOOK})
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -219,6 +241,23 @@ def test_every_notebook_runs_and_draws_in_jupyterlab(lab, tmp_path, request):
         _every_figure_draws(page, folder, notebook.stem)
         page.screenshot(path=str(folder / f"{notebook.stem}.png"))
     assert not errors, errors
+
+
+@pytest.mark.parametrize("lab", [_fresh_notebook()], indirect=True, ids=["fresh"])
+def test_widgets_draw_in_a_fresh_notebook_without_setup(lab, tmp_path):
+    folder = _shots(tmp_path)
+    with _browser_page() as (page, errors):
+        _run_to_the_end(page, f"{lab}/lab/tree/fresh_widgets.ipynb")
+        assert _every_figure_draws(page, folder, "fresh") >= 3
+        viewer = page.locator(".jp-OutputArea-output .widget-vbox").first
+        plot = viewer.locator(".bk-Figure").first
+        plot.scroll_into_view_if_needed(timeout=30_000)
+        before = _settled(page, plot)
+        viewer.locator(".widget-dropdown select").first.select_option(index=1)
+        after = _settled(page, plot, than=before)
+    assert not errors, errors
+    changed = _changed(before, after)
+    assert changed > 0.01, f"viewer did not redraw for another star ({changed:.2%} of pixels)"
 
 
 @pytest.mark.parametrize("lab", [COG_NOTEBOOK], indirect=True)
