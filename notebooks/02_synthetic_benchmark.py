@@ -112,3 +112,24 @@ for i, color in enumerate(['navy', 'royalblue', 'firebrick', 'salmon']):
              legend_label=f"[Fe/H] {params['feh'][i]}, S/N {params['snr'][i]}")
 fig.legend.location = 'bottom_left'
 show(fig)
+
+# %% [markdown]
+# ## Exercise: when does the strongest line of a [Fe/H] = -3.5 giant become detectable?
+#
+# Cayrel's (1988) estimate of the 1-sigma error of an EW is `σ_EW ≈ 1.5 √(FWHM × pixel) / (S/N)` (FWHM = λ/R with R = 22,500; an apStar pixel is λ ln(10) 6e-6 wide). A line is *detected* at 3 sigma. Find the S/N at which Fe I 15298.7 of the giant above (4800 K, log g 1.5, vmic 1.8 km/s, [α/Fe] +0.4) at [Fe/H] = -3.5 is a 3-sigma line: take its EW from the curve of growth (`cog.ew(..., lines=line)`, in mÅ) and solve Cayrel's formula for S/N. Replace the value of `snr_needed` with your formula; the next cell then simulates 60 such spectra at your S/N, measures the line with fehkit's EW engine and checks that its median significance is close to 3.
+
+# %%
+snr_needed = 3 * 1.5 * np.sqrt(15298.7 / 22500 * 15298.7 * np.log(10) * 6e-6) * 1e3 / float(
+    cog.ew(4800, 1.5, -3.5, 1.8, 0.4, lines=line)[0, 0])  # your answer here
+print(f'your S/N: {snr_needed:.0f}')
+
+# %%
+from fehkit.ew import measure_ew
+
+trial = simulate({'teff': [4800.0] * 60, 'logg': [1.5] * 60, 'feh': [-3.5] * 60, 'vmic': [1.8] * 60,
+                  'snr': [snr_needed] * 60, 'rv_shift': 0.0}, seed=7, continuum=False)
+measured = measure_ew(trial.batch, mc_draws=0)
+k = int(np.argmin(np.abs(measured.lines['wave_vac'].to_numpy() - 15298.7)))
+significance = float(np.median(measured.ew_mA[:, k] / measured.ew_err_mA[:, k]))
+print(f'SYNTHETIC: at S/N {snr_needed:.0f} the line is measured at a median {significance:.1f} sigma')
+assert 2.4 < significance < 3.6, f'{significance:.1f} sigma at S/N {snr_needed:.0f}: not a 3-sigma line; try again'

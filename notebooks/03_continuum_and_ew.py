@@ -173,3 +173,20 @@ frame[['star_id', 'line_wave', 'ew_mA', 'ew_err_mA', 'ew_upper_mA', 'flag', 'rea
 
 # %%
 LineInspector(real_norm, real_table)
+
+# %% [markdown]
+# ## Exercise: a continuum 1% too low
+#
+# The continuum explorer showed fits off by a few tenths of a percent. Suppose every continuum were placed 1% too low, so that every normalized spectrum sits 1% too high. A fit whose continuum is fixed at 1 would then see a shallower line: for a Gaussian line of σ ≈ 0.29 Å (the LSF) the least-squares EW drops by about 0.01 × 2σ√π ≈ 10 mÅ, more than a whole [Fe/H] = -3 line. **Predict the median change of fehkit's EWs** (in mÅ, over the lines flagged ok): read again how the fit treats the continuum (the section on equivalent widths). Replace the value of `predicted_change_mA`; the next cell measures the same spectra raised by 1% and checks your prediction to 0.5 mÅ.
+
+# %%
+predicted_change_mA = 0.0  # your answer here
+
+# %%
+raised = norm_batch.select(np.arange(norm_batch.n_spectra))
+raised.flux = raised.flux * 1.01
+before, after = measure_ew(norm_batch, mc_draws=0), measure_ew(raised, mc_draws=0)
+ok = (before.flag == 'ok') & (after.flag == 'ok')
+change = float(np.median((after.ew_mA - before.ew_mA)[ok]))
+print(f'SYNTHETIC: median EW change {change:+.2f} mA over {ok.sum()} lines; you predicted {predicted_change_mA:+.2f} mA')
+assert abs(predicted_change_mA - change) < 0.5, 'not quite: does the fit keep the continuum at 1?'
