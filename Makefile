@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || \
 		$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e ".[dev,peers,dask]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,peers,dask,service]"
 	touch $@
 
 # The main job on the embedded SYNTHETIC benchmark (1,500 stars; ~1.5-3 min on 2 cores): metrics.json,

@@ -8,8 +8,8 @@
 spectrum files and score it on a benchmark folder or a labelled table of stars; ``fehkit validate`` cross-validates it
 on a labelled table (out-of-sample [Fe/H] of every star, compared with the reference labels and with ASPCAP or
 GALAH where the table has them). ``fehkit batch`` predicts a whole catalogue on dask.distributed in resumable
-chunks (``parts/``, ``results.parquet``, ``run.json``). ``fehkit fetch`` lists and fetches the remote data products of
-``data_manifest.yaml`` into the cache.
+chunks (``parts/``, ``results.parquet``, ``run.json``). ``fehkit serve`` answers [Fe/H] over HTTP (docs/service.md).
+``fehkit fetch`` lists and fetches the remote data products of ``data_manifest.yaml`` into the cache.
 
 Every error a user can cause (a bad file, a missing column, a bad number, an output that cannot be written) is a
 :class:`~fehkit.errors.FehkitError`, printed as one line ``fehkit COMMAND: error: ...`` with exit status 2, and
@@ -385,6 +385,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no dashboard line, no progress bar")
     p.set_defaults(func=_batch)
 
+    p = sub.add_parser(
+        "serve",
+        help="an HTTP service: POST a spectrum, get [Fe/H] back (needs fehkit[service])",
+        description="Serve a trained model over HTTP with FastAPI and uvicorn (docs/service.md): POST /v1/feh (one "
+        "spectrum: an uploaded apStar/asStar, aspcapStar or apVisit file, or JSON flux/ivar on the apStar grid, "
+        "with teff, logg, vmic), POST /v1/feh/batch (up to --max-batch JSON spectra), GET /healthz, /readyz, "
+        "/v1/model (the model card), /metrics (Prometheus text), /openapi.json. Each worker process loads the "
+        "model once and warms it before it answers; a worker that dies is restarted. With the environment "
+        "variable FEHKIT_API_KEY set, every endpoint but the health checks needs it in the X-API-Key header. "
+        "Runs until interrupted (Ctrl-C).",
+    )
+    p.add_argument("--model", type=Path, required=True, help="model folder (fehkit train, or model/ of fehkit demo)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine "
+                   "only; 0.0.0.0 for every interface, e.g. in a container)")
+    p.add_argument("--port", type=_number(int, 0, 65535), default=8000, help="TCP port (default %(default)s)")
+    p.add_argument("--workers", type=_POSITIVE_COUNT, default=1, help="worker processes, each with the model and "
+                   "FEHKIT_THREADS = cores / workers threads unless that is set (default %(default)s)")
+    p.add_argument("--max-batch", type=_POSITIVE_COUNT, default=100, help="spectra per POST /v1/feh/batch at most "
+                   "(default %(default)s)")
+    p.add_argument("--max-body-mb", type=_POSITIVE, default=64.0, help="largest request body in MiB, refused "
+                   "before it is read (default %(default)s)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow browser calls "
+                   "from this origin, e.g. https://pipeline.example.org (repeatable; default: CORS off)")
+    p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info",
+                   help="uvicorn's log level (default %(default)s)")
+    p.set_defaults(func=_serve)
+
     _add_fetch_parser(sub)
     return parser
 
@@ -554,6 +581,46 @@ def _batch(args: argparse.Namespace) -> int:
           f"upper limits, {len(errors)} errors; {info['chunks_computed']} chunks computed, {info['chunks_reused']} "
           f"reused{rate}")
     args.final_lines = ["flags: " + ", ".join(f"{k} {n}" for k, n in tally(res["flag"]).items())]
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import json
+    import socket
+
+    from fehkit.models.persist import read_card
+    from fehkit.threads import THREADS_ENV
+
+    try:
+        import uvicorn
+
+        from fehkit.service import SETTINGS_ENV, ServiceSettings
+    except ImportError as err:
+        raise UsageError(f"fehkit serve needs the service extra ({err.name} is not installed); expected "
+                         "pip install 'fehkit[service]'") from None
+    settings = ServiceSettings(max_batch=int(args.max_batch), max_body_mb=float(args.max_body_mb),
+                               cors_origins=list(args.cors_origin)).check()
+    card = read_card(args.model)  # every file checked before a worker starts
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:  # a clear error for a port in use
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((args.host, int(args.port)))
+        except OSError as err:
+            raise UsageError(f"--host {args.host} --port {args.port}: cannot listen there ({err.strerror or err}); "
+                             "expected a free port on an address of this machine") from None
+    # one compute thread per worker does the work: the cores are shared among the workers, not oversubscribed
+    os.environ.setdefault(THREADS_ENV, str(max(1, (os.cpu_count() or 1) // int(args.workers))))
+    os.environ[SETTINGS_ENV] = json.dumps({"model": str(args.model.resolve()), "max_batch": settings.max_batch,
+                                           "max_body_mb": settings.max_body_mb,
+                                           "cors_origins": settings.cors_origins})
+    _note_synthetic_model(card.get("synthetic"))
+    key = "required (FEHKIT_API_KEY)" if os.environ.get("FEHKIT_API_KEY") else "none"
+    print(f"fehkit serve: {args.model} on http://{args.host}:{args.port} with {args.workers} worker(s), "
+          f"{os.environ[THREADS_ENV]} thread(s) each; API key {key}", file=sys.stderr)
+    uvicorn.run("fehkit.service:app_from_environment", factory=True, host=args.host, port=int(args.port),
+                workers=int(args.workers), log_level=args.log_level, server_header=False, proxy_headers=False,
+                timeout_graceful_shutdown=10)
     return 0
 
 

@@ -11,7 +11,8 @@ or huge (apStar gives unusable pixels errors of 1e10 or more), or the APOGEE_PIX
 
 Every malformed file raises a subclass of :class:`~fehkit.errors.SpectrumFileError` naming the file, what was
 found and what was expected; ``read_apogee(..., on_error="skip")`` reads every good file and reports the others.
-:func:`check_spectrum_file` makes only the structural checks (FITS blocks, HDUs), e.g. on a download.
+:func:`check_spectrum_file` makes only the structural checks (FITS blocks, HDUs), e.g. on a download;
+:func:`read_apogee_bytes` reads a file held in memory (an upload to the HTTP service) without touching the disk.
 """
 
 from __future__ import annotations
@@ -213,6 +214,36 @@ def read_apogee(
     return batch
 
 
+def read_apogee_bytes(
+    data: bytes,
+    name: str,
+    kind: Kind = "auto",
+    rows: Rows = "combined",
+    bad_bits: Iterable[str] = DEFAULT_BAD_BITS,
+    rv: float | None = None,
+    max_bytes: int | None = None,
+) -> SpectrumBatch:
+    """Read one APOGEE spectrum file held in memory (an upload), as :func:`read_apogee` reads a file.
+
+    Nothing is written to disk and ``name`` is never opened: it stands for the file in messages and in
+    ``meta["file"]``, and decides the kind as a file name would (``kind="auto"``). ``max_bytes`` caps the size of
+    the FITS data after gunzip (a small gzip stream can expand to gigabytes): larger data raise
+    :class:`~fehkit.errors.UnsupportedFileError` before they are decompressed further. The other parameters are
+    those of :func:`read_apogee`.
+
+    Examples
+    --------
+    >>> from fehkit.examples import example_paths
+    >>> path = example_paths()[0]
+    >>> read_apogee_bytes(path.read_bytes(), path.name).n_spectra
+    1
+    """
+    if max_bytes is not None and int(max_bytes) < 1:
+        raise FehkitError(f"max_bytes = {max_bytes}: expected a positive number of bytes")
+    with _parse_fits(bytes(data), name, max_bytes) as hdul:
+        return _read_hdul(name, hdul, kind, rows, bad_bits_value(bad_bits), rv)
+
+
 def read_apogee_recorded(paths: Sequence[str | os.PathLike[str]]) -> tuple[SpectrumBatch, list[tuple[str, type]]]:
     """Read files into one batch as :func:`read_apogee` does, and return it with the warnings raised meanwhile.
 
@@ -401,14 +432,18 @@ def resample_to_apstar(
 # ---------------------------------------------------------------------------------------------------------------
 def _read_one(path: str, kind: Kind, rows: Rows, bad: int, rv: float | None) -> SpectrumBatch:
     with _open_fits(path) as hdul:
-        kind = _detect_kind(path, hdul) if kind == "auto" else kind
-        if kind == "apStar":
-            return _read_apstar(path, hdul, rows, bad)
-        if kind == "aspcapStar":
-            return _read_aspcapstar(path, hdul)
-        if kind == "apVisit":
-            return _read_apvisit(path, hdul, bad, rv)
-        raise FehkitError(f"kind: expected 'auto', 'apStar', 'aspcapStar' or 'apVisit', found {kind!r}")
+        return _read_hdul(path, hdul, kind, rows, bad, rv)
+
+
+def _read_hdul(path: str, hdul: fits.HDUList, kind: Kind, rows: Rows, bad: int, rv: float | None) -> SpectrumBatch:
+    kind = _detect_kind(path, hdul) if kind == "auto" else kind
+    if kind == "apStar":
+        return _read_apstar(path, hdul, rows, bad)
+    if kind == "aspcapStar":
+        return _read_aspcapstar(path, hdul)
+    if kind == "apVisit":
+        return _read_apvisit(path, hdul, bad, rv)
+    raise FehkitError(f"kind: expected 'auto', 'apStar', 'aspcapStar' or 'apVisit', found {kind!r}")
 
 
 def _open_fits(path: str) -> fits.HDUList:
@@ -418,14 +453,45 @@ def _open_fits(path: str) -> fits.HDUList:
         raise SpectrumFileNotFoundError(path, "no such file")
     if p.is_dir():
         raise NotFITSError(path, "is a directory; expected a FITS file")
-    raw = p.read_bytes()
+    return _parse_fits(p.read_bytes(), path)
+
+
+def _gunzip(raw: bytes, path: str, max_bytes: int) -> bytes:
+    """Decompress gzip data (all its members), refusing to produce more than ``max_bytes``."""
+    out: list[bytes] = []
+    size = 0
+    while raw:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            part = d.decompress(raw, max_bytes - size + 1)
+        except zlib.error as err:
+            raise CorruptFileError(path, f"corrupt or truncated gzip stream ({err}); expected gzipped FITS") from None
+        size += len(part)
+        if size > max_bytes or d.unconsumed_tail:
+            raise UnsupportedFileError(path, f"decompresses to more than {max_bytes} bytes; expected at most that")
+        if not d.eof:
+            raise CorruptFileError(path, "corrupt or truncated gzip stream (it ends before its end-of-stream "
+                                         "marker); expected gzipped FITS")
+        out.append(part)
+        raw = d.unused_data.lstrip(b"\x00")  # another member may follow; zero padding is not one
+    return b"".join(out)
+
+
+def _parse_fits(raw: bytes, path: str, max_bytes: int | None = None) -> fits.HDUList:
+    """Open FITS bytes (optionally gzipped) held in memory; ``path`` names them in every SpectrumFileError."""
     if not raw:
         raise NotFITSError(path, "empty file (0 bytes); expected a FITS file")
     if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as err:
-            raise CorruptFileError(path, f"corrupt or truncated gzip stream ({err}); expected gzipped FITS") from None
+        if max_bytes is not None:
+            raw = _gunzip(raw, path, int(max_bytes))
+        else:
+            try:
+                raw = gzip.decompress(raw)
+            except (OSError, EOFError, zlib.error) as err:
+                raise CorruptFileError(path, f"corrupt or truncated gzip stream ({err}); expected gzipped "
+                                             "FITS") from None
+    if max_bytes is not None and len(raw) > int(max_bytes):
+        raise UnsupportedFileError(path, f"{len(raw)} bytes of FITS data; expected at most {int(max_bytes)}")
     if not raw.startswith(b"SIMPLE  ="):
         head = raw[:20].decode("ascii", "replace").strip()
         raise NotFITSError(path, f"does not start with a FITS header (found {head!r}); expected 'SIMPLE  ='")

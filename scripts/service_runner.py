@@ -1,0 +1,150 @@
+"""Helpers of the service scripts (bench_service.py, load_service.py): start ``fehkit serve``, make requests.
+
+Not a benchmark itself. The spectra are SYNTHETIC (``fehkit.synth.make_benchmark``) with their noisy reference
+parameters, as an observer would have them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str | Path, workers: int = 1, port: int | None = None, extra: list[str] | None = None,
+                 env: dict[str, str] | None = None, log: Path | None = None,
+                 timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
+    """Start ``fehkit serve`` in a subprocess on loopback; return it and its base URL once /readyz answers."""
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "fehkit", "serve", "--model", str(model), "--host", "127.0.0.1", "--port",
+           str(port), "--workers", str(workers), "--log-level", "warning", *(extra or [])]
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    proc.log_file = out  # closed by stop_server
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, proc, timeout)
+    return proc, url
+
+
+def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 180.0) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"fehkit serve exited with status {proc.returncode} before it was ready")
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log = getattr(proc, "log_file", None)
+    if log not in (None, subprocess.DEVNULL):
+        log.close()
+
+
+def worker_pids(proc: subprocess.Popen) -> list[int]:
+    """The uvicorn worker processes of a ``fehkit serve --workers N`` (N > 1) started by :func:`start_server`."""
+    pids = []
+    for task in Path(f"/proc/{proc.pid}/task").iterdir():
+        try:
+            pids += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    out = []
+    for pid in pids:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmd:  # not multiprocessing's resource tracker
+            out.append(pid)
+    return sorted(out)
+
+
+def busiest(pids: list[int]) -> int:
+    """The worker holding the most sockets (client connections): the one whose death clients notice."""
+    def sockets(pid: int) -> int:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            return -1
+        n = 0
+        for fd in fds:
+            try:
+                n += os.readlink(fd).startswith("socket:")
+            except OSError:
+                pass
+        return n
+
+    return max(pids, key=sockets)
+
+
+def synthetic_requests(n: int, seed: int) -> list[dict]:
+    """``n`` SYNTHETIC spectra as JSON request bodies (fehkit.service.spectrum_payload), reference parameters."""
+    import warnings
+
+    from fehkit.errors import FehkitWarning
+    from fehkit.service import spectrum_payload
+    from fehkit.synth import make_benchmark
+    from fehkit.training import reference_params
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FehkitWarning)
+        sim = make_benchmark(n, seed=seed)
+    params = reference_params(sim.truth)
+    return [spectrum_payload(sim.batch, i, params.iloc[i]) for i in range(n)]
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    info = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "python": platform.python_version(),
+            "platform": platform.platform(), "cpus": os.cpu_count(), "load_average": list(os.getloadavg())}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return info
+
+
+def percentiles(values: list[float]) -> dict:
+    import numpy as np
+
+    v = np.asarray(values, float)
+    return {"n": int(v.size), "p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)),
+            "p99": float(np.percentile(v, 99)), "mean": float(v.mean()), "max": float(v.max())}
+
+
+def dump(obj: dict, path: Path | None) -> None:
+    text = json.dumps(obj, indent=2) + "\n"
+    if path is None:
+        return
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
