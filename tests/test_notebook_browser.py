@@ -193,6 +193,11 @@ def _shots(tmp_path: Path) -> Path:
 def _run_to_the_end(page, url: str, timeout_s: float = 240) -> list[dict]:
     """Run every cell of the notebook at ``url``; wait until all ran (or one failed); return the code cells."""
     _run_all_cells(page, url)
+    return _wait_until_done(page, timeout_s)
+
+
+def _wait_until_done(page, timeout_s: float = 240) -> list[dict]:
+    """Wait until every code cell ran (or one failed), with no cell in error; return the code cells."""
     page.wait_for_function(
         f"""() => {{ if (!({KERNEL_IDLE})()) return false;
             const cells = ({CODE_CELLS})();
@@ -351,15 +356,7 @@ def test_feh_notebook_trains_live_and_its_explorers_work_in_jupyterlab(lab, tmp_
         for i, shot in enumerate(seen[:: max(1, len(seen) // 4)]):
             (folder / f"04-loss-while-training-{i}.png").write_bytes(shot)
 
-        page.wait_for_function(
-            f"""() => {{ if (!({KERNEL_IDLE})()) return false;
-                const cells = ({CODE_CELLS})();
-                return cells.every(c => c.count !== null)
-                    || cells.some(c => c.outputs.some(o => o.output_type === 'error')); }}""",
-            timeout=240_000, polling=500)
-        cells = page.evaluate(CODE_CELLS)
-        failed = [o for c in cells for o in c["outputs"] if o["output_type"] == "error"]
-        assert not failed, "\n".join(f"{o['ename']}: {o['evalue']}" for o in failed)
+        cells = _wait_until_done(page)
         n_figures = _every_figure_draws(page, folder, FEH_NOTEBOOK.stem)
 
         # the [Fe/H] explorer: labels "<star_id> · S/N .. · true [Fe/H] ..", sorted by true [Fe/H]; textContent, not
