@@ -440,7 +440,7 @@ class CurveOfGrowth:
             def to(a: Any) -> Any:
                 return torch.as_tensor(a, dtype=torch.float64, device=dev)
 
-            coef, curves_x = pchip_coefficients_torch(self.feh, curves), curves
+            coef, curves_x = pchip_coefficients(self.feh, curves), curves
             y_x, nodes = to(y), to(self.feh)
         nf = len(self.feh)
         # the interval of each (star, line): curves are increasing in [Fe/H]
@@ -469,65 +469,48 @@ class CurveOfGrowth:
         return to(feh), to(slope)
 
 
-def pchip_coefficients(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def pchip_coefficients(x: np.ndarray, y: Any) -> Any:
     """Return the coefficients of the monotone cubic (PCHIP) through ``y`` (n, len(x), m) along axis 1.
 
     Shape (4, n, len(x) - 1, m): the numbers ``scipy.interpolate.PchipInterpolator(x, y, axis=1).c`` holds (same
     formulas in the same order: bit for bit), with the stars first and no interpolator object. Piece ``i`` of star
-    ``s`` is ``c[0] d**3 + c[1] d**2 + c[2] d + c[3]`` at ``d = x' - x[i]``.
+    ``s`` is ``c[0] d**3 + c[1] d**2 + c[2] d + c[3]`` at ``d = x' - x[i]``. ``y`` may be a torch tensor: the same
+    steps then run on its device (the torch engine's curves of growth).
     """
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    h = np.diff(x)[None, :, None]
+    x = np.asarray(x, float)
+    if isinstance(y, np.ndarray) or not hasattr(y, "device"):
+        xp, y = np, np.asarray(y, float)
+        h = np.diff(x)[None, :, None]
+    else:
+        import torch
+
+        xp = torch
+        h = torch.as_tensor(np.diff(x), dtype=y.dtype, device=y.device)[None, :, None]
     m = (y[:, 1:] - y[:, :-1]) / h                         # slope of each piece
-    d = np.zeros_like(y)                                  # derivative at each node: weighted harmonic mean
+    d = xp.zeros_like(y)                                  # derivative at each node: weighted harmonic mean
     if x.size == 2:
         d[:, 0] = d[:, 1] = m[:, 0]
     else:
         h0, h1 = h[:, :-1], h[:, 1:]
-        sign = np.sign(m)
+        sign = xp.sign(m)
         flat = (sign[:, 1:] != sign[:, :-1]) | (m[:, 1:] == 0) | (m[:, :-1] == 0)
         w1, w2 = 2 * h1 + h0, h1 + 2 * h0
         with np.errstate(divide="ignore", invalid="ignore"):
             mean = (w1 / m[:, :-1] + w2 / m[:, 1:]) / (w1 + w2)
-            d[:, 1:-1] = np.where(flat, 0.0, 1.0 / mean)
-        d[:, 0] = _pchip_end(h[0, 0, 0], h[0, 1, 0], m[:, 0], m[:, 1])
-        d[:, -1] = _pchip_end(h[0, -1, 0], h[0, -2, 0], m[:, -1], m[:, -2])
+            d[:, 1:-1] = xp.where(flat, 0.0, 1.0 / mean)
+        steps = np.diff(x)
+        d[:, 0] = _pchip_end(xp, steps[0], steps[1], m[:, 0], m[:, 1])
+        d[:, -1] = _pchip_end(xp, steps[-1], steps[-2], m[:, -1], m[:, -2])
     t = (d[:, :-1] + d[:, 1:] - 2 * m) / h
-    return np.stack((t / h, (m - d[:, :-1]) / h - t, d[:, :-1], y[:, :-1]))
+    return xp.stack((t / h, (m - d[:, :-1]) / h - t, d[:, :-1], y[:, :-1]))
 
 
-def pchip_coefficients_torch(x: np.ndarray, y: Any) -> Any:
-    """:func:`pchip_coefficients` of the torch tensor ``y`` (n, len(x), m), on its device: the same formulas."""
-    import torch
-
-    h_np = np.diff(np.asarray(x, float))
-    h = torch.as_tensor(h_np, dtype=y.dtype, device=y.device)[None, :, None]
-    m = (y[:, 1:] - y[:, :-1]) / h
-    d = torch.zeros_like(y)
-    if len(h_np) == 1:
-        d[:, 0] = d[:, 1] = m[:, 0]
-    else:
-        h0, h1 = h[:, :-1], h[:, 1:]
-        sign = torch.sign(m)
-        flat = (sign[:, 1:] != sign[:, :-1]) | (m[:, 1:] == 0) | (m[:, :-1] == 0)
-        w1, w2 = 2 * h1 + h0, h1 + 2 * h0
-        mean = (w1 / m[:, :-1] + w2 / m[:, 1:]) / (w1 + w2)
-        d[:, 1:-1] = torch.where(flat, 0.0, 1.0 / mean)
-        for end, (a, b) in ((0, (0, 1)), (-1, (-1, -2))):
-            m0, m1 = m[:, a], m[:, b]
-            g = ((2 * h_np[a] + h_np[b]) * m0 - h_np[a] * m1) / (h_np[a] + h_np[b])
-            steep = (torch.sign(m0) != torch.sign(m1)) & (g.abs() > 3.0 * m0.abs())
-            d[:, end] = torch.where(torch.sign(g) != torch.sign(m0), 0.0, torch.where(steep, 3.0 * m0, g))
-    t = (d[:, :-1] + d[:, 1:] - 2 * m) / h
-    return torch.stack((t / h, (m - d[:, :-1]) / h - t, d[:, :-1], y[:, :-1]))
-
-
-def _pchip_end(h0: float, h1: float, m0: np.ndarray, m1: np.ndarray) -> np.ndarray:
-    """One-sided three-point derivative at an end, kept monotone (as scipy's PCHIP does)."""
+def _pchip_end(xp: Any, h0: float, h1: float, m0: Any, m1: Any) -> Any:
+    """One-sided three-point derivative at an end, kept monotone (as scipy's PCHIP does); ``xp`` numpy or torch."""
     d = ((2 * h0 + h1) * m0 - h0 * m1) / (h0 + h1)
-    wrong = np.sign(d) != np.sign(m0)
-    steep = (np.sign(m0) != np.sign(m1)) & (np.abs(d) > 3.0 * np.abs(m0))
-    return np.where(wrong, 0.0, np.where(steep, 3.0 * m0, d))
+    wrong = xp.sign(d) != xp.sign(m0)
+    steep = (xp.sign(m0) != xp.sign(m1)) & (xp.abs(d) > 3.0 * xp.abs(m0))
+    return xp.where(wrong, 0.0, xp.where(steep, 3.0 * m0, d))
 
 
 def _kernels() -> Any:

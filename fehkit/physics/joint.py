@@ -27,7 +27,7 @@ import pandas as pd
 from astropy.stats import sigma_clipped_stats
 
 from fehkit.errors import FehkitWarning, GridRangeError
-from fehkit.physics.cog import ALPHA_RANGE, CurveOfGrowth, _kernels, pchip_coefficients, pchip_coefficients_torch
+from fehkit.physics.cog import ALPHA_RANGE, CurveOfGrowth, _kernels, pchip_coefficients
 from fehkit.threads import map_parts, numba_wanted
 
 #: [Fe/H] grid of the likelihood (dex): below the curve-of-growth grid (-5) the lines are on the linear part.
@@ -543,7 +543,7 @@ def _search_torch(ew: np.ndarray, err: np.ndarray, use: np.ndarray, teff: np.nda
     dev = torch.device(device)
     f64 = torch.float64
     curves = cog.curves(teff, logg, vmic, alpha, lines, device=dev)       # (n, F, L) log10 EW at the nodes
-    coef = pchip_coefficients_torch(cog.feh, curves)                      # (4, n, F - 1, L)
+    coef = pchip_coefficients(cog.feh, curves)                      # (4, n, F - 1, L)
     piece, s, on_grid = _grid_pieces(cog.feh)
     piece_t = torch.as_tensor(piece, device=dev)
     s_t = torch.as_tensor(s, dtype=f64, device=dev)[None, :, None]
