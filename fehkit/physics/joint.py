@@ -568,36 +568,11 @@ def _search_torch(ew: np.ndarray, err: np.ndarray, use: np.ndarray, teff: np.nda
     out = {"k": k, "best": value[rows, k], "near": near}
     if full:
         delta = value - out["best"][:, None]
-        out["lo1"], out["hi1"] = _crossing_torch(delta, k, 1.0)
-        out["hi9"] = _crossing_torch(delta, k, 9.0)[1]
+        out["lo1"], out["hi1"] = _crossing(delta, k, 1.0)
+        out["hi9"] = _crossing(delta, k, 9.0)[1]
         out["chi2"] = torch.where(use_t[:, 0], (e[:, 0] - model[rows, k]) ** 2 / var[rows, k], 0.0).sum(dim=1)
     return {key: v.cpu().numpy() for key, v in out.items()}
 
-
-def _crossing_torch(delta: Any, k: Any, level: float) -> tuple[Any, Any]:
-    """:func:`_crossing` on torch tensors: [Fe/H] either side of the minimum where ``delta`` first reaches ``level``."""
-    import torch
-
-    n, g = delta.shape
-    dev = delta.device
-    grid = torch.as_tensor(FEH_GRID, dtype=delta.dtype, device=dev)
-    idx = torch.arange(g, device=dev)[None, :]
-    above = delta >= level
-    left = torch.where(above & (idx < k[:, None]), idx, -1).amax(dim=1)
-    right = torch.where(above & (idx > k[:, None]), idx, g).amin(dim=1)
-    rows = torch.arange(n, device=dev)
-
-    def interp(i_out: Any, i_in: Any, edge: float) -> Any:
-        ok = (i_out >= 0) & (i_out < g)
-        io = torch.clamp(i_out, 0, g - 1)
-        d_out, d_in = delta[rows, io], delta[rows, i_in]
-        t = torch.where(d_out > d_in, (level - d_in) / torch.where(d_out > d_in, d_out - d_in, 1.0), 0.0)
-        x = grid[i_in] + t * (grid[io] - grid[i_in])
-        return torch.where(ok, x, edge)
-
-    lo = interp(left, torch.clamp(left + 1, 0, g - 1), float(FEH_GRID[0]))
-    hi = interp(right, torch.clamp(right - 1, 0, g - 1), float(FEH_GRID[-1]))
-    return lo, hi
 
 def _grid_pieces(feh: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """PCHIP piece of each :data:`FEH_GRID` point, its offset in the piece and whether it is on the grid, as _Table."""
@@ -621,26 +596,35 @@ def _inputs(ew_mA: Any, ew_err_mA: Any, usable: Any, cog: CurveOfGrowth,
     return ew, err, usable & np.isfinite(ew) & np.isfinite(err) & (err > 0)
 
 
-def _crossing(delta: np.ndarray, k: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """[Fe/H] below and above the minimum where ``delta`` first reaches ``level`` (grid ends if never)."""
-    n, g = delta.shape
-    idx = np.arange(g)[None, :]
-    above = delta >= level
-    left = np.where(above & (idx < k[:, None]), idx, -1).max(axis=1)
-    right = np.where(above & (idx > k[:, None]), idx, g).min(axis=1)
-    rows = np.arange(n)
+def _crossing(delta: Any, k: Any, level: float) -> tuple[Any, Any]:
+    """[Fe/H] below and above the minimum where ``delta`` first reaches ``level`` (grid ends if never).
 
-    def interp(i_out: np.ndarray, i_in: np.ndarray, edge: float) -> np.ndarray:
+    NumPy arrays, or torch tensors (the torch engine): the same steps on the tensors' device.
+    """
+    n, g = delta.shape
+    if isinstance(delta, np.ndarray):
+        xp, grid, idx, rows = np, FEH_GRID, np.arange(g)[None, :], np.arange(n)
+    else:
+        import torch
+
+        xp, dev = torch, delta.device
+        grid = torch.as_tensor(FEH_GRID, dtype=delta.dtype, device=dev)
+        idx, rows = torch.arange(g, device=dev)[None, :], torch.arange(n, device=dev)
+    above = delta >= level
+    left = xp.amax(xp.where(above & (idx < k[:, None]), idx, -1), axis=1)
+    right = xp.amin(xp.where(above & (idx > k[:, None]), idx, g), axis=1)
+
+    def interp(i_out: Any, i_in: Any, edge: float) -> Any:
         ok = (i_out >= 0) & (i_out < g)
-        io = np.clip(i_out, 0, g - 1)
+        io = xp.clip(i_out, 0, g - 1)
         d_out, d_in = delta[rows, io], delta[rows, i_in]
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.where(d_out > d_in, (level - d_in) / (d_out - d_in), 0.0)
-        x = FEH_GRID[i_in] + t * (FEH_GRID[io] - FEH_GRID[i_in])
-        return np.where(ok, x, edge)
+            t = xp.where(d_out > d_in, (level - d_in) / (d_out - d_in), 0.0)
+        x = grid[i_in] + t * (grid[io] - grid[i_in])
+        return xp.where(ok, x, edge)
 
-    lo = interp(left, np.clip(left + 1, 0, g - 1), FEH_GRID[0])
-    hi = interp(right, np.clip(right - 1, 0, g - 1), FEH_GRID[-1])
+    lo = interp(left, xp.clip(left + 1, 0, g - 1), float(FEH_GRID[0]))
+    hi = interp(right, xp.clip(right - 1, 0, g - 1), float(FEH_GRID[-1]))
     return lo, hi
 
 
