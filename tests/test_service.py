@@ -26,7 +26,6 @@ import pytest
 from astropy.io import fits
 
 from fehkit.cli import main
-from fehkit.errors import FehkitWarning
 from fehkit.examples import example_paths
 from fehkit.io import read_apogee
 from fehkit.models.ensemble import FeHEnsemble
@@ -34,22 +33,15 @@ from fehkit.service import ServiceSettings, create_app, spectrum_payload
 from fehkit.spectra import APSTAR_NPIX
 from fehkit.synth import make_benchmark
 from fehkit.training import predict_spectra, reference_params, spectra_features
+from tests.test_infer import SMALL, _quiet
 
 with warnings.catch_warnings():  # starlette's test client asks for httpx2; httpx works the same here
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-SMALL = dict(rf={"n_estimators": 40, "max_depth": 10}, xgb={"n_estimators": 60}, dnn={"max_epochs": 20,
-             "hidden": (32, 16)}, n_folds=3)
 MAX_BODY_MB = 4
 MAX_BATCH = 5
 NUMBERS = ("feh", "feh_err", "feh_upper", "feh_cog", "feh_sys")
-
-
-def _quiet(f, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FehkitWarning)
-        return f(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")
