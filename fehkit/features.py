@@ -192,23 +192,27 @@ def build_features(
     if caught:
         warnings.warn(str(caught[0].message), FehkitWarning, stacklevel=2)
 
-    stars = pd.DataFrame({"star_id": np.asarray(ew.star_id).astype(str)})
+    # the per-star table, column by column, built once (assembling it frame by frame costs more than the search
+    # itself for one star)
+    per_star: dict[str, Any] = {"star_id": np.asarray(ew.star_id).astype(str)}
     for k in ("teff", "logg", "vmic", "alpha_fe"):
-        stars[k] = p[k].to_numpy(float)
+        per_star[k] = p[k].to_numpy(float)
     for k in ("teff", "logg", "vmic"):
-        stars[f"{k}_err"] = perr[k]
+        per_star[f"{k}_err"] = perr[k]
     if snr is not None:
-        stars["snr"] = np.asarray(snr, float)
-    stars = pd.concat([stars, joint, median], axis=1)
-    stars["feh_cog_err_param"] = perr_feh
-    stars["feh_cog_err_total"] = np.hypot(stars["feh_cog_err"], perr_feh)
-    stars = pd.concat([stars, shifts], axis=1)
-    stars["n_lines"] = (flag == FLAGS.index("ok")).sum(axis=1)
+        per_star["snr"] = np.asarray(snr, float)
+    per_star.update(_columns(joint))
+    per_star.update(_columns(median))
+    per_star["feh_cog_err_param"] = perr_feh
+    per_star["feh_cog_err_total"] = np.hypot(per_star["feh_cog_err"], perr_feh)
+    per_star.update(_columns(shifts))
+    per_star["n_lines"] = (flag == FLAGS.index("ok")).sum(axis=1)
     # where the classical method leaned on the grid: parameters clipped to its edge, filled (extrapolated) nodes
-    stars["cog_clipped"] = cog.clipped(*args)
-    stars["cog_filled"] = filled
+    per_star["cog_clipped"] = cog.clipped(*args)
+    per_star["cog_filled"] = filled
     if sysd is not None:
-        stars = pd.concat([stars, sysd], axis=1)
+        per_star.update(_columns(sysd))
+    stars = pd.DataFrame(per_star, copy=False)
 
     cols: dict[str, np.ndarray] = {}
     state = np.where(flag == FLAGS.index("blend_suspect"), STATE_BLEND,
@@ -230,15 +234,20 @@ def build_features(
     for k in include_params:
         if k not in ("teff", "logg", "vmic"):
             raise FeatureError(f"include_params: {k!r} is not a stellar parameter; expected teff, logg or vmic")
-        cols[k] = stars[k].to_numpy(float)
+        cols[k] = np.asarray(per_star[k], float)
     for k in STAR_FEATURES:
-        cols[k] = stars[k].to_numpy(float)
+        cols[k] = np.asarray(per_star[k], float)
     names = list(cols)
     X = np.column_stack([cols[n] for n in names]).astype(np.float32)
     X[~np.isfinite(X)] = np.nan
     info = {"log_ew": log_ew, "include_params": list(include_params), "lines": [float(w) for w in
                                                                                  ew.lines["wave_vac"]]}
     return Features(X, names, stars, info, ew)
+
+
+def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """A frame's columns as arrays, by name."""
+    return {k: frame[k].to_numpy() for k in frame.columns}
 
 
 def joint_usable(ew: EWTable) -> np.ndarray:

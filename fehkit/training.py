@@ -267,10 +267,11 @@ def predict_features(ens: FeHEnsemble, feats: Features, *, member_predictor: Any
     the features' per-star table; what :func:`predict_spectra` returns after measuring the spectra.
     """
     pred = ens.predict(feats, member_predictor=member_predictor)
-    pred.insert(0, "star_id", feats.stars["star_id"].to_numpy())
-    pred["feh_sys"] = feats.stars["feh_sys"].to_numpy() if "feh_sys" in feats.stars else np.nan
-    pred["n_lines"] = feats.stars["n_lines"].to_numpy()
-    return pred[list(PREDICT_COLUMNS)]
+    stars = feats.stars
+    cols = {"star_id": stars["star_id"].to_numpy(),
+            "feh_sys": stars["feh_sys"].to_numpy() if "feh_sys" in stars else np.full(len(pred), np.nan),
+            "n_lines": stars["n_lines"].to_numpy()}
+    return pd.DataFrame({c: cols[c] if c in cols else pred[c].to_numpy() for c in PREDICT_COLUMNS}, copy=False)
 
 
 def training_hash(X: np.ndarray, y: Any) -> str:

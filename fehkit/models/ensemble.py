@@ -338,28 +338,26 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
             return pd.DataFrame({c: pd.Series(dtype=object if c.startswith("flag") else float)
                                  for c in PREDICT_COLUMNS})
         base = self._base(Xa)
-        out = pd.DataFrame(index=range(len(Xa)))
         raw = member_predictor(Xa) if member_predictor is not None else \
             {m: est.predict(Xa) for m, est in self.members_.items()}
         preds = {m: base + np.asarray(raw[m], float) for m in self.members_}
-        out["feh"] = fuse(preds, self.weights_)
-        out["feh_err"] = self._feh_err(Xa)
+        # the columns as arrays, the frame built once at the end (column by column costs more than a small batch)
+        out: dict[str, np.ndarray] = {"feh": fuse(preds, self.weights_), "feh_err": self._feh_err(Xa)}
         upper = ~self._detected(Xa)
         # no usable line at all: nothing measured and nothing excluded (no limit either)
         none = np.nan_to_num(self._column(Xa, N_LINES_FEATURE)) == 0 if N_LINES_FEATURE in expected else \
             np.zeros(len(Xa), bool)
         out["feh_upper"] = np.where(upper & ~none, Xa[:, self._index(UPPER_FEATURE)], np.nan)
         for m in MEMBERS:
-            out[f"feh_{m}"] = preds.get(m, np.nan)
+            out[f"feh_{m}"] = preds.get(m, np.full(len(Xa), np.nan))
         out["feh_cog"] = self._column(Xa, BASE_FEATURE)
         stars = getattr(X, "stars", None)
         out["flag"], out["flag_reason"] = prediction_flags(
             self.domain_, Xa, names, stars if isinstance(stars, pd.DataFrame) and len(stars) == len(Xa) else None,
-            feh=out["feh"].to_numpy(float), feh_cog=out["feh_cog"].to_numpy(float),
-            signal=self._column(Xa, SIGNAL_FEATURE), detected=~upper & ~none, no_usable=none,
-            detection_sigma=self.detection_sigma)
+            feh=out["feh"], feh_cog=out["feh_cog"], signal=self._column(Xa, SIGNAL_FEATURE), detected=~upper & ~none,
+            no_usable=none, detection_sigma=self.detection_sigma)
         out["feh"] = np.where(upper, np.nan, out["feh"])  # an upper limit (or no line) has no value: feh_upper
-        return out
+        return pd.DataFrame(out, copy=False)
 
     def permutation_predictions(self, X: Any, *, feature_names: Sequence[str] | None = None,
                                 seed: int = 0) -> dict[str, dict[str, np.ndarray]]:

@@ -144,9 +144,10 @@ def _joint(ew_mA: Any, ew_err_mA: Any, usable: Any, teff: Any, logg: Any, vmic: 
                              *(p[s:s + chunk] for p in params), cog, lines, model_fraction, model_floor_mA, full)
                 for s in range(0, n, chunk)]
     names = [c for c in JOINT_COLUMNS if c != "cog_detected" and (full or c in _SHORT_COLUMNS)]
-    out = pd.DataFrame({k: np.concatenate([r[k] for r in rows]) if rows else np.array([]) for k in names})
-    out.insert(names.index("cog_n_lines"), "cog_detected", out["cog_signal_sigma"].to_numpy() >= detection_sigma)
-    return out
+    cols = {k: (np.concatenate([r[k] for r in rows]) if len(rows) > 1 else rows[0][k]) if rows else np.array([])
+            for k in names}
+    cols["cog_detected"] = cols["cog_signal_sigma"] >= detection_sigma
+    return pd.DataFrame({k: cols[k] for k in JOINT_COLUMNS if k in cols}, copy=False)
 
 
 def parameter_error(
