@@ -23,7 +23,7 @@ from fehkit.display import html_summary, text_summary
 from fehkit.errors import FehkitError, FehkitWarning, InputTableError
 from fehkit.ew import FLAGS, EWTable
 from fehkit.physics.cog import CurveOfGrowth
-from fehkit.physics.joint import joint_abundance, parameter_error, per_line_median, physics_systematic
+from fehkit.physics.joint import _joint, _parameter_shifts, _per_line_median, _physics_systematic
 
 #: Typical 1-sigma errors of survey Teff, log g and vmic, used when the parameter table has no error columns.
 DEFAULT_PARAM_ERRORS: dict[str, float] = {"teff": 100.0, "logg": 0.2, "vmic": 0.2}
@@ -180,13 +180,14 @@ def build_features(
             p["alpha_fe"].to_numpy(float))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FehkitWarning)
-        joint = joint_abundance(value, err, clean, *args, cog=cog, lines=lines, device=device)
-        perr_feh, shifts = parameter_error(value, err, clean, *args, errors=perr, cog=cog, lines=lines, base=joint,
-                                           device=device)
-        median = per_line_median(value, err, clean, *args, cog=cog, lines=lines, device=device)
-        sysd = physics_systematic(value, err, clean, *args, reference=cog, lines=lines, base=joint, device=device)[
-            ["feh_sys", "feh_sys_clipped"]] if systematic else None
-        feh = joint["feh_cog"].to_numpy(float)
+        # the columns as arrays: the per-star frame is built once, below
+        joint = _joint(value, err, clean, *args, cog=cog, lines=lines, device=device)
+        perr_feh, shifts = _parameter_shifts(value, err, clean, *args, errors=perr, cog=cog, lines=lines, base=joint,
+                                             device=device)
+        median = _per_line_median(value, err, clean, *args, cog=cog, lines=lines, device=device)
+        sysd = _physics_systematic(value, err, clean, *args, reference=cog, lines=lines, base=joint,
+                                   device=device) if systematic else None
+        feh = np.asarray(joint["feh_cog"], float)
         has_feh = np.isfinite(feh)
         filled = cog.touches_filled(args[0], args[1], np.where(has_feh, feh, cog.feh[0]), args[2], args[3]) & has_feh
     if caught:
@@ -201,17 +202,17 @@ def build_features(
         per_star[f"{k}_err"] = perr[k]
     if snr is not None:
         per_star["snr"] = np.asarray(snr, float)
-    per_star.update(_columns(joint))
-    per_star.update(_columns(median))
+    per_star.update(joint)
+    per_star.update(median)
     per_star["feh_cog_err_param"] = perr_feh
     per_star["feh_cog_err_total"] = np.hypot(per_star["feh_cog_err"], perr_feh)
-    per_star.update(_columns(shifts))
+    per_star.update(shifts)
     per_star["n_lines"] = (flag == FLAGS.index("ok")).sum(axis=1)
     # where the classical method leaned on the grid: parameters clipped to its edge, filled (extrapolated) nodes
     per_star["cog_clipped"] = cog.clipped(*args)
     per_star["cog_filled"] = filled
     if sysd is not None:
-        per_star.update(_columns(sysd))
+        per_star.update({k: sysd[k] for k in ("feh_sys", "feh_sys_clipped")})
     stars = pd.DataFrame(per_star, copy=False)
 
     cols: dict[str, np.ndarray] = {}
@@ -243,11 +244,6 @@ def build_features(
     info = {"log_ew": log_ew, "include_params": list(include_params), "lines": [float(w) for w in
                                                                                  ew.lines["wave_vac"]]}
     return Features(X, names, stars, info, ew)
-
-
-def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """A frame's columns as arrays, by name."""
-    return {k: frame[k].to_numpy() for k in frame.columns}
 
 
 def joint_usable(ew: EWTable) -> np.ndarray:

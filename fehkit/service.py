@@ -886,10 +886,11 @@ def _spectra(specs: Sequence[SpectrumJSON]) -> tuple[SpectrumBatch, pd.DataFrame
     # a spectrum without a usable pixel is valid input: its answer is the flag no_usable_lines
     mask |= (bits & bad_bits_value()) != 0
     ids = [s.star_id or "star" for s in specs]
-    meta = pd.DataFrame({"star_id": pd.Series(ids, dtype=object), "file": "json"})
+    columns: dict[str, Any] = {"star_id": pd.Series(ids, dtype=object), "file": "json"}
     snr = [s.snr for s in specs]
     if any(v is not None for v in snr):
-        meta["snr"] = np.array([np.nan if v is None else v for v in snr], float)
+        columns["snr"] = np.array([np.nan if v is None else v for v in snr], float)
+    meta = pd.DataFrame(columns)
     batch = SpectrumBatch(_WAVE, flux, ivar, mask, meta, bitmask=bits)
     return batch, _params_frame([s.model_dump(include=set(StellarParameters.model_fields)) for s in specs])
 

@@ -266,12 +266,14 @@ def predict_features(ens: FeHEnsemble, feats: Features, *, member_predictor: Any
     The ensemble's predictions with the star ids, the code-to-code systematic ``feh_sys`` and ``n_lines`` from
     the features' per-star table; what :func:`predict_spectra` returns after measuring the spectra.
     """
-    pred = ens.predict(feats, member_predictor=member_predictor)
+    cols = ens._prediction_columns(feats, member_predictor=member_predictor)
+    if cols is None:  # no stars: predict's empty columns
+        cols = {c: v.to_numpy() for c, v in ens.predict(feats).items()}
     stars = feats.stars
-    cols = {"star_id": stars["star_id"].to_numpy(),
-            "feh_sys": stars["feh_sys"].to_numpy() if "feh_sys" in stars else np.full(len(pred), np.nan),
-            "n_lines": stars["n_lines"].to_numpy()}
-    return pd.DataFrame({c: cols[c] if c in cols else pred[c].to_numpy() for c in PREDICT_COLUMNS}, copy=False)
+    cols["star_id"] = stars["star_id"].to_numpy()
+    cols["feh_sys"] = stars["feh_sys"].to_numpy() if "feh_sys" in stars else np.full(len(stars), np.nan)
+    cols["n_lines"] = stars["n_lines"].to_numpy()
+    return pd.DataFrame({c: cols[c] for c in PREDICT_COLUMNS}, copy=False)
 
 
 def training_hash(X: np.ndarray, y: Any) -> str:

@@ -281,7 +281,7 @@ def test_the_search_finds_the_whole_grid_minimum_and_crossings(cog):
     assert (out["cog_at_grid_edge"].to_numpy() == ((k == FEH_GRID.size - 1) & has)).all()
     # the short search (parameter shifts, second physics) finds the same minimum
     short = _joint(ew, err, usable, teff, logg, vmic, 0.4, cog=cog, full=False)
-    pd.testing.assert_frame_equal(short, out[list(short.columns)])
+    pd.testing.assert_frame_equal(pd.DataFrame(short), out[list(short)])
 
 
 def test_parameter_error_in_one_batch_equals_one_shift_at_a_time(cog):

@@ -203,7 +203,8 @@ def measure_ew(
                      detection_sigma=detection_sigma, mc_draws=mc_draws, systematic_mA=systematic_mA,
                      telluric_sigma=telluric_sigma, seed=seed, resolution=resolution, half_width=half_width,
                      chunk=chunk)
-    lines = (_packaged_lines().copy() if lines is None else lines).reset_index(drop=True)
+    packaged = lines is None
+    lines = (_packaged_lines().copy() if packaged else lines).reset_index(drop=True)
     if batch.flux_unit != "":
         batch = normalize(batch, lines=lines).batch
     n = batch.n_spectra
@@ -213,7 +214,7 @@ def measure_ew(
     dx = (batch.wave[idx] - lam0[:, None]).astype(np.float32)                       # (L, W)
     core = np.abs(dx) <= 2.5 * 0.3                                                  # +-2.5 LSF sigma
     sig_exp, gam = expected_widths(lam0, params, n, resolution)                    # (n, L)
-    static_blend = static_blends(lines)
+    static_blend = _packaged_static_blends() if packaged else static_blends(lines)
     rng = np.random.default_rng(seed)
 
     def block(sl: slice) -> dict[str, np.ndarray]:
@@ -255,6 +256,14 @@ def measure_ew(
 def _packaged_lines() -> pd.DataFrame:
     """Return the packaged line list, read and checked once per process (callers take a copy)."""
     return load_linelist()
+
+
+@lru_cache(maxsize=1)
+def _packaged_static_blends() -> np.ndarray:
+    """Return :func:`static_blends` of the packaged line list, computed once per process (read-only)."""
+    out = static_blends(_packaged_lines())
+    out.flags.writeable = False
+    return out
 
 
 def static_blends(lines: pd.DataFrame, sigma: float = 0.30, threshold: float = 0.05) -> np.ndarray:

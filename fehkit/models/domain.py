@@ -217,9 +217,8 @@ def _grid_columns(values: dict[str, np.ndarray], stars: pd.DataFrame | None,
     """Per star: the joint likelihood at the grid's top, what was clipped to the grid, whether filled nodes count."""
     n = len(feh_cog)
     if stars is not None and {"cog_at_grid_edge", "cog_clipped", "cog_filled"} <= set(stars):
-        return (stars["cog_at_grid_edge"].fillna(False).to_numpy(bool),
-                stars["cog_clipped"].fillna("").astype(str).to_numpy(object),
-                stars["cog_filled"].fillna(False).to_numpy(bool))
+        return (_bools(stars["cog_at_grid_edge"]), stars["cog_clipped"].fillna("").astype(str).to_numpy(object),
+                _bools(stars["cog_filled"]))
     from fehkit.physics.cog import CurveOfGrowth
     from fehkit.physics.joint import FEH_GRID
 
@@ -240,6 +239,11 @@ def _grid_columns(values: dict[str, np.ndarray], stars: pd.DataFrame | None,
             touch = cog.touches_filled(sub[0], sub[1], np.where(fin, feh_cog[ok], cog.feh[0]), sub[2], sub[3])
         filled[ok] = touch & fin
     return at_edge, clipped, filled
+
+
+def _bools(col: pd.Series) -> np.ndarray:
+    """Return a column of flags as bools, missing ones False."""
+    return col.to_numpy(bool) if col.dtype.kind == "b" else col.fillna(False).to_numpy(bool)
 
 
 def _distance_inputs(Xa: np.ndarray, names: list[str], feats: list[str]) -> np.ndarray:

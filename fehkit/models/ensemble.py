@@ -329,14 +329,23 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
         ``predict`` returns): :func:`fehkit.infer.infer` passes the members run as torch tensors on a device;
         the fusion, errors and flags are the same code either way.
         """
+        out = self._prediction_columns(X, feature_names=feature_names, member_predictor=member_predictor)
+        if out is None:
+            return pd.DataFrame({c: pd.Series(dtype=object if c.startswith("flag") else float)
+                                 for c in PREDICT_COLUMNS})
+        return pd.DataFrame(out, copy=False)
+
+    def _prediction_columns(self, X: Any, *, feature_names: Sequence[str] | None = None,
+                            member_predictor: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None = None,
+                            ) -> dict[str, np.ndarray] | None:
+        """Run :meth:`predict`; its columns as arrays, by name (None for no stars)."""
         check_fitted(self, _FITTED, "call fit(X, y) or FeHEnsemble.load(folder)")
         expected = list(self.feature_names_in_)
         # a Features or DataFrame brings its own names (checked, order included); a plain array gets the model's
         Xa, names = _matrix(X, expected if feature_names is None else feature_names)
         _check_predict_input(Xa, names, expected)
         if len(Xa) == 0:
-            return pd.DataFrame({c: pd.Series(dtype=object if c.startswith("flag") else float)
-                                 for c in PREDICT_COLUMNS})
+            return None
         base = self._base(Xa)
         raw = member_predictor(Xa) if member_predictor is not None else \
             {m: est.predict(Xa) for m, est in self.members_.items()}
@@ -357,7 +366,7 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
             feh=out["feh"], feh_cog=out["feh_cog"], signal=self._column(Xa, SIGNAL_FEATURE), detected=~upper & ~none,
             no_usable=none, detection_sigma=self.detection_sigma)
         out["feh"] = np.where(upper, np.nan, out["feh"])  # an upper limit (or no line) has no value: feh_upper
-        return pd.DataFrame(out, copy=False)
+        return out
 
     def permutation_predictions(self, X: Any, *, feature_names: Sequence[str] | None = None,
                                 seed: int = 0) -> dict[str, dict[str, np.ndarray]]:

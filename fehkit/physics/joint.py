@@ -115,18 +115,19 @@ def joint_abundance(
     >>> np.round(out["feh_cog"].to_numpy(), 2).tolist(), out["cog_detected"].tolist()
     ([-2.0, -3.0], [True, True])
     """
-    return _joint(ew_mA, ew_err_mA, usable, teff, logg, vmic, alpha_fe, cog=cog or CurveOfGrowth.load(), lines=lines,
-                  model_fraction=model_fraction, model_floor_mA=model_floor_mA, detection_sigma=detection_sigma,
-                  chunk=chunk, device=device)
+    return pd.DataFrame(_joint(ew_mA, ew_err_mA, usable, teff, logg, vmic, alpha_fe, cog=cog or CurveOfGrowth.load(),
+                               lines=lines, model_fraction=model_fraction, model_floor_mA=model_floor_mA,
+                               detection_sigma=detection_sigma, chunk=chunk, device=device), copy=False)
 
 
 def _joint(ew_mA: Any, ew_err_mA: Any, usable: Any, teff: Any, logg: Any, vmic: Any, alpha_fe: Any, *,
            cog: CurveOfGrowth, lines: np.ndarray | None = None, model_fraction: float = MODEL_FRACTION,
            model_floor_mA: float = MODEL_FLOOR_MA, detection_sigma: float = 3.0, chunk: int = 1024,
-           full: bool = True, device: str | None = None) -> pd.DataFrame:
+           full: bool = True, device: str | None = None) -> dict[str, np.ndarray]:
     """Run :func:`joint_abundance`; without ``full``, only its :data:`_SHORT_COLUMNS` (a cheaper search).
 
-    The parameter shifts and the second physics need only the maximum-likelihood [Fe/H] and the detection.
+    Returns the columns as arrays, by name, in the frame's order. The parameter shifts and the second physics need
+    only the maximum-likelihood [Fe/H] and the detection.
     """
     ew, err, use = _inputs(ew_mA, ew_err_mA, usable, cog, lines)
     n = ew.shape[0]
@@ -147,7 +148,7 @@ def _joint(ew_mA: Any, ew_err_mA: Any, usable: Any, teff: Any, logg: Any, vmic: 
     cols = {k: (np.concatenate([r[k] for r in rows]) if len(rows) > 1 else rows[0][k]) if rows else np.array([])
             for k in names}
     cols["cog_detected"] = cols["cog_signal_sigma"] >= detection_sigma
-    return pd.DataFrame({k: cols[k] for k in JOINT_COLUMNS if k in cols}, copy=False)
+    return {k: cols[k] for k in JOINT_COLUMNS if k in cols}
 
 
 def parameter_error(
@@ -170,6 +171,16 @@ def parameter_error(
     per parameter (``dfeh_teff``, ``dfeh_logg``, ``dfeh_vmic``, dex per 1-sigma). ``errors`` maps teff, logg,
     vmic to their 1-sigma errors (scalars or one per star). ``base`` is the unperturbed result, if known.
     """
+    perr, shifts = _parameter_shifts(ew_mA, ew_err_mA, usable, teff, logg, vmic, alpha_fe, errors=errors, cog=cog,
+                                     base=base, **kwargs)
+    return perr, pd.DataFrame(shifts, copy=False)
+
+
+def _parameter_shifts(ew_mA: Any, ew_err_mA: Any, usable: Any, teff: Any, logg: Any, vmic: Any, alpha_fe: Any, *,
+                      errors: Mapping[str, Any], cog: CurveOfGrowth | None = None,
+                      base: Mapping[str, Any] | pd.DataFrame | None = None,
+                      **kwargs: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Run :func:`parameter_error`; the shifts as arrays, by name."""
     cog = cog or CurveOfGrowth.load()
     ew = np.atleast_2d(np.asarray(ew_mA, float))
     n = ew.shape[0]
@@ -184,9 +195,8 @@ def parameter_error(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FehkitWarning)  # a shifted star may leave the grid: clipped
         res = _joint(*tiled, *moved, np.tile(p[3], 3), cog=cog, full=False, **kwargs)
-    feh = res["feh_cog"].to_numpy().reshape(3, n) - base["feh_cog"].to_numpy()
-    d = pd.DataFrame({f"dfeh_{name}": feh[j] for j, name in enumerate(names)})
-    return np.sqrt((d.to_numpy() ** 2).sum(axis=1)), d
+    feh = res["feh_cog"].reshape(3, n) - np.asarray(base["feh_cog"], float)
+    return np.sqrt((feh ** 2).sum(axis=0)), {f"dfeh_{name}": feh[j] for j, name in enumerate(names)}
 
 
 def per_line_median(
@@ -211,6 +221,15 @@ def per_line_median(
     over sqrt(n), or the single line's error) and ``cog_median_n_lines``. With a torch ``device`` the inversions
     run there (:meth:`CurveOfGrowth.abundance`); the clipped median of the (n_stars, n_lines) values stays NumPy.
     """
+    return pd.DataFrame(_per_line_median(ew_mA, ew_err_mA, usable, teff, logg, vmic, alpha_fe, cog=cog, lines=lines,
+                                         detection_sigma=detection_sigma, clip_sigma=clip_sigma, device=device),
+                        copy=False)
+
+
+def _per_line_median(ew_mA: Any, ew_err_mA: Any, usable: Any, teff: Any, logg: Any, vmic: Any, alpha_fe: Any, *,
+                     cog: CurveOfGrowth | None = None, lines: np.ndarray | None = None, detection_sigma: float = 3.0,
+                     clip_sigma: float = 3.0, device: str | None = None) -> dict[str, np.ndarray]:
+    """Run :func:`per_line_median`; the columns as arrays, by name."""
     cog = cog or CurveOfGrowth.load()
     ew = np.atleast_2d(np.asarray(ew_mA, float))
     err = np.atleast_2d(np.asarray(ew_err_mA, float))
@@ -228,8 +247,8 @@ def per_line_median(
     std = np.asarray(np.ma.filled(std, np.nan), float)
     single = np.nanmin(np.where(np.isfinite(feh), feh_err, np.inf), axis=1)
     spread = np.where(n_ok > 1, std / np.sqrt(np.maximum(n_ok, 1)), np.where(n_ok == 1, single, np.nan))
-    return pd.DataFrame({"feh_cog_median": np.where(n_ok > 0, median, np.nan), "feh_cog_median_err": spread,
-                         "cog_median_n_lines": n_ok})
+    return {"feh_cog_median": np.where(n_ok > 0, median, np.nan), "feh_cog_median_err": spread,
+            "cog_median_n_lines": n_ok}
 
 
 def likelihood_profile(
@@ -678,6 +697,14 @@ def physics_systematic(
     >>> bool(np.all((out["feh_sys"] > 0) & (out["feh_sys"] < 0.1)))
     True
     """
+    return pd.DataFrame(_physics_systematic(ew_mA, ew_err_mA, usable, teff, logg, vmic, alpha_fe, reference=reference,
+                                            alternative=alternative, base=base, **kwargs), copy=False)
+
+
+def _physics_systematic(ew_mA: Any, ew_err_mA: Any, usable: Any, teff: Any, logg: Any, vmic: Any, alpha_fe: Any, *,
+                        reference: CurveOfGrowth | None = None, alternative: CurveOfGrowth | None = None,
+                        base: Mapping[str, Any] | pd.DataFrame | None = None, **kwargs: Any) -> dict[str, np.ndarray]:
+    """Run :func:`physics_systematic`; the columns as arrays, by name."""
     ref = reference or CurveOfGrowth.load("moog")
     alt = alternative or CurveOfGrowth.load("sme")
     ew = np.atleast_2d(np.asarray(ew_mA, float))
@@ -693,13 +720,13 @@ def physics_systematic(
         np.clip(p, lo, hi, out=p)
     # the reference fit: reused from base where the parameters are the given ones, the rest refitted
     redo = np.ones(n, bool) if base is None else np.any([p != q for p, q in zip(params, given, strict=True)], axis=0)
-    fa = np.full(n, np.nan) if base is None else base["feh_cog"].to_numpy(float).copy()
-    det_a = np.zeros(n, bool) if base is None else base["cog_detected"].to_numpy(bool).copy()
+    fa = np.full(n, np.nan) if base is None else np.array(base["feh_cog"], float)
+    det_a = np.zeros(n, bool) if base is None else np.array(base["cog_detected"], bool)
     if redo.any():
         a = _joint(ew[redo], err[redo], use[redo], *(p[redo] for p in params), cog=ref, full=False, **kwargs)
-        fa[redo], det_a[redo] = a["feh_cog"].to_numpy(), a["cog_detected"].to_numpy()
+        fa[redo], det_a[redo] = a["feh_cog"], a["cog_detected"]
     b = _joint(ew, err, use, *params, cog=alt, full=False, **kwargs)
-    both = det_a & b["cog_detected"].to_numpy()
-    fb = b["feh_cog"].to_numpy()
-    return pd.DataFrame({"feh_sys": np.where(both, np.abs(fa - fb), np.nan), "feh_cog_ref": fa, "feh_cog_alt": fb,
-                         "feh_sys_clipped": clipped})
+    both = det_a & b["cog_detected"]
+    fb = b["feh_cog"]
+    return {"feh_sys": np.where(both, np.abs(fa - fb), np.nan), "feh_cog_ref": fa, "feh_cog_alt": fb,
+            "feh_sys_clipped": clipped}
