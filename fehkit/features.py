@@ -220,18 +220,19 @@ def build_features(
                      np.where(flag == FLAGS.index("ok"), STATE_DETECTED, STATE_UPPER))
     sigma = getattr(ew, "detection_sigma", 3.0)
     upper = np.maximum(value, 0.0) + sigma * err
+    # each per-line feature for all lines at once, (n_stars, n_lines); a column per line below
+    per_line = {"ew": np.where(measured, value, np.nan), "ew_err": np.where(measured, err, np.nan),
+                "ew_sig": np.where(measured, value / np.where(measured, err, 1.0), np.nan),
+                "ew_upper": np.where(measured, upper, np.nan), "state": np.where(measured, state, np.nan)}
+    if log_ew:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shown = np.where(state == STATE_UPPER, upper, value)
+            per_line["log_ew"] = np.where(measured & (shown > 0), np.log10(shown), np.nan)
     for j, wave in enumerate(ew.lines["wave_vac"].to_numpy()):
         tag = f"{wave:.2f}"
-        ok = measured[:, j]
-        cols[f"ew_{tag}"] = np.where(ok, value[:, j], np.nan)
-        cols[f"ew_err_{tag}"] = np.where(ok, err[:, j], np.nan)
-        cols[f"ew_sig_{tag}"] = np.where(ok, value[:, j] / np.where(ok, err[:, j], 1.0), np.nan)
-        cols[f"ew_upper_{tag}"] = np.where(ok, upper[:, j], np.nan)
-        cols[f"state_{tag}"] = np.where(ok, state[:, j], np.nan)
-        if log_ew:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                shown = np.where(state[:, j] == STATE_UPPER, upper[:, j], value[:, j])
-                cols[f"log_ew_{tag}"] = np.where(ok & (shown > 0), np.log10(shown), np.nan)
+        for name in ("ew", "ew_err", "ew_sig", "ew_upper", "state", "log_ew"):
+            if name in per_line:
+                cols[f"{name}_{tag}"] = per_line[name][:, j]
     for k in include_params:
         if k not in ("teff", "logg", "vmic"):
             raise FeatureError(f"include_params: {k!r} is not a stellar parameter; expected teff, logg or vmic")

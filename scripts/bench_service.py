@@ -128,7 +128,8 @@ def main() -> int:
     dump(out, args.json)
     s, u, b = out["single"], out["upload"], out["batch"]
     print(f"model {out['model']['model_sha256'][:12]} (synthetic: {out['model']['synthetic']}), {args.workers} "
-          f"worker(s), {before['cpus']} CPUs, load average {before['load_average'][0]:.2f}")
+          f"worker(s), {before['cpus']} CPUs, load average {before['load_average'][0]:.2f}, "
+          f"sum(range(10**6)) in {before['python_sum_1e6_ms']:.1f} ms")
     print("| request | n | p50 | p95 | p99 | throughput |")
     print("|---|---|---|---|---|---|")
     print(f"| one JSON spectrum | {s['n']} | {s['p50']:.1f} ms | {s['p95']:.1f} ms | {s['p99']:.1f} ms | "
