@@ -394,3 +394,12 @@ def test_fehkit_ew_takes_parameters_from_a_csv(tmp_path):
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"name": ["x"], "teff": [4000]}).to_csv(bad, index=False)
     assert cli(["ew", "--examples", "--out", str(tmp_path / "ew2.csv"), "--params", str(bad)]) == 2
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_no_spectra_give_an_empty_table(clean, backend):
+    """A batch of no spectra (an empty chunk of a pipeline) gives a table of no rows, every line a column."""
+    sim, _ = clean
+    table = measure_ew(sim.batch.select(np.arange(0)), backend=backend, device="cpu")
+    assert table.ew_mA.shape == table.flag.shape == (0, len(table.lines))
+    assert len(table.lines) > 0

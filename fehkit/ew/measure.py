@@ -237,7 +237,8 @@ def measure_ew(
         with np.errstate(all="ignore"):
             return _measure_block(xp, dx, core, flux, w, good, lam0, sig_exp[sl], gam[sl], static_blend, cfg, rng)
 
-    blocks = [slice(start, min(start + chunk, n)) for start in range(0, n, chunk)]
+    # no spectra: one empty block, so an empty table
+    blocks = [slice(start, min(start + chunk, n)) for start in range(0, n, chunk)] or [slice(0, 0)]
     # each spectrum is fitted on its own: with no random draw to share, the blocks in threads (the compiled kernels
     # release the GIL), the same numbers
     parts = map_threads(block, blocks) if xp.compiled and mc_draws == 0 else [block(sl) for sl in blocks]
