@@ -1,4 +1,4 @@
-"""Shared fixtures: the packaged real DR17 files, and a factory of apStar-like files to break on purpose."""
+"""Shared fixtures: the packaged real DR17 files, a factory of apStar-like files to break on purpose, a small model."""
 
 from __future__ import annotations
 
@@ -68,3 +68,19 @@ def make_aspcapstar(path: Path, flux: np.ndarray, err: np.ndarray, apogee_id: st
         ]
     ).writeto(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory):
+    """A small ensemble trained once on 200 SYNTHETIC stars (make_benchmark seed 31) and its saved folder."""
+    from fehkit.models.ensemble import FeHEnsemble
+    from fehkit.synth import make_benchmark
+    from fehkit.training import reference_params, spectra_features
+    from tests.test_infer import SMALL, _quiet
+
+    train = make_benchmark(200, seed=31)
+    feats = _quiet(spectra_features, train.batch, reference_params(train.truth))
+    ens = FeHEnsemble(**SMALL, seed=1).fit(feats, train.truth["feh_ref"].to_numpy(float))
+    path = tmp_path_factory.mktemp("small-model") / "model"
+    ens.save(path, card={"synthetic": True, "training_data": "200 synthetic stars (make_benchmark seed 31)"})
+    return ens, path

@@ -18,7 +18,6 @@ from fehkit.errors import CorruptFileError, FehkitWarning, UsageError
 from fehkit.examples import example_paths
 from fehkit.infer import TorchMembers, _read_chunks, infer, resolve_device
 from fehkit.io import read_apogee, write_apstar
-from fehkit.models.ensemble import FeHEnsemble
 from fehkit.synth import make_benchmark
 from fehkit.training import PREDICT_COLUMNS, predict_spectra, reference_params, spectra_features
 
@@ -35,16 +34,12 @@ def _quiet(f, *args, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A small ensemble trained on 200 SYNTHETIC stars; 60 other stars, their parameters and the library's table."""
-    train = make_benchmark(200, seed=31)
-    feats = _quiet(spectra_features, train.batch, reference_params(train.truth))
-    ens = FeHEnsemble(**SMALL, seed=1).fit(feats, train.truth["feh_ref"].to_numpy(float))
+def setup(small_model):
+    """The small model of conftest and its folder; 60 other SYNTHETIC stars, their parameters, the library's table."""
+    ens, path = small_model
     sim = make_benchmark(60, seed=32)
     params = reference_params(sim.truth)
     expected = _quiet(predict_spectra, ens, sim.batch, params)
-    path = tmp_path_factory.mktemp("infer") / "model"
-    ens.save(path, card={"synthetic": True})
     return ens, path, sim, params, expected
 
 

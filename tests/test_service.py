@@ -33,7 +33,7 @@ from fehkit.service import ServiceSettings, create_app, spectrum_payload
 from fehkit.spectra import APSTAR_NPIX
 from fehkit.synth import make_benchmark
 from fehkit.training import predict_spectra, reference_params, spectra_features
-from tests.test_infer import SMALL, _quiet
+from tests.test_infer import _quiet
 
 with warnings.catch_warnings():  # starlette's test client asks for httpx2; httpx works the same here
     warnings.simplefilter("ignore")
@@ -45,14 +45,9 @@ NUMBERS = ("feh", "feh_err", "feh_upper", "feh_cog", "feh_sys")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A small ensemble trained on 200 SYNTHETIC stars, saved (model card: synthetic)."""
-    train = make_benchmark(200, seed=31)
-    feats = _quiet(spectra_features, train.batch, reference_params(train.truth))
-    ens = FeHEnsemble(**SMALL, seed=1).fit(feats, train.truth["feh_ref"].to_numpy(float))
-    path = tmp_path_factory.mktemp("service") / "model"
-    ens.save(path, card={"synthetic": True, "training_data": "200 synthetic stars (make_benchmark seed 31)"})
-    return path
+def model_dir(small_model):
+    """The small ensemble trained on 200 SYNTHETIC stars, saved (model card: synthetic; conftest)."""
+    return small_model[1]
 
 
 @pytest.fixture(scope="module")
