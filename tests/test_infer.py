@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import fehkit.infer
+import fehkit.models.trees
 from fehkit.cli import main
 from fehkit.errors import CorruptFileError, FehkitWarning, UsageError
 from fehkit.examples import example_paths
@@ -78,6 +79,19 @@ def test_members_as_float64_tensors_equal_scikit_learn_and_xgboost(setup):
     _same(expected, got, 1e-5, 1e-4)
     diff = np.nanmax(np.abs(expected["feh_rf"] - got["feh_rf"]))
     assert diff < 1e-12  # the forest's leaf means in float64: the same sums
+
+
+@pytest.mark.skipif(not fehkit.models.trees.compiled_available(), reason="the compiled walk needs numba")
+def test_compiled_trees_equal_scikit_learn_and_xgboost(setup):
+    """The CPU default: the forest and the boosted trees through the compiled walk, the libraries' numbers."""
+    ens, _, sim, params, expected = setup
+    got = _quiet(infer, sim.batch, ens, params, device="cpu", trees="compiled")
+    _same(expected, got, 1e-5, 1e-4)
+    assert np.nanmax(np.abs(expected["feh_rf"] - got["feh_rf"])) < 1e-12  # the forest's float64 leaf means
+    library = _quiet(infer, sim.batch, ens, params, device="cpu", trees="library")
+    pd.testing.assert_frame_equal(library, expected)
+    with pytest.raises(UsageError, match="trees 'bogus': expected 'auto', 'tensor', 'compiled' or 'library'"):
+        infer(sim.batch, ens, params, device="cpu", trees="bogus")
 
 
 def test_the_torch_engine_in_float64_gives_the_cpu_table(setup):

@@ -12,9 +12,10 @@ from sklearn.ensemble import RandomForestRegressor
 
 from fehkit.models.boosting import XGB_DEFAULTS, make_boosting
 from fehkit.models.forest import RF_DEFAULTS, make_forest
-from fehkit.models.trees import TensorTrees, _parse_base_score
+from fehkit.models.trees import TensorTrees, _parse_base_score, compiled_available
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_numba = pytest.mark.skipif(not compiled_available(), reason="the compiled walk needs numba")
 
 N_FEATURES = 8
 
@@ -159,6 +160,32 @@ def test_boosting_matches_xgboost(data, boosters, which):
         for k in range(trees.n_trees):
             acc = acc + values[:, k]
         np.testing.assert_array_equal(acc, expected)
+
+
+@needs_numba
+@pytest.mark.parametrize("which", ["default", "small"])
+def test_compiled_walk_gives_the_tensor_walk(data, forests, boosters, which):
+    """The compiled CPU walk: the libraries' predictions, ties and NaN included, in blocks and one row at a time."""
+    X, _, Xtest = data
+    for model, trees, thresholds in (
+            (forests[which], TensorTrees.from_sklearn_forest(forests[which]), _sklearn_thresholds(forests[which])),
+            (boosters[which], TensorTrees.from_xgboost(boosters[which]), _xgb_thresholds(boosters[which]))):
+        ties = _boundary_rows(Xtest, trees, thresholds, 600, seed=4)
+        for rows in (X, ties, ties[:1], ties[:70]):  # several blocks, one row, a block and a short one
+            got = trees.predict_compiled(rows)
+            assert got.dtype == np.float64 and got.shape == (len(rows),)
+            np.testing.assert_allclose(got, trees.predict(rows), rtol=0, atol=1e-12)
+            np.testing.assert_allclose(got, model.predict(rows), rtol=0, atol=1e-12 if trees.average else 1e-5)
+    assert TensorTrees.from_sklearn_forest(forests[which]).predict_compiled(X[:0]).shape == (0,)
+
+
+@needs_numba
+def test_compiled_walk_checks_its_input(forests):
+    trees = TensorTrees.from_sklearn_forest(forests["small"])
+    with pytest.raises(ValueError, match="expected \\(n_rows, n_features\\)"):
+        trees.predict_compiled(np.zeros(N_FEATURES))
+    with pytest.raises(ValueError, match=f"fitted on {N_FEATURES}"):
+        trees.predict_compiled(np.zeros((3, N_FEATURES + 1)))
 
 
 def test_boosting_early_stopping_uses_best_iteration(data):
