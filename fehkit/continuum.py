@@ -194,7 +194,11 @@ def normalize(
     diagnostics = _diagnostics(ids, fits, order)
     if kernels is not None:
         flux, ivar, mask = (np.empty_like(a) for a in arrays)
-        kernels.divide(*arrays, continuum, flux, ivar, mask)
+
+        def divide(rows: slice) -> None:  # blocks of rows in threads (the kernel releases the GIL)
+            kernels.divide(*(a[rows] for a in arrays), continuum[rows], flux[rows], ivar[rows], mask[rows])
+
+        map_parts(divide, n, min_rows=16, max_rows=64)
     elif device is not None:
         flux, ivar, mask = _divide_torch(batch, continuum, device)
     else:

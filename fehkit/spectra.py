@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fehkit.errors import SpectrumShapeError
+from fehkit.threads import map_parts
 
 # The apStar grid: lambda_i = 10**(CRVAL1 + CDELT1 * i) Angstrom, vacuum, rest frame (all DR12-DR17 apStar files).
 APSTAR_CRVAL1 = 4.179
@@ -133,7 +134,7 @@ class SpectrumBatch:
         if self.bitmask is not None:
             self.bitmask = _as_2d("bitmask", self.bitmask, np.int64, n_pix, n_spec)
         # A pixel without finite flux or positive inverse variance carries no information, whatever else says.
-        self.mask = self.mask | ~np.isfinite(self.flux) | ~(self.ivar > 0)
+        self.mask = _with_unusable(self.mask, self.flux, self.ivar)
         if self.meta is None or len(self.meta.columns) == 0:
             self.meta = pd.DataFrame(index=range(n_spec))
         if len(self.meta) != n_spec:
@@ -388,6 +389,21 @@ def is_synthetic(data: SpectrumBatch | pd.DataFrame, index: int | None = None) -
         values = values.map(lambda v: str(v).strip().lower() in ("true", "1", "1.0", "yes"))
     flags = values.fillna(False).astype(bool).to_numpy()
     return bool(flags[index]) if index is not None else bool(flags.any())
+
+
+def _with_unusable(mask: np.ndarray, flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:
+    """Return ``mask | ~isfinite(flux) | ~(ivar > 0)``: a new array, made in blocks of rows in threads.
+
+    Blocks of a few hundred kB stay in the cache, and NumPy releases the GIL in its loops, so a large batch's
+    mask takes a fraction of the time of the one-line expression's three full-size temporaries.
+    """
+    out = np.empty(mask.shape, bool)
+
+    def block(rows: slice) -> None:
+        out[rows] = mask[rows] | ~np.isfinite(flux[rows]) | ~(ivar[rows] > 0)
+
+    map_parts(block, mask.shape[0], min_rows=16, max_rows=64)
+    return out
 
 
 def _as_2d(name: str, arr: Any, dtype: Any, n_pix: int, n_spec: int | None = None) -> np.ndarray:
