@@ -12,6 +12,7 @@ import pytest
 import yaml
 from astropy.io import fits
 
+import fehkit.io
 from fehkit.errors import OutputError
 from fehkit.io import (
     DEFAULT_BAD_BITS,
@@ -285,3 +286,57 @@ def test_synthetic_files_stay_labelled_synthetic_when_read_back(tmp_path, exampl
     back = read_apogee(write_apstar(sim.batch, tmp_path))
     assert back.meta["synthetic"].tolist() == [True]
     assert read_apogee(examples).meta["synthetic"].tolist() == [False, False]
+
+
+# -- the fast reader (fitsio) and the astropy reader agree ---------------------------------------------------
+@pytest.mark.skipif(fehkit.io.fitsio is None, reason="fitsio is not installed")
+@pytest.mark.parametrize("rows", ["combined", "visits", "all"])
+def test_fitsio_and_astropy_read_the_same_batch(tmp_path, examples, monkeypatch, rows):
+    """Plain apStar files go through fitsio; without it astropy reads them: the same arrays and meta, bit for bit."""
+    import gzip
+
+    from fehkit.synth import make_benchmark
+
+    paths = [str(p) for p in write_apstar(make_benchmark(4, seed=3).batch, tmp_path / "synthetic")]
+    for ex in examples:  # the real DR17 files, gunzipped (fitsio reads plain files; gzip goes to astropy)
+        paths.append(str(tmp_path / ex.name.removesuffix(".gz")))
+        Path(paths[-1]).write_bytes(gzip.decompress(ex.read_bytes()))
+    calls = []
+    real = fehkit.io._apstar_batch
+    monkeypatch.setattr(fehkit.io, "_apstar_batch", lambda *a: calls.append(a[0]) or real(*a))
+    fast = read_apogee(paths, rows=rows)
+    assert calls == paths  # every file took the fast path...
+    monkeypatch.setattr(fehkit.io, "fitsio", None)
+    calls.clear()
+    slow = read_apogee(paths, rows=rows)
+    assert calls == paths  # ... and astropy's path ends in the same place
+    for name in ("flux", "ivar", "mask", "bitmask"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name))
+    pd.testing.assert_frame_equal(fast.meta, slow.meta)
+
+
+@pytest.mark.skipif(fehkit.io.fitsio is None, reason="fitsio is not installed")
+def test_files_fitsio_doubts_go_to_astropy_and_its_messages(tmp_path, giant_bytes):
+    """A truncated file, one with a table where an image should be, a gzipped one: astropy reads or names them."""
+    import gzip
+
+    from fehkit.errors import CorruptFileError, UnsupportedFileError
+
+    whole = tmp_path / "apStar-whole.fits"
+    whole.write_bytes(giant_bytes)
+    assert fehkit.io._read_apstar_fitsio(str(whole), "auto", "combined", 0) is not None
+    cut = tmp_path / "apStar-cut.fits"
+    cut.write_bytes(giant_bytes[:-2880])  # the last HDU's data end beyond the file: whole blocks, still truncated
+    assert fehkit.io._read_apstar_fitsio(str(cut), "auto", "combined", 0) is None
+    with pytest.raises(CorruptFileError, match="apStar-cut.fits"):
+        read_apogee(cut)
+    with fits.open(whole) as hdul:
+        hdus = [hdul[0], fits.BinTableHDU.from_columns([fits.Column("X", "E", array=np.zeros(3))]), *hdul[2:4]]
+        fits.HDUList([h.copy() for h in hdus]).writeto(tmp_path / "apStar-table.fits")
+    assert fehkit.io._read_apstar_fitsio(str(tmp_path / "apStar-table.fits"), "auto", "combined", 0) is None
+    with pytest.raises(UnsupportedFileError, match="HDU1 is a BinTableHDU"):
+        read_apogee(tmp_path / "apStar-table.fits")
+    (tmp_path / "apStar-z.fits.gz").write_bytes(gzip.compress(giant_bytes))
+    assert fehkit.io._read_apstar_fitsio(str(tmp_path / "apStar-z.fits.gz"), "auto", "combined", 0) is None
+    assert read_apogee(tmp_path / "apStar-z.fits.gz").n_spectra == 1
+    assert fehkit.io._read_apstar_fitsio(str(whole), "aspcapStar", "combined", 0) is None
