@@ -265,3 +265,23 @@ def test_infer_chunks_streams_one_table_per_chunk(setup):
     _same(expected, pd.concat(tables, ignore_index=True), 1e-6, 1e-6)
     with pytest.raises(UsageError, match="19 rows for a chunk of 20"):
         list(infer_chunks([(sim.batch.select(np.arange(20)), params.iloc[:19])], ens, device="cpu"))
+
+
+def test_packed_trees_are_reused_until_a_refit():
+    """infer packs a member's trees once per fitted model; refitting the same estimator object packs them again."""
+    from sklearn.ensemble import RandomForestRegressor
+    from xgboost import XGBRegressor
+
+    from fehkit.infer import _packed_trees
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4))
+    for name, est in (("rf", RandomForestRegressor(n_estimators=5, random_state=0)),
+                      ("xgb", XGBRegressor(n_estimators=5, max_depth=3))):
+        est.fit(X, X[:, 0])
+        first = _packed_trees(name, est)
+        assert _packed_trees(name, est) is first
+        est.fit(X, -X[:, 1])  # the same object, new trees
+        again = _packed_trees(name, est)
+        assert again is not first
+        np.testing.assert_allclose(again.predict(X), est.predict(X), rtol=0, atol=1e-5)
