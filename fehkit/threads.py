@@ -39,7 +39,7 @@ def n_threads() -> int:
 
 @cache
 def _cpu_count() -> int:
-    """The number of CPUs, asked once (``os.cpu_count`` reads the system each time: ~40 us, per kernel call)."""
+    """Return the number of CPUs, asked once (``os.cpu_count`` reads the system each time: ~40 us a call)."""
     return os.cpu_count() or 1
 
 
