@@ -484,11 +484,12 @@ def _read_apstar_fitsio(path: str, kind: Kind, rows: Rows, bad: int) -> _Spectra
 
     cfitsio parses the headers and reads the three images ~8 times faster than astropy's pure-Python header
     parser (the time of a whole survey's files is mostly spent there), then the same checks and conversions make
-    the same batch. Only what is surely a whole, well-formed apStar goes this way: an apStar/asStar by name (or
+    the same batch. Only what is surely a whole apStar goes this way: an apStar/asStar by name (or
     ``kind="apStar"``), FITS blocks that fill the file to the end of its last HDU, numeric images with data in
     HDU1-3. Anything else -- a gzipped file, no fitsio, or any complaint of cfitsio -- returns None, and astropy
     reads the file and names its problem. A problem in the data themselves (a wrong grid, negative errors, no
-    usable pixel, ...) raises here, as on the astropy path.
+    usable pixel, ...) raises here, as on the astropy path. One difference remains: a header card that breaks the
+    FITS standard in a way cfitsio tolerates is read here, where astropy's stricter check refuses the file.
     """
     if fitsio is None or kind not in ("auto", "apStar"):
         return None
@@ -702,7 +703,7 @@ def _read_apstar(path: str, hdul: fits.HDUList, rows: Rows, bad: int) -> _Spectr
 
 def _apstar_batch(path: str, flux: np.ndarray, err: np.ndarray, bits: np.ndarray, header: Any, header1: Any,
                   rows: Rows, bad: int) -> _Spectra:
-    """Return the batch of an apStar file's images and HDU0, HDU1 headers (astropy's or fitsio's), checked."""
+    """Return the spectra of an apStar file's images and HDU0, HDU1 headers (astropy's or fitsio's), checked."""
     if not (flux.shape == err.shape == bits.shape):
         raise ShapeMismatchError(
             path, f"flux {flux.shape}, error {err.shape} and bitmask {bits.shape} differ; expected one shape"
