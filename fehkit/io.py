@@ -488,8 +488,8 @@ def _read_apstar_fitsio(path: str, kind: Kind, rows: Rows, bad: int) -> _Spectra
     ``kind="apStar"``), FITS blocks that fill the file to the end of its last HDU, numeric images with data in
     HDU1-3. Anything else -- a gzipped file, no fitsio, or any complaint of cfitsio -- returns None, and astropy
     reads the file and names its problem. A problem in the data themselves (a wrong grid, negative errors, no
-    usable pixel, ...) raises here, as on the astropy path. One difference remains: a header card that breaks the
-    FITS standard in a way cfitsio tolerates is read here, where astropy's stricter check refuses the file.
+    usable pixel, ...) raises here, as on the astropy path. One difference may remain: a header card that breaks
+    the FITS standard in a way cfitsio tolerates is read here, where astropy's stricter check refuses the file.
     """
     if fitsio is None or kind not in ("auto", "apStar"):
         return None
