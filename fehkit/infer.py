@@ -89,10 +89,8 @@ class TorchMembers:
         self.trees: dict[str, TensorTrees] = {}
         self.mlp = None
         for name, est in ensemble.members_.items():
-            if name == "rf":
-                self.trees[name] = TensorTrees.from_sklearn_forest(est).to(self.device)
-            elif name == "xgb":
-                self.trees[name] = TensorTrees.from_xgboost(est).to(self.device)
+            if name in ("rf", "xgb"):  # a copy on the device of the trees packed once per fitted model
+                self.trees[name] = _packed_trees(name, est).to(self.device)
             elif name == "dnn":  # a copy on the device: the caller's model stays where it was
                 on = next(est.module_.parameters()).device
                 self.mlp = est if on == self.device else copy.deepcopy(est).to(str(self.device))

@@ -353,15 +353,7 @@ class TensorTrees:
         kernels = _tree_kernels()
         if kernels is None:
             raise RuntimeError("the compiled tree walk needs numba (and FEHKIT_NUMBA not 0); use predict()")
-        x = np.asarray(X)
-        if x.ndim != 2:
-            raise ValueError(f"X has shape {x.shape}; expected (n_rows, n_features)")
-        if self.n_features is not None and x.shape[1] != self.n_features:
-            raise ValueError(f"X has {x.shape[1]} features; the trees were fitted on {self.n_features}")
-        x32 = x.astype(np.float32)  # round to nearest, as the tensor walk does
-        nan = np.isnan(x32)
-        xa = np.concatenate([np.where(nan, np.float32(-np.inf), x32), np.where(nan, np.float32(np.inf), x32),
-                             nan.astype(np.float32)], axis=1)
+        xa = _augment(self._features(np.asarray(X))).cpu().numpy()  # the tensor walk's checked float32 columns
         tables = self._numpy_tables()
         out = np.empty(len(xa))
 
