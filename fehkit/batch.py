@@ -293,6 +293,7 @@ def _predict_chunk(model: Any, paths: Sequence[str], params: pd.DataFrame,
     n = len(paths)
     params = params.reset_index(drop=True)
     have_all = params[list(REQUIRED_PARAMS)].to_numpy(float)  # read once: a pandas row lookup per file costs ~1 ms
+    teff_known = np.isfinite(params["teff"].to_numpy(float))
     bad = bad_bits_value()
     rows: list[dict[str, Any] | None] = [None] * n
     spectra: list[Any] = []  # each file's spectra, made into one batch at the end (as read_apogee does)
@@ -309,7 +310,7 @@ def _predict_chunk(model: Any, paths: Sequence[str], params: pd.DataFrame,
             continue
         sid = str(one.records[0].get("star_id", hint))
         have = have_all[i]
-        if by_star is not None and not np.isfinite(have_all[i, 0]) and sid in by_star.index:
+        if by_star is not None and not teff_known[i] and sid in by_star.index:
             for c in by_star.columns:
                 params.loc[i, c] = float(by_star.loc[sid, c])
             have = params.loc[i, list(REQUIRED_PARAMS)].to_numpy(float)
