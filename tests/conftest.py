@@ -70,17 +70,29 @@ def make_aspcapstar(path: Path, flux: np.ndarray, err: np.ndarray, apogee_id: st
     return path
 
 
-@pytest.fixture(scope="session")
-def small_model(tmp_path_factory):
-    """A small ensemble trained once on 200 SYNTHETIC stars (make_benchmark seed 31) and its saved folder."""
+def fit_small_ensemble(n_stars: int, bench_seed: int, settings: dict, seed: int, path: Path, card: dict):
+    """Train an ensemble (``settings``, ``seed``) on ``make_benchmark(n_stars, seed=bench_seed)``'s SYNTHETIC stars.
+
+    Saves it to ``path`` with ``card``; returns the ensemble, the path and the training features.
+    """
     from fehkit.models.ensemble import FeHEnsemble
     from fehkit.synth import make_benchmark
     from fehkit.training import reference_params, spectra_features
-    from tests.test_infer import SMALL, _quiet
+    from tests.test_infer import _quiet
 
-    train = make_benchmark(200, seed=31)
+    train = make_benchmark(n_stars, seed=bench_seed)
     feats = _quiet(spectra_features, train.batch, reference_params(train.truth))
-    ens = FeHEnsemble(**SMALL, seed=1).fit(feats, train.truth["feh_ref"].to_numpy(float))
-    path = tmp_path_factory.mktemp("small-model") / "model"
-    ens.save(path, card={"synthetic": True, "training_data": "200 synthetic stars (make_benchmark seed 31)"})
+    ens = FeHEnsemble(**settings, seed=seed).fit(feats, train.truth["feh_ref"].to_numpy(float))
+    ens.save(path, card=card)
+    return ens, path, feats
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory):
+    """A small ensemble trained once on 200 SYNTHETIC stars (make_benchmark seed 31) and its saved folder."""
+    from tests.test_infer import SMALL
+
+    ens, path, _ = fit_small_ensemble(200, 31, SMALL, 1, tmp_path_factory.mktemp("small-model") / "model",
+                                      {"synthetic": True, "training_data": "200 synthetic stars (make_benchmark "
+                                                                           "seed 31)"})
     return ens, path

@@ -23,9 +23,11 @@ from fehkit.io import read_apogee
 from fehkit.models import FeHEnsemble
 from fehkit.models.domain import check_domain
 from fehkit.models.ensemble import EnsembleError
-from fehkit.synth import make_benchmark, simulate
-from fehkit.training import predict_spectra, reference_params, spectra_features
+from fehkit.synth import simulate
+from fehkit.training import predict_spectra, spectra_features
 from tests.test_infer import _quiet
+
+from .conftest import fit_small_ensemble
 
 TINY = dict(rf={"n_estimators": 20}, xgb={"n_estimators": 20}, dnn={"max_epochs": 20, "hidden": (16,)}, n_folds=3)
 #: The packaged real stars and their header parameters (ASPCAP-like Teff, log g; a typical vmic).
@@ -37,12 +39,7 @@ REAL_PARAMS = pd.DataFrame({"star_id": [GIANT, DWARF], "teff": [3677.0, 5226.0],
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """A tiny ensemble trained on 160 SYNTHETIC stars, saved once; its training features."""
-    sim = make_benchmark(160, seed=21)
-    feats = _quiet(spectra_features, sim.batch, reference_params(sim.truth))
-    ens = FeHEnsemble(**TINY, seed=0).fit(feats, sim.truth["feh_ref"].to_numpy(float))
-    path = tmp_path_factory.mktemp("domain") / "model"
-    ens.save(path, card={"synthetic": True})
-    return ens, path, feats
+    return fit_small_ensemble(160, 21, TINY, 0, tmp_path_factory.mktemp("domain") / "model", {"synthetic": True})
 
 
 @pytest.fixture(scope="module")
