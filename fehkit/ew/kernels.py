@@ -536,6 +536,60 @@ def normal_equations_kernel(x: np.ndarray, y: np.ndarray, w: np.ndarray, p: np.n
     return chi2, jtj, jtr
 
 
+@njit
+def _inverse_factor(jtj: np.ndarray, fr: np.ndarray, a: np.ndarray, low: np.ndarray, inv: np.ndarray) -> None:
+    """Factor ``jtj + diag(1 - fr)`` into ``low`` (:func:`cholesky5`) and invert the factor into ``inv``."""
+    _unit_fixed(jtj, fr, a)
+    cholesky5(a, low)
+    inverse_lower(low, inv)
+
+
+@njit
+def _inverse_product(inv: np.ndarray, i: int, j: int) -> float:
+    """Element (i, j) of the inverse matrix from its inverse factor: the sum over rows r >= max(i, j), in order."""
+    s = 0.0
+    for r in range(max(i, j), NPAR):
+        s = s + inv[r, i] * inv[r, j]
+    return s
+
+
+@njit
+def gauss_newton_kernel(x: np.ndarray, y: np.ndarray, w: np.ndarray, p: np.ndarray, fr: np.ndarray,
+                        pars: np.ndarray) -> tuple:
+    """One unbounded Gauss-Newton step of every fit and the covariance of ``pars`` (``solver.gauss_newton_step``)."""
+    _, jtj, jtr = normal_equations_kernel(x, y, w, p, fr)
+    n, k = x.shape[0], pars.size
+    step = np.empty((n, NPAR))
+    cov = np.empty((n, k, k))
+    a, low, inv = np.empty((NPAR, NPAR)), np.zeros((NPAR, NPAR)), np.empty((NPAR, NPAR))
+    sol = np.empty(NPAR)
+    for f in range(n):
+        _inverse_factor(jtj[f], fr[f], a, low, inv)
+        for i in range(k):
+            for j in range(k):
+                cov[f, i, j] = _inverse_product(inv, pars[i], pars[j])
+        solve_lower(low, jtr[f], sol)
+        for c in range(NPAR):
+            step[f, c] = sol[c] * fr[f, c]
+    return step, cov
+
+
+@njit
+def regression_slope_kernel(x: np.ndarray, y: np.ndarray, w: np.ndarray, p: np.ndarray, fr: np.ndarray, of: int,
+                            on: int) -> tuple:
+    """How parameter ``of`` follows ``on`` in every fit, cov / var, and var (``solver.regression_slope``)."""
+    _, jtj, _ = normal_equations_kernel(x, y, w, p, fr)
+    n = x.shape[0]
+    slope, var = np.empty(n), np.empty(n)
+    a, low, inv = np.empty((NPAR, NPAR)), np.zeros((NPAR, NPAR)), np.empty((NPAR, NPAR))
+    for f in range(n):
+        _inverse_factor(jtj[f], fr[f], a, low, inv)
+        v = _inverse_product(inv, on, on)
+        slope[f] = _inverse_product(inv, of, on) / (v if v > 0 else np.inf)
+        var[f] = v
+    return slope, var
+
+
 @njit(fastmath=SUM_MATH)
 def linear_fit_kernel(x: np.ndarray, y: np.ndarray, w: np.ndarray, dl: np.ndarray, sig: np.ndarray, gam: np.ndarray,
                       v: np.ndarray, have_v: bool) -> tuple:
@@ -1004,6 +1058,18 @@ def normal_equations(x: np.ndarray, y: np.ndarray, w: np.ndarray, p: np.ndarray,
                      free: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`fehkit.ew.solver.normal_equations` (float64 results)."""
     return normal_equations_kernel(_px(x), _px(y), _px(w), _f64(p), _f64(free))
+
+
+def gauss_newton_step(dx: np.ndarray, flux: np.ndarray, w: np.ndarray, p: np.ndarray, free: np.ndarray,
+                      pars: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fehkit.ew.solver.gauss_newton_step` (float64 results)."""
+    return gauss_newton_kernel(_px(dx), _px(flux), _px(w), _f64(p), _f64(free), np.asarray(pars, np.int64))
+
+
+def regression_slope(dx: np.ndarray, flux: np.ndarray, w: np.ndarray, p: np.ndarray, free: np.ndarray, of: int,
+                     on: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fehkit.ew.solver.regression_slope` (float64 results)."""
+    return regression_slope_kernel(_px(dx), _px(flux), _px(w), _f64(p), _f64(free), int(of), int(on))
 
 
 def voigt_model(x: np.ndarray, p: np.ndarray) -> np.ndarray:

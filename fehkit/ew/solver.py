@@ -245,6 +245,8 @@ def regression_slope(xp: ArrayBackend, dx: np.ndarray, flux: np.ndarray, w: np.n
     ``of`` when ``on`` is moved by one unit and every other free parameter re-optimized, so an error of ``on``
     propagates to ``of`` through it.
     """
+    if xp.compiled:
+        return kernels.regression_slope(dx, flux, w, p, free, of, on)
     x, y, wt, pt = (xp.asarray(a, True) for a in (dx, flux, w, p))
     fr = xp.asarray(free.astype(np.float32), True)
     _, jtj, _ = normal_equations(xp, x, y, wt, pt, fr)
@@ -265,6 +267,8 @@ def gauss_newton_step(xp: ArrayBackend, dx: np.ndarray, flux: np.ndarray, w: np.
     re-optimized, is its own estimate of the shift, with the covariance given (``(n_fits, k, k)`` for the ``k``
     parameters ``pars``); their information-weighted mean is the joint Gauss-Newton step.
     """
+    if xp.compiled:
+        return kernels.gauss_newton_step(dx, flux, w, p, free, pars)
     x, y, wt, pt = (xp.asarray(a, True) for a in (dx, flux, w, p))
     fr = xp.asarray(free.astype(np.float32), True)
     _, jtj, jtr = normal_equations(xp, x, y, wt, pt, fr)
