@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -35,6 +34,7 @@ import pandas as pd
 from numpy.polynomial import legendre
 from scipy.special import ndtr
 
+from fehkit.arrays import star_ids
 from fehkit.display import counts, html_summary, text_summary
 from fehkit.errors import FehkitError
 from fehkit.float32 import at_least, at_most
@@ -60,7 +60,6 @@ class ContinuumError(FehkitError, ValueError):
     """Arguments of :func:`normalize` that cannot work (a negative order, clipping limits <= 0)."""
 
 
-@dataclass
 class Normalized:
     """Result of :func:`normalize`; unpacks as ``batch, continuum, diagnostics``.
 
@@ -75,12 +74,22 @@ class Normalized:
         One row per (spectrum, detector): ``star_id``, ``chip``, ``n_pixels`` (usable), ``n_used`` (in the
         final fit), ``n_iter``, ``converged``, ``noise_scale`` (robust scatter of the residuals in units of the
         ``ivar`` error: ~1 when ``ivar`` is right), ``flag`` ("ok" or "too_few_pixels") and the Legendre
-        coefficients ``coef_0 .. coef_<order>`` on the detector's wavelength range mapped to [-1, 1].
+        coefficients ``coef_0 .. coef_<order>`` on the detector's wavelength range mapped to [-1, 1]. Built when
+        first asked for (the pipeline itself reads only ``batch``).
     """
 
-    batch: SpectrumBatch
-    continuum: np.ndarray
-    diagnostics: pd.DataFrame
+    def __init__(self, batch: SpectrumBatch, continuum: np.ndarray,
+                 diagnostics: pd.DataFrame | Callable[[], pd.DataFrame]) -> None:
+        self.batch = batch
+        self.continuum = continuum
+        self._diagnostics = diagnostics
+
+    @property
+    def diagnostics(self) -> pd.DataFrame:
+        """The per-detector table (see the class); built on first access."""
+        if callable(self._diagnostics):
+            self._diagnostics = self._diagnostics()
+        return self._diagnostics
 
     def __iter__(self):  # noqa: ANN204 -- lets ``batch, continuum, diagnostics = normalize(...)`` work
         return iter((self.batch, self.continuum, self.diagnostics))
@@ -154,44 +163,39 @@ def normalize(
     line_waves = _packaged_line_waves() if lines is None else np.asarray(lines["wave_vac"] if len(lines) else [], float)
     wave = batch.wave
     n = batch.n_spectra
-    core = np.zeros(wave.size, bool)
-    for lam in line_waves:
-        core |= np.abs(wave - lam) <= LINE_CORE_HALF_WIDTH_A
     # mean of a unit normal kept between -low and +high: the clipped fit sits this many sigma too high
     bias = float((_normal_pdf(low) - _normal_pdf(high)) / (ndtr(high) - ndtr(-low)))
 
     continuum = np.full(batch.flux.shape, np.nan, np.float32)
-    ids = batch.meta["star_id"].astype(str).to_numpy() if "star_id" in batch.meta else np.arange(n).astype(str)
+    ids = star_ids(batch.meta)
+    ids = np.arange(n).astype(str) if ids is None else ids
     kernels = _kernels() if USE_NUMBA and device is None else None
     if kernels is not None:  # the kernels take native float32 / bool arrays, C-ordered (no copy if they are)
         arrays = tuple(np.ascontiguousarray(a, t) for a, t in ((batch.flux, np.float32), (batch.ivar, np.float32),
                                                                  (batch.mask, bool)))
     fits = {}  # chip name -> per-spectrum results, (n,) or (n, order + 1)
-    for name, (lo, hi) in chips.items():
-        sel = np.flatnonzero((wave >= lo) & (wave <= hi))
-        if sel.size == 0:
-            continue
-        x = 2.0 * (wave[sel] - lo) / (hi - lo) - 1.0
-        basis = legendre.legvander(x, order)                        # (n_sel, order+1)
+    for name, (sel, line_free, basis) in _detectors(wave, tuple(chips.items()), order, line_waves).items():
         if device is not None:
-            fits[name] = _fit_chip_torch(batch.flux[:, sel], batch.ivar[:, sel], batch.mask[:, sel], ~core[sel],
+            fits[name] = _fit_chip_torch(batch.flux[:, sel], batch.ivar[:, sel], batch.mask[:, sel], line_free,
                                          basis, low, high, bias, max_iter, min_pixels, device)
             continuum[:, sel] = fits[name].pop("continuum")
             continue
         if kernels is not None and sel[-1] - sel[0] + 1 == sel.size:  # the detector's pixels in one run
-            fits[name] = _fit_chip_compiled(kernels, arrays, sel, ~core[sel], basis, low, high, bias, max_iter,
+            fits[name] = _fit_chip_compiled(kernels, arrays, sel, line_free, basis, low, high, bias, max_iter,
                                             min_pixels, continuum)
             continue
         parts = []
         for start in range(0, n, _BLOCK):
             blk = slice(start, min(start + _BLOCK, n))
             with _one_blas_thread():
-                fit = _fit_chip(batch.flux[blk, sel], batch.ivar[blk, sel], batch.mask[blk, sel], ~core[sel],
+                fit = _fit_chip(batch.flux[blk, sel], batch.ivar[blk, sel], batch.mask[blk, sel], line_free,
                                 basis, low, high, bias, max_iter, min_pixels)
             continuum[blk, sel] = fit.pop("continuum")
             parts.append(fit)
         fits[name] = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
-    diagnostics = _diagnostics(ids, fits, order)
+
+    def diagnostics() -> pd.DataFrame:  # built when first asked for
+        return _diagnostics(ids, fits, order)
     if kernels is not None:
         flux, ivar, mask = (np.empty_like(a) for a in arrays)
 
@@ -218,6 +222,38 @@ def _packaged_line_waves() -> np.ndarray:
     waves = np.asarray(load_linelist()["wave_vac"], float)
     waves.flags.writeable = False
     return waves
+
+
+def _detectors(wave: np.ndarray, chips: tuple[tuple[str, tuple[float, float]], ...], order: int,
+               line_waves: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per detector with pixels: its pixels ``sel``, which of them are free of line cores, and its Legendre basis.
+
+    They depend only on the wavelength grid, so the last grid's are kept: every apStar batch has the same grid, and
+    working them out again (~0.5 ms) would be most of the cost of normalizing one spectrum.
+    """
+    key = (chips, order, line_waves.tobytes())
+    last = _last_detectors.get(key)
+    if last is not None and (last[0] is wave or np.array_equal(last[0], wave)):
+        return last[1]
+    core = np.zeros(wave.size, bool)
+    for lam in line_waves:  # pixels within the half width of a line (the grid is increasing: one run per line)
+        a = np.searchsorted(wave, lam - 2 * LINE_CORE_HALF_WIDTH_A)
+        b = np.searchsorted(wave, lam + 2 * LINE_CORE_HALF_WIDTH_A, side="right")
+        core[a:b] |= np.abs(wave[a:b] - lam) <= LINE_CORE_HALF_WIDTH_A
+    out = {}
+    for name, (lo, hi) in chips:
+        sel = np.flatnonzero((wave >= lo) & (wave <= hi))
+        if sel.size == 0:
+            continue
+        x = 2.0 * (wave[sel] - lo) / (hi - lo) - 1.0
+        out[name] = (sel, ~core[sel], legendre.legvander(x, order))   # basis (n_sel, order+1); shared: not changed
+    _last_detectors.clear()
+    _last_detectors[key] = (wave.copy(), out)
+    return out
+
+
+#: :func:`_detectors` of the last grid, by the other arguments.
+_last_detectors: dict[tuple, tuple[np.ndarray, dict]] = {}
 
 
 def _kernels() -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fehkit.arrays import numbers
 from fehkit.display import html_summary, text_summary
 from fehkit.errors import FehkitError, FehkitWarning, InputTableError
 from fehkit.ew import FLAGS, EWTable
@@ -284,7 +285,7 @@ def check_param_values(params: pd.DataFrame, where: str = "stellar parameters", 
     for col, (lo, hi, closed) in PARAM_LIMITS.items():
         if col not in p:
             continue
-        v = pd.to_numeric(p[col], errors="coerce").to_numpy(float)
+        v = numbers(p[col])
         with np.errstate(invalid="ignore"):
             bad = np.isfinite(v) & ((v < lo) | (v > hi) | ((v == lo) & (not closed)))
         if bad.any():
@@ -313,7 +314,7 @@ def _params(params: pd.DataFrame | Mapping[str, Any], n: int) -> pd.DataFrame:
     if len(p) != n:
         raise FeatureError(f"stellar parameters: {len(p)} rows; expected one per spectrum of the EW table ({n})")
     for k in ("teff", "logg", "vmic"):
-        bad = ~np.isfinite(pd.to_numeric(p[k], errors="coerce").to_numpy(float))
+        bad = ~np.isfinite(numbers(p[k]))
         if bad.any():
             raise FeatureError(f"stellar parameters: column {k!r} has {int(bad.sum())} missing or non-numeric "
                                f"value(s) (first at row {int(np.flatnonzero(bad)[0])}); expected a number per star")

@@ -580,15 +580,15 @@ class _Predictor:
     def predict(self, batch: SpectrumBatch, params: pd.DataFrame, lines: bool) -> list[dict[str, Any]]:
         """Return one response row per spectrum (the columns of ``fehkit predict``, and the lines on request)."""
         from fehkit.errors import FehkitWarning
-        from fehkit.training import predict_features, spectra_features
+        from fehkit.training import prediction_columns, spectra_features
 
         # the parameters were checked against PARAM_LIMITS by the request models; build_features checks them again
         with warnings.catch_warnings():
             # what the warnings say (a parameter clipped to the grid) is in each star's flag_reason
             warnings.simplefilter("ignore", FehkitWarning)
             feats = spectra_features(batch, params)
-            table = predict_features(self.ensemble, feats, member_predictor=self.members)
-        rows = _rows(table)
+            columns = prediction_columns(self.ensemble, feats, member_predictor=self.members)
+        rows = _rows(columns)
         if lines and feats.ew is not None:
             for row, ews in zip(rows, _line_rows(feats.ew), strict=True):
                 row["lines"] = ews
@@ -1073,10 +1073,10 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _rows(table: pd.DataFrame) -> list[dict[str, Any]]:
-    cols = {c: table[c].to_numpy() for c in table.columns}
+def _rows(cols: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Response rows from the columns of :func:`fehkit.training.prediction_columns`."""
     out = []
-    for i in range(len(table)):
+    for i in range(len(cols["star_id"])):
         flag = str(cols["flag"][i])
         reason = cols["flag_reason"][i]
         n_lines = _num(cols["n_lines"][i])

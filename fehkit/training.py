@@ -266,6 +266,11 @@ def predict_features(ens: FeHEnsemble, feats: Features, *, member_predictor: Any
     The ensemble's predictions with the star ids, the code-to-code systematic ``feh_sys`` and ``n_lines`` from
     the features' per-star table; what :func:`predict_spectra` returns after measuring the spectra.
     """
+    return pd.DataFrame(prediction_columns(ens, feats, member_predictor=member_predictor), copy=False)
+
+
+def prediction_columns(ens: FeHEnsemble, feats: Features, *, member_predictor: Any = None) -> dict[str, np.ndarray]:
+    """:func:`predict_features`'s columns as arrays, by name, in its order (what a caller that wants no table uses)."""
     cols = ens._prediction_columns(feats, member_predictor=member_predictor)
     if cols is None:  # no stars: predict's empty columns
         cols = {c: v.to_numpy() for c, v in ens.predict(feats).items()}
@@ -273,7 +278,7 @@ def predict_features(ens: FeHEnsemble, feats: Features, *, member_predictor: Any
     cols["star_id"] = stars["star_id"].to_numpy()
     cols["feh_sys"] = stars["feh_sys"].to_numpy() if "feh_sys" in stars else np.full(len(stars), np.nan)
     cols["n_lines"] = stars["n_lines"].to_numpy()
-    return pd.DataFrame({c: cols[c] for c in PREDICT_COLUMNS}, copy=False)
+    return {c: cols[c] for c in PREDICT_COLUMNS}
 
 
 def training_hash(X: np.ndarray, y: Any) -> str:

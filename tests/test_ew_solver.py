@@ -90,16 +90,6 @@ def test_row_blocks_do_not_change_a_bit(monkeypatch, dtype):
     assert all(np.array_equal(whole_lin[k], again[k], equal_nan=True) for k in whole_lin)
 
 
-def test_row_median_equals_nanmedian():
-    rng = np.random.default_rng(4)
-    a = (rng.normal(size=(3000, 41)) * 3).astype(np.float32)
-    a[rng.random(a.shape) < 0.4] = np.nan
-    a[::5] = np.round(a[::5])                                      # ties
-    a[::7, 1:] = np.nan                                            # a single value
-    a[::7, 0] = 1.5
-    assert np.array_equal(ew_measure._nanmedian_rows(a), np.nanmedian(a, axis=1))
-
-
 def _rv_gain_direct(x, y, w, sig, lam, grid):
     s0, ty = w.sum(axis=1), (w * y).sum(axis=1)
     gain = np.zeros((x.shape[0], grid.size), np.float32)

@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from fehkit.arrays import nanmedian_rows, numbers, star_ids
 from fehkit.constants import SPEED_OF_LIGHT_KMS
 from fehkit.continuum import normalize
 from fehkit.ew import kernels
@@ -204,12 +205,13 @@ def measure_ew(
                      telluric_sigma=telluric_sigma, seed=seed, resolution=resolution, half_width=half_width,
                      chunk=chunk)
     packaged = lines is None
-    lines = (_packaged_lines().copy() if packaged else lines).reset_index(drop=True)
+    lines = (_packaged_lines() if packaged else lines).reset_index(drop=True)  # a new frame (copy on write)
     if batch.flux_unit != "":
         batch = normalize(batch, lines=lines).batch
     n = batch.n_spectra
     xp = ArrayBackend(backend, device, compiled=backend == "numpy" and kernels.ENABLED, float64=float64 or None)
-    idx, in_window = window_pixels(batch.wave, lines, half_width)
+    idx, in_window = _packaged_windows(batch.wave, half_width) if packaged else window_pixels(batch.wave, lines,
+                                                                                              half_width)
     lam0 = lines["wave_vac"].to_numpy(float)
     dx = (batch.wave[idx] - lam0[:, None]).astype(np.float32)                       # (L, W)
     core = np.abs(dx) <= 2.5 * 0.3                                                  # +-2.5 LSF sigma
@@ -243,8 +245,9 @@ def measure_ew(
     # release the GIL), the same numbers
     parts = map_threads(block, blocks) if xp.compiled and mc_draws == 0 else [block(sl) for sl in blocks]
     res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    star_id = (batch.meta["star_id"].astype(str).to_numpy() if "star_id" in batch.meta
-               else np.array([f"spectrum-{i}" for i in range(n)]))
+    star_id = star_ids(batch.meta)
+    if star_id is None:
+        star_id = np.array([f"spectrum-{i}" for i in range(n)])
     info = {"backend": backend, "device": xp.device_name, "compiled": xp.compiled,
             "rv_tolerance_kms": rv_tolerance, "damping": damping,
             "telluric_sigma": telluric_sigma, "systematic_mA": systematic_mA,
@@ -255,8 +258,23 @@ def measure_ew(
 
 @lru_cache(maxsize=1)
 def _packaged_lines() -> pd.DataFrame:
-    """Return the packaged line list, read and checked once per process (callers take a copy)."""
+    """Return the packaged line list, read and checked once per process (pandas copies it on write)."""
     return load_linelist()
+
+
+def _packaged_windows(wave: np.ndarray, half_width: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`window_pixels` of the packaged line list on ``wave``; the last grid's are kept (shared: not changed)."""
+    last = _last_windows.get(half_width)
+    if last is not None and (last[0] is wave or np.array_equal(last[0], wave)):
+        return last[1]
+    out = window_pixels(wave, _packaged_lines(), half_width)
+    _last_windows.clear()
+    _last_windows[half_width] = (wave.copy(), out)
+    return out
+
+
+#: :func:`_packaged_windows` of the last grid, by half width.
+_last_windows: dict[int, tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = {}
 
 
 @lru_cache(maxsize=1)
@@ -685,7 +703,7 @@ def _clip_outliers(x: np.ndarray, y: np.ndarray, w: np.ndarray, model: np.ndarra
     wing_z = np.where((w > 0) & ~core, z, np.nan)
     all_nan = ~np.isfinite(wing_z).any(axis=1)
     wing_z[all_nan] = 0.0
-    z = z - _nanmedian_rows(wing_z)[:, None]
+    z = z - nanmedian_rows(wing_z)[:, None]
     high = z > 5.0
     low = (z < -3.0) & ~core
     low[:, 1:] |= low[:, :-1].copy()
@@ -695,16 +713,6 @@ def _clip_outliers(x: np.ndarray, y: np.ndarray, w: np.ndarray, model: np.ndarra
     crowded = low.sum(axis=1) > 0.5 * wing
     low[crowded] = False
     return np.where(high | low, 0.0, w).astype(np.float32)
-
-
-def _nanmedian_rows(a: np.ndarray) -> np.ndarray:
-    """Median of each row of ``a`` over its non-NaN values, as ``np.nanmedian(a, axis=1)`` (the same numbers)."""
-    s = np.sort(a, axis=1)                              # NaNs last
-    n = (~np.isnan(a)).sum(axis=1)
-    h = n // 2
-    lo = np.where(n % 2 == 1, h, np.maximum(h - 1, 0))
-    rows = np.arange(a.shape[0])
-    return (s[rows, lo] + s[rows, np.minimum(h, a.shape[1] - 1)]) / a.dtype.type(2)
 
 
 def window_pixels(wave: np.ndarray, lines: pd.DataFrame,
@@ -743,7 +751,7 @@ def expected_widths(lam0: np.ndarray, params: pd.DataFrame | None, n: int,
     """Return the expected Gaussian sigma and the tied Lorentz half width (A), (n, L) float32."""
     vals = {}
     for k, default in DEFAULT_PARAMS.items():
-        col = None if params is None or k not in params else pd.to_numeric(params[k], errors="coerce").to_numpy(float)
+        col = None if params is None or k not in params else numbers(params[k])
         if col is not None and len(col) != n:
             raise EWError(f"params: expected {n} rows (one per spectrum), found {len(col)}")
         vals[k] = np.where(np.isfinite(col), col, default) if col is not None else np.full(n, default)

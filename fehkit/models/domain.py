@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fehkit.arrays import numbers, texts
 from fehkit.errors import FehkitWarning
 from fehkit.flags import SEP, join_columns
 
@@ -206,7 +207,7 @@ def _quantities(Xa: np.ndarray, names: list[str], stars: pd.DataFrame | None) ->
     out: dict[str, np.ndarray] = {}
     for k in ("teff", "logg", "vmic", "alpha_fe", "snr"):
         if stars is not None and k in stars:
-            out[k] = pd.to_numeric(stars[k], errors="coerce").to_numpy(float)
+            out[k] = numbers(stars[k])
         elif k in names:
             out[k] = Xa[:, names.index(k)].astype(float)
     return out
@@ -217,8 +218,7 @@ def _grid_columns(values: dict[str, np.ndarray], stars: pd.DataFrame | None,
     """Per star: the joint likelihood at the grid's top, what was clipped to the grid, whether filled nodes count."""
     n = len(feh_cog)
     if stars is not None and {"cog_at_grid_edge", "cog_clipped", "cog_filled"} <= set(stars):
-        return (_bools(stars["cog_at_grid_edge"]), stars["cog_clipped"].fillna("").astype(str).to_numpy(object),
-                _bools(stars["cog_filled"]))
+        return _bools(stars["cog_at_grid_edge"]), texts(stars["cog_clipped"]), _bools(stars["cog_filled"])
     from fehkit.physics.cog import CurveOfGrowth
     from fehkit.physics.joint import FEH_GRID
 

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from astropy.stats import sigma_clipped_stats
+from astropy.stats import SigmaClip
 
+from fehkit.arrays import nanmedian_rows
 from fehkit.errors import FehkitWarning, GridRangeError
 from fehkit.physics.cog import ALPHA_RANGE, CurveOfGrowth, _kernels, pchip_coefficients
 from fehkit.threads import map_parts, numba_wanted
@@ -242,9 +243,11 @@ def _per_line_median(ew_mA: Any, ew_err_mA: Any, usable: Any, teff: Any, logg: A
     n_ok = np.isfinite(feh).sum(axis=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # all-NaN rows
-        _, median, std = sigma_clipped_stats(feh, axis=1, sigma=clip_sigma, maxiters=5)
-    median = np.asarray(np.ma.filled(median, np.nan), float)
-    std = np.asarray(np.ma.filled(std, np.nan), float)
+        # astropy's sigma_clipped_stats, whose median and std of the clipped values take ~0.4 ms for one star
+        # (NumPy's nanmedian goes through masked arrays for small arrays): the same numbers
+        clipped = SigmaClip(sigma=clip_sigma, maxiters=5)(feh, axis=1, masked=False)
+        median = nanmedian_rows(clipped) if feh.shape[1] else np.full(feh.shape[0], np.nan)
+        std = np.nanstd(clipped, axis=1)
     single = np.nanmin(np.where(np.isfinite(feh), feh_err, np.inf), axis=1)
     spread = np.where(n_ok > 1, std / np.sqrt(np.maximum(n_ok, 1)), np.where(n_ok == 1, single, np.nan))
     return {"feh_cog_median": np.where(n_ok > 0, median, np.nan), "feh_cog_median_err": spread,
