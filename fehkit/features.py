@@ -163,7 +163,8 @@ def build_features(
     (3, True)
     """
     p = _params(params, len(ew.star_id))
-    check_param_values(p, ids=np.asarray(ew.star_id).astype(str))
+    ids = np.asarray(ew.star_id).astype(str)
+    check_param_values(p, ids=ids)
     errors = {**DEFAULT_PARAM_ERRORS, **(param_errors or {})}
     perr = {k: (p[f"{k}_err"].to_numpy(float) if f"{k}_err" in p else np.full(len(p), float(errors[k])))
             for k in ("teff", "logg", "vmic")}
@@ -177,8 +178,8 @@ def build_features(
     measured &= np.isfinite(value) & np.isfinite(err) & (err > 0)
     clean = joint_usable(ew)
 
-    args = (p["teff"].to_numpy(float), p["logg"].to_numpy(float), p["vmic"].to_numpy(float),
-            p["alpha_fe"].to_numpy(float))
+    given = {k: p[k].to_numpy(float) for k in ("teff", "logg", "vmic", "alpha_fe")}  # each column read once
+    args = tuple(given.values())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FehkitWarning)
         # the columns as arrays: the per-star frame is built once, below
@@ -196,9 +197,7 @@ def build_features(
 
     # the per-star table, column by column, built once (assembling it frame by frame costs more than the search
     # itself for one star)
-    per_star: dict[str, Any] = {"star_id": np.asarray(ew.star_id).astype(str)}
-    for k in ("teff", "logg", "vmic", "alpha_fe"):
-        per_star[k] = p[k].to_numpy(float)
+    per_star: dict[str, Any] = {"star_id": ids, **given}
     for k in ("teff", "logg", "vmic"):
         per_star[f"{k}_err"] = perr[k]
     if snr is not None:

@@ -598,9 +598,23 @@ def _search_torch(ew: np.ndarray, err: np.ndarray, use: np.ndarray, teff: np.nda
 
 
 def _grid_pieces(feh: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """PCHIP piece of each :data:`FEH_GRID` point, its offset in the piece and whether it is on the grid, as _Table."""
-    piece = np.clip(np.searchsorted(feh, FEH_GRID, side="right") - 1, 0, len(feh) - 2)
-    return piece, FEH_GRID - feh[piece], FEH_GRID >= feh[0]
+    """PCHIP piece of each :data:`FEH_GRID` point, its offset in the piece and whether it is on the grid, as _Table.
+
+    Kept for the last few grids' [Fe/H] nodes (the two physics' differ): for one star it is a good part of a search.
+    """
+    key = feh.tobytes()
+    found = _last_pieces.get(key)
+    if found is None:
+        piece = np.clip(np.searchsorted(feh, FEH_GRID, side="right") - 1, 0, len(feh) - 2)
+        found = piece, FEH_GRID - feh[piece], FEH_GRID >= feh[0]
+        if len(_last_pieces) >= 4:
+            _last_pieces.clear()
+        _last_pieces[key] = found
+    return found
+
+
+#: :func:`_grid_pieces` of the last few [Fe/H] nodes (shared: not changed).
+_last_pieces: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
 def _inputs(ew_mA: Any, ew_err_mA: Any, usable: Any, cog: CurveOfGrowth,
