@@ -12,7 +12,7 @@ The curve of growth already knows how EW grows with [Fe/H] at a given Teff; the 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,12 +162,11 @@ def build_features(
     >>> f.X.shape[0], "feh_cog" in f.names
     (3, True)
     """
-    p = _params(params, len(ew.star_id))
+    p = _params(params, len(ew.star_id))  # the columns as arrays, each read once
     ids = np.asarray(ew.star_id).astype(str)
-    check_param_values(p, ids=ids)
+    _check_limits(p, "stellar parameters", lambda i: f"star {ids[i]}")
     errors = {**DEFAULT_PARAM_ERRORS, **(param_errors or {})}
-    perr = {k: (p[f"{k}_err"].to_numpy(float) if f"{k}_err" in p else np.full(len(p), float(errors[k])))
-            for k in ("teff", "logg", "vmic")}
+    perr = {k: p.get(f"{k}_err", np.full(len(ids), float(errors[k]))) for k in ("teff", "logg", "vmic")}
     cog = cog or CurveOfGrowth.load()
     lines = cog.line_index(ew.lines["wave_vac"].to_numpy())
 
@@ -178,7 +177,7 @@ def build_features(
     measured &= np.isfinite(value) & np.isfinite(err) & (err > 0)
     clean = joint_usable(ew)
 
-    given = {k: p[k].to_numpy(float) for k in ("teff", "logg", "vmic", "alpha_fe")}  # each column read once
+    given = {k: p[k] for k in ("teff", "logg", "vmic", "alpha_fe")}
     args = tuple(given.values())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FehkitWarning)
@@ -281,19 +280,7 @@ def check_param_values(params: pd.DataFrame, where: str = "stellar parameters", 
     key = next((k for k in ("star_id", "file") if k in p), None)
     names = [str(v) for v in (ids if ids is not None else p[key] if key else [f"row {i + 1}" for i in range(len(p))])]
     who = (lambda i: f"star {names[i]}") if (ids is not None or key) else (lambda i: names[i])
-    for col, (lo, hi, closed) in PARAM_LIMITS.items():
-        if col not in p:
-            continue
-        v = numbers(p[col])
-        with np.errstate(invalid="ignore"):
-            bad = np.isfinite(v) & ((v < lo) | (v > hi) | ((v == lo) & (not closed)))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            unit = {"teff": " K", "vmic": " km/s"}.get(col, "")
-            expect = f"{lo:g} {'<=' if closed else '<'} {col}" + (f" <= {hi:g}" if np.isfinite(hi) else "")
-            more = f" ({int(bad.sum())} such values)" if bad.sum() > 1 else ""
-            raise InputTableError(f"{where}: {who(i)} has {col} = {v[i]:g}{more}; expected {expect}{unit} (no star "
-                                  "has such a value)")
+    _check_limits({col: numbers(p[col]) for col in PARAM_LIMITS if col in p}, where, who)
     if key and ids is None:
         dup = p[key].astype(str).duplicated(keep=False).to_numpy()
         if dup.any():
@@ -303,20 +290,44 @@ def check_param_values(params: pd.DataFrame, where: str = "stellar parameters", 
                                   "expected one row per star")
 
 
-def _params(params: pd.DataFrame | Mapping[str, Any], n: int) -> pd.DataFrame:
-    p = pd.DataFrame(params).reset_index(drop=True) if not isinstance(params, pd.DataFrame) else \
-        params.reset_index(drop=True)
+def _check_limits(values: Mapping[str, np.ndarray], where: str, who: Callable[[int], str]) -> None:
+    """:func:`check_param_values`' test of :data:`PARAM_LIMITS` on columns as arrays; ``who(i)`` names row i."""
+    for col, (lo, hi, closed) in PARAM_LIMITS.items():
+        if col not in values:
+            continue
+        v = values[col]
+        with np.errstate(invalid="ignore"):
+            bad = np.isfinite(v) & ((v < lo) | (v > hi) | ((v == lo) & (not closed)))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            unit = {"teff": " K", "vmic": " km/s"}.get(col, "")
+            expect = f"{lo:g} {'<=' if closed else '<'} {col}" + (f" <= {hi:g}" if np.isfinite(hi) else "")
+            more = f" ({int(bad.sum())} such values)" if bad.sum() > 1 else ""
+            raise InputTableError(f"{where}: {who(i)} has {col} = {v[i]:g}{more}; expected {expect}{unit} (no star "
+                                  "has such a value)")
+
+
+def _params(params: pd.DataFrame | Mapping[str, Any], n: int) -> dict[str, np.ndarray]:
+    """Return the stellar parameters as float arrays by name: teff, logg, vmic, alpha_fe (+0.4), the errors given.
+
+    Each column is read once (a pandas column costs tens of us to reach, a good part of one star's features).
+    """
+    p = params if isinstance(params, pd.DataFrame) else pd.DataFrame(params)
     missing = [k for k in ("teff", "logg", "vmic") if k not in p]
     if missing:
         raise FeatureError(f"stellar parameters: no column(s) {', '.join(missing)}; found {list(p.columns)}; "
                            "expected teff, logg, vmic (and optionally alpha_fe, teff_err, logg_err, vmic_err)")
     if len(p) != n:
         raise FeatureError(f"stellar parameters: {len(p)} rows; expected one per spectrum of the EW table ({n})")
+    out = {}
     for k in ("teff", "logg", "vmic"):
-        bad = ~np.isfinite(numbers(p[k]))
+        out[k] = numbers(p[k])
+        bad = ~np.isfinite(out[k])
         if bad.any():
             raise FeatureError(f"stellar parameters: column {k!r} has {int(bad.sum())} missing or non-numeric "
                                f"value(s) (first at row {int(np.flatnonzero(bad)[0])}); expected a number per star")
-    if "alpha_fe" not in p:
-        p["alpha_fe"] = 0.4
-    return p
+    out["alpha_fe"] = p["alpha_fe"].to_numpy(dtype=float) if "alpha_fe" in p else np.full(n, 0.4)
+    for k in ("teff_err", "logg_err", "vmic_err"):
+        if k in p:
+            out[k] = p[k].to_numpy(dtype=float)
+    return out
