@@ -150,13 +150,14 @@ def _stages(model: Path, bodies: list[bytes], n: int) -> dict:
     import warnings
 
     import numpy as np
+    import pandas as pd
 
     from fehkit.continuum import normalize
     from fehkit.errors import FehkitWarning
     from fehkit.ew import measure_ew
     from fehkit.features import build_features
-    from fehkit.service import _json_spectrum, _Predictor
-    from fehkit.training import predict_features
+    from fehkit.service import _json_spectrum, _Predictor, _rows
+    from fehkit.training import prediction_columns
 
     pred = _Predictor(Path(model))
     times: dict[str, list[float]] = {k: [] for k in ("parse", "continuum", "ew", "features", "predict", "total")}
@@ -169,12 +170,13 @@ def _stages(model: Path, bodies: list[bytes], n: int) -> dict:
             t.append(time.perf_counter())
             norm = normalize(batch).batch
             t.append(time.perf_counter())
-            ew = measure_ew(norm, params=params[["teff", "logg", "vmic"]], mc_draws=0)
+            ew_params = pd.DataFrame({k: params[k].to_numpy() for k in ("teff", "logg", "vmic")})  # as the library
+            ew = measure_ew(norm, params=ew_params, mc_draws=0)
             t.append(time.perf_counter())
             snr = batch.meta["snr"].to_numpy(float) if "snr" in batch.meta else None
             feats = build_features(ew, params, snr=snr)
             t.append(time.perf_counter())
-            predict_features(pred.ensemble, feats, member_predictor=pred.members)
+            _rows(prediction_columns(pred.ensemble, feats, member_predictor=pred.members))
             t.append(time.perf_counter())
             if i >= 20:  # the first ones warm the caches
                 for k, a, b in zip(times, t, t[1:], strict=False):
