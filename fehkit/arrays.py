@@ -6,16 +6,23 @@ one spectrum (a request to the service) those costs, ~25-300 us each, add up to 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
 
-def numbers(column: pd.Series) -> np.ndarray:
-    """Return a table column as float64, anything that is not a number as NaN (``pd.to_numeric(errors="coerce")``).
+def numbers(column: pd.Series | np.ndarray | Sequence[Any]) -> np.ndarray:
+    """Return a column as float64, anything that is not a number as NaN (``pd.to_numeric(errors="coerce")``).
 
-    A column that is numeric already is taken as it is: pandas' conversion costs ~25 us a column, which adds up in
-    a one-spectrum request.
+    ``column`` is a table column or any 1-d array-like. One that is numeric already is taken as it is: pandas'
+    conversion costs ~25 us a column, which adds up in a one-spectrum request.
     """
+    if isinstance(column, np.ndarray) and column.dtype.kind in "fiub":
+        return column.astype(float, copy=True)
+    if not isinstance(column, pd.Series):
+        column = pd.Series(np.asarray(column, dtype=object) if not isinstance(column, np.ndarray) else column)
     if column.dtype.kind in "fiub":
         return column.to_numpy(dtype=float, na_value=np.nan, copy=True)
     return pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)

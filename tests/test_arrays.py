@@ -36,6 +36,8 @@ def test_numbers_equal_to_numeric(column):
     expected = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     got = numbers(column)
     assert got.dtype == np.float64 and np.array_equal(got, expected, equal_nan=True)
+    for plain in (column.to_numpy(), column.tolist()):               # an array or a list: the same numbers
+        assert np.array_equal(numbers(plain), expected, equal_nan=True)
     if len(got) and column.dtype == np.float64:
         got[0] = 99.0                                              # a copy, never a view of the table
         assert column.iloc[0] != 99.0

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -118,7 +119,7 @@ def measure_ew(
     *,
     backend: Backend = "numpy",
     device: str | None = None,
-    params: pd.DataFrame | None = None,
+    params: pd.DataFrame | Mapping[str, Any] | None = None,
     rv_tolerance: float = 10.0,
     damping: Literal["tied", "free", "shared"] = "shared",
     free_shape_snr: float = 10.0,
@@ -145,7 +146,7 @@ def measure_ew(
         Array library of the fits; the same math runs on both (numpy is the reference).
     device : str, optional
         torch device ("cpu", "cuda", "cuda:1"); default CUDA when available. Ignored by numpy.
-    params : DataFrame, optional
+    params : DataFrame or mapping of name to array, optional
         Per spectrum ``teff``, ``logg``, ``vmic``, ``feh`` (any subset), for the expected widths and the tied
         damping; missing ones take :data:`DEFAULT_PARAMS`. The expected width only starts the fits and serves
         lines too weak to fit their own; it matters little.
@@ -746,7 +747,7 @@ def window_pixels(wave: np.ndarray, lines: pd.DataFrame,
     return idx, inside
 
 
-def expected_widths(lam0: np.ndarray, params: pd.DataFrame | None, n: int,
+def expected_widths(lam0: np.ndarray, params: pd.DataFrame | Mapping[str, Any] | None, n: int,
                      resolution: float) -> tuple[np.ndarray, np.ndarray]:
     """Return the expected Gaussian sigma and the tied Lorentz half width (A), (n, L) float32."""
     vals = {}
