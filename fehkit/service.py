@@ -890,8 +890,8 @@ def _spectra(specs: Sequence[SpectrumJSON]) -> tuple[SpectrumBatch, pd.DataFrame
             bits[i] = s.bitmask
     # a spectrum without a usable pixel is valid input: its answer is the flag no_usable_lines
     mask |= (bits & bad_bits_value()) != 0
-    ids = [s.star_id or "star" for s in specs]
-    columns: dict[str, Any] = {"star_id": pd.Series(ids, dtype=object), "file": "json"}
+    ids = np.array([s.star_id or "star" for s in specs], dtype=object)
+    columns: dict[str, Any] = {"star_id": pd.Series(ids, dtype=object), "file": np.full(n, "json", dtype=object)}
     snr = [s.snr for s in specs]
     if any(v is not None for v in snr):
         columns["snr"] = np.array([np.nan if v is None else v for v in snr], float)

@@ -172,17 +172,14 @@ class CurveOfGrowth:
         pts = np.stack([c.ravel() for c in cols], axis=-1)
         if not np.all(np.isfinite(pts)):
             raise GridRangeError("teff, logg, vmic and alpha_fe must be finite; found NaN or inf")
-        outside = []
-        for j, (name, axis) in enumerate(zip(("teff", "logg", "vmic"), (self.teff, self.logg, self.vmic), strict=True)):
-            lo, hi = axis[0], axis[-1]
-            n_out = int(np.sum((pts[:, j] < lo - 1e-9) | (pts[:, j] > hi + 1e-9)))
-            if n_out:
-                outside.append(f"{name}: {n_out} value(s) outside {lo:g}..{hi:g}")
-            pts[:, j] = np.clip(pts[:, j], lo, hi)
-        n_out = int(np.sum((pts[:, 3] < ALPHA_RANGE[0]) | (pts[:, 3] > ALPHA_RANGE[1])))
-        if n_out:
-            outside.append(f"alpha_fe: {n_out} value(s) outside {ALPHA_RANGE[0]:g}..{ALPHA_RANGE[1]:g}")
-        pts[:, 3] = np.clip(pts[:, 3], *ALPHA_RANGE)
+        # all four columns at once: the grid's edges (1e-9 of slack for the three axes) and [alpha/Fe]'s range
+        lo = np.array([self.teff[0], self.logg[0], self.vmic[0], ALPHA_RANGE[0]])
+        hi = np.array([self.teff[-1], self.logg[-1], self.vmic[-1], ALPHA_RANGE[1]])
+        slack = np.array([1e-9, 1e-9, 1e-9, 0.0])
+        n_out = ((pts < lo - slack) | (pts > hi + slack)).sum(axis=0)
+        outside = [f"{name}: {n_out[j]} value(s) outside {lo[j]:g}..{hi[j]:g}"
+                   for j, name in enumerate(("teff", "logg", "vmic", "alpha_fe")) if n_out[j]]
+        np.clip(pts, lo, hi, out=pts)
         if outside:
             warnings.warn("curve of growth: clipped to the grid edge: " + "; ".join(outside), FehkitWarning,
                           stacklevel=3)
