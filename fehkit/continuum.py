@@ -174,7 +174,8 @@ def normalize(
         arrays = tuple(np.ascontiguousarray(a, t) for a, t in ((batch.flux, np.float32), (batch.ivar, np.float32),
                                                                  (batch.mask, bool)))
     fits = {}  # chip name -> per-spectrum results, (n,) or (n, order + 1)
-    for name, (sel, line_free, basis) in _detectors(wave, tuple(chips.items()), order, line_waves).items():
+    detectors = tuple((name, (float(lo), float(hi))) for name, (lo, hi) in chips.items())
+    for name, (sel, line_free, basis) in _detectors(wave, detectors, order, line_waves).items():
         if device is not None:
             fits[name] = _fit_chip_torch(batch.flux[:, sel], batch.ivar[:, sel], batch.mask[:, sel], line_free,
                                          basis, low, high, bias, max_iter, min_pixels, device)
@@ -233,7 +234,7 @@ def _detectors(wave: np.ndarray, chips: tuple[tuple[str, tuple[float, float]], .
     """
     key = (chips, order, line_waves.tobytes())
     last = _last_detectors.get(key)
-    if last is not None and (last[0] is wave or np.array_equal(last[0], wave)):
+    if last is not None and np.array_equal(last[0], wave):
         return last[1]
     core = np.zeros(wave.size, bool)
     for lam in line_waves:  # pixels within the half width of a line (the grid is increasing: one run per line)

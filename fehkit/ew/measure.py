@@ -266,7 +266,7 @@ def _packaged_lines() -> pd.DataFrame:
 def _packaged_windows(wave: np.ndarray, half_width: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`window_pixels` of the packaged line list on ``wave``; the last grid's are kept (shared: not changed)."""
     last = _last_windows.get(half_width)
-    if last is not None and (last[0] is wave or np.array_equal(last[0], wave)):
+    if last is not None and np.array_equal(last[0], wave):
         return last[1]
     out = window_pixels(wave, _packaged_lines(), half_width)
     _last_windows.clear()
