@@ -91,6 +91,9 @@ class Normalized:
             self._diagnostics = self._diagnostics()
         return self._diagnostics
 
+    def __getstate__(self) -> dict[str, Any]:  # pickled (e.g. by Dask) with the table, not the function making it
+        return {**self.__dict__, "_diagnostics": self.diagnostics}
+
     def __iter__(self):  # noqa: ANN204 -- lets ``batch, continuum, diagnostics = normalize(...)`` work
         return iter((self.batch, self.continuum, self.diagnostics))
 

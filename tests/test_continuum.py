@@ -170,3 +170,19 @@ def test_the_torch_fit_gives_the_numpy_fit(monkeypatch, device):
     assert (got.batch.mask == ref.batch.mask).all()
     assert np.allclose(got.batch.flux, ref.batch.flux, rtol=1e-6, equal_nan=True)
     assert np.allclose(got.batch.ivar, ref.batch.ivar, rtol=1e-5)
+
+
+def test_diagnostics_are_built_when_asked_and_travel_in_a_pickle():
+    import pickle
+
+    sim = simulate({"teff": [4800, 5200], "logg": [1.5, 2.5], "feh": [-2.5, -3.0], "vmic": [1.8, 1.5],
+                    "snr": [200, 80]}, seed=3)
+    result = normalize(sim.batch)
+    again = pickle.loads(pickle.dumps(result))                  # e.g. a Dask worker's result
+    pd.testing.assert_frame_equal(again.diagnostics, result.diagnostics)
+    assert list(result.diagnostics.chip) == list(CHIPS) * 2 and (result.diagnostics.flag == "ok").all()
+    batch, continuum, diag = again                              # still unpacks
+    assert np.array_equal(continuum, result.continuum, equal_nan=True) and diag is again.diagnostics
+    # a range given as a list: the same fit
+    as_lists = normalize(sim.batch, chips={k: list(v) for k, v in CHIPS.items()})
+    assert np.array_equal(as_lists.continuum, result.continuum, equal_nan=True)
