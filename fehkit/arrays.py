@@ -1,4 +1,4 @@
-"""Small array and table helpers that the stages share: numeric columns, star ids, the median of each row.
+"""Small array and table helpers that the stages share: numeric columns, star ids, row medians, per-grid values.
 
 Each does what a pandas or NumPy one-liner does, with the same result, without that one-liner's fixed cost: for
 one spectrum (a request to the service) those costs, ~25-300 us each, add up to much of the time.
@@ -6,11 +6,13 @@ one spectrum (a request to the service) those costs, ~25-300 us each, add up to 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+
+T = TypeVar("T")
 
 
 def numbers(column: pd.Series | np.ndarray | Sequence[Any]) -> np.ndarray:
@@ -22,7 +24,7 @@ def numbers(column: pd.Series | np.ndarray | Sequence[Any]) -> np.ndarray:
     if isinstance(column, np.ndarray) and column.dtype.kind in "fiub":
         return column.astype(float, copy=True)
     if not isinstance(column, pd.Series):
-        column = pd.Series(np.asarray(column, dtype=object) if not isinstance(column, np.ndarray) else column)
+        column = pd.Series(np.asarray(column, dtype=object))
     if column.dtype.kind in "fiub":
         return column.to_numpy(dtype=float, na_value=np.nan, copy=True)
     return pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
@@ -51,9 +53,28 @@ def texts(column: pd.Series) -> np.ndarray:
 
 def nanmedian_rows(a: np.ndarray) -> np.ndarray:
     """Median of each row of ``a`` over its non-NaN values, as ``np.nanmedian(a, axis=1)`` (the same numbers)."""
+    if a.shape[1] == 0:  # no values at all: NaN, as NumPy gives
+        return np.full(a.shape[0], np.nan, a.dtype)
     s = np.sort(a, axis=1)                              # NaNs last
     n = (~np.isnan(a)).sum(axis=1)
     h = n // 2
     lo = np.where(n % 2 == 1, h, np.maximum(h - 1, 0))
     rows = np.arange(a.shape[0])
     return (s[rows, lo] + s[rows, np.minimum(h, a.shape[1] - 1)]) / a.dtype.type(2)
+
+
+def per_grid(cache: dict, key: Hashable, grid: np.ndarray, make: Callable[[], T], keep: int = 1) -> T:
+    """Return ``make()``, worked out once for ``key`` on ``grid`` (e.g. the wavelengths) and kept in ``cache``.
+
+    What depends only on a grid (a detector's Legendre basis, the line windows, ...) would otherwise be worked out
+    at every call, for one spectrum most of the cost. ``cache`` keeps the last ``keep`` keys, each with a copy of its
+    grid: the same key on another grid is worked out again. The value is shared: callers must not change it.
+    """
+    hit = cache.get(key)
+    if hit is not None and np.array_equal(hit[0], grid):
+        return hit[1]
+    value = make()
+    if key not in cache and len(cache) >= keep:
+        cache.clear()
+    cache[key] = (grid.copy(), value)
+    return value

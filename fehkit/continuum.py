@@ -34,7 +34,7 @@ import pandas as pd
 from numpy.polynomial import legendre
 from scipy.special import ndtr
 
-from fehkit.arrays import star_ids
+from fehkit.arrays import per_grid, star_ids
 from fehkit.display import counts, html_summary, text_summary
 from fehkit.errors import FehkitError
 from fehkit.float32 import at_least, at_most
@@ -232,32 +232,29 @@ def _detectors(wave: np.ndarray, chips: tuple[tuple[str, tuple[float, float]], .
                line_waves: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per detector with pixels: its pixels ``sel``, which of them are free of line cores, and its Legendre basis.
 
-    They depend only on the wavelength grid, so the last grid's are kept: every apStar batch has the same grid, and
-    working them out again (~0.5 ms) would be most of the cost of normalizing one spectrum.
+    They depend only on the wavelength grid, so the last grid's are kept (:func:`fehkit.arrays.per_grid`): every
+    apStar batch has the same grid, and working them out again (~0.5 ms) would be most of the cost of normalizing
+    one spectrum.
     """
-    key = (chips, order, line_waves.tobytes())
-    last = _last_detectors.get(key)
-    if last is not None and np.array_equal(last[0], wave):
-        return last[1]
-    core = np.zeros(wave.size, bool)
-    for lam in line_waves:  # pixels within the half width of a line (the grid is increasing: one run per line)
-        a = np.searchsorted(wave, lam - 2 * LINE_CORE_HALF_WIDTH_A)
-        b = np.searchsorted(wave, lam + 2 * LINE_CORE_HALF_WIDTH_A, side="right")
-        core[a:b] |= np.abs(wave[a:b] - lam) <= LINE_CORE_HALF_WIDTH_A
-    out = {}
-    for name, (lo, hi) in chips:
-        sel = np.flatnonzero((wave >= lo) & (wave <= hi))
-        if sel.size == 0:
-            continue
-        x = 2.0 * (wave[sel] - lo) / (hi - lo) - 1.0
-        out[name] = (sel, ~core[sel], legendre.legvander(x, order))   # basis (n_sel, order+1); shared: not changed
-    _last_detectors.clear()
-    _last_detectors[key] = (wave.copy(), out)
-    return out
+    def make() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        core = np.zeros(wave.size, bool)
+        for lam in line_waves:  # pixels within the half width of a line (the grid is increasing: one run per line)
+            a = np.searchsorted(wave, lam - 2 * LINE_CORE_HALF_WIDTH_A)
+            b = np.searchsorted(wave, lam + 2 * LINE_CORE_HALF_WIDTH_A, side="right")
+            core[a:b] |= np.abs(wave[a:b] - lam) <= LINE_CORE_HALF_WIDTH_A
+        out = {}
+        for name, (lo, hi) in chips:
+            sel = np.flatnonzero((wave >= lo) & (wave <= hi))
+            if sel.size:
+                x = 2.0 * (wave[sel] - lo) / (hi - lo) - 1.0
+                out[name] = (sel, ~core[sel], legendre.legvander(x, order))   # basis (n_sel, order+1)
+        return out
+
+    return per_grid(_detector_cache, (chips, order, line_waves.tobytes()), wave, make)
 
 
-#: :func:`_detectors` of the last grid, by the other arguments.
-_last_detectors: dict[tuple, tuple[np.ndarray, dict]] = {}
+#: :func:`_detectors` of the last grid.
+_detector_cache: dict = {}
 
 
 def _kernels() -> Any:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from astropy.stats import sigma_clipped_stats
 
-from fehkit.arrays import nanmedian_rows, numbers, star_ids, texts
+from fehkit.arrays import nanmedian_rows, numbers, per_grid, star_ids, texts
 from fehkit.physics.cog import CurveOfGrowth
 from fehkit.physics.joint import _per_line_median
 
@@ -25,6 +25,27 @@ def test_row_median_equals_nanmedian():
         expected = np.nanmedian(a, axis=1)
     got = nanmedian_rows(a)
     assert got.dtype == expected.dtype and np.array_equal(got, expected, equal_nan=True)
+    empty = np.empty((3, 0), np.float32)                           # no column: NaN, as NumPy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = np.nanmedian(empty, axis=1)
+    got = nanmedian_rows(empty)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected, equal_nan=True)
+
+
+def test_per_grid_keeps_a_value_per_key_and_grid():
+    cache, made = {}, []
+    grid = np.linspace(0.0, 1.0, 5)
+
+    def make(tag):
+        return lambda: made.append(tag) or tag
+
+    assert per_grid(cache, "a", grid, make(1)) == 1 and per_grid(cache, "a", grid.copy(), make(2)) == 1
+    grid[0] = -1.0                                                 # the caller changes its array: worked out again
+    assert per_grid(cache, "a", grid, make(3)) == 3
+    assert per_grid(cache, "b", grid, make(4), keep=2) == 4 and per_grid(cache, "a", grid, make(5), keep=2) == 3
+    assert per_grid(cache, "c", grid, make(6), keep=2) == 6 and list(cache) == ["c"]   # full: the old ones go
+    assert made == [1, 3, 4, 6]
 
 
 @pytest.mark.parametrize("column", [

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from fehkit.arrays import nanmedian_rows, numbers, star_ids
+from fehkit.arrays import nanmedian_rows, numbers, per_grid, star_ids
 from fehkit.constants import SPEED_OF_LIGHT_KMS
 from fehkit.continuum import normalize
 from fehkit.ew import kernels
@@ -265,17 +265,11 @@ def _packaged_lines() -> pd.DataFrame:
 
 def _packaged_windows(wave: np.ndarray, half_width: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`window_pixels` of the packaged line list on ``wave``; the last grid's are kept (shared: not changed)."""
-    last = _last_windows.get(half_width)
-    if last is not None and np.array_equal(last[0], wave):
-        return last[1]
-    out = window_pixels(wave, _packaged_lines(), half_width)
-    _last_windows.clear()
-    _last_windows[half_width] = (wave.copy(), out)
-    return out
+    return per_grid(_window_cache, half_width, wave, lambda: window_pixels(wave, _packaged_lines(), half_width))
 
 
-#: :func:`_packaged_windows` of the last grid, by half width.
-_last_windows: dict[int, tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = {}
+#: :func:`_packaged_windows` of the last grid.
+_window_cache: dict = {}
 
 
 @lru_cache(maxsize=1)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from astropy.stats import SigmaClip
 
-from fehkit.arrays import nanmedian_rows
+from fehkit.arrays import nanmedian_rows, per_grid
 from fehkit.errors import FehkitWarning, GridRangeError
 from fehkit.physics.cog import ALPHA_RANGE, CurveOfGrowth, _kernels, pchip_coefficients
 from fehkit.threads import map_parts, numba_wanted
@@ -246,7 +246,7 @@ def _per_line_median(ew_mA: Any, ew_err_mA: Any, usable: Any, teff: Any, logg: A
         # astropy's sigma_clipped_stats, whose median and std of the clipped values take ~0.4 ms for one star
         # (NumPy's nanmedian goes through masked arrays for small arrays): the same numbers
         clipped = SigmaClip(sigma=clip_sigma, maxiters=5)(feh, axis=1, masked=False)
-        median = nanmedian_rows(clipped) if feh.shape[1] else np.full(feh.shape[0], np.nan)
+        median = nanmedian_rows(clipped)
         std = np.nanstd(clipped, axis=1)
     single = np.nanmin(np.where(np.isfinite(feh), feh_err, np.inf), axis=1)
     spread = np.where(n_ok > 1, std / np.sqrt(np.maximum(n_ok, 1)), np.where(n_ok == 1, single, np.nan))
@@ -600,21 +600,18 @@ def _search_torch(ew: np.ndarray, err: np.ndarray, use: np.ndarray, teff: np.nda
 def _grid_pieces(feh: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """PCHIP piece of each :data:`FEH_GRID` point, its offset in the piece and whether it is on the grid, as _Table.
 
-    Kept for the last few grids' [Fe/H] nodes (the two physics' differ): for one star it is a good part of a search.
+    Kept for the last few curve-of-growth grids' [Fe/H] nodes (the two physics' differ; shared: not changed): for
+    one star it is a good part of a search.
     """
-    key = feh.tobytes()
-    found = _last_pieces.get(key)
-    if found is None:
+    def make() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         piece = np.clip(np.searchsorted(feh, FEH_GRID, side="right") - 1, 0, len(feh) - 2)
-        found = piece, FEH_GRID - feh[piece], FEH_GRID >= feh[0]
-        if len(_last_pieces) >= 4:
-            _last_pieces.clear()
-        _last_pieces[key] = found
-    return found
+        return piece, FEH_GRID - feh[piece], FEH_GRID >= feh[0]
+
+    return per_grid(_piece_cache, feh.tobytes(), feh, make, keep=4)
 
 
-#: :func:`_grid_pieces` of the last few [Fe/H] nodes (shared: not changed).
-_last_pieces: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+#: :func:`_grid_pieces` of the last few [Fe/H] node sets.
+_piece_cache: dict = {}
 
 
 def _inputs(ew_mA: Any, ew_err_mA: Any, usable: Any, cog: CurveOfGrowth,
