@@ -43,8 +43,13 @@ def star_ids(meta: pd.DataFrame) -> np.ndarray | None:
     return meta["star_id"].astype(str).to_numpy()
 
 
-def texts(column: pd.Series) -> np.ndarray:
-    """Return a table column as an object array of str, missing values as "" (``.fillna("").astype(str)``)."""
+def texts(column: pd.Series | np.ndarray) -> np.ndarray:
+    """Return a table column or an array as an object array of str, missing values as "" (``.fillna("")``).
+
+    The same as ``.fillna("").astype(str)`` on a column.
+    """
+    if not isinstance(column, pd.Series):
+        column = pd.Series(np.asarray(column, dtype=object), dtype=object)
     values = column.to_numpy(dtype=object, na_value="", copy=True)
     if all(type(v) is str for v in values):
         return values

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,7 +44,6 @@ class FeatureError(FehkitError, ValueError):
     """The EW table, parameters or feature matrix do not fit together."""
 
 
-@dataclass
 class Features:
     """The feature matrix and what went into it.
 
@@ -59,18 +57,40 @@ class Features:
         One row per star: ``star_id``, the parameters used, ``snr`` if known, and the classical method's results
         (:data:`fehkit.physics.joint.JOINT_COLUMNS`, ``feh_cog_err_param``, the per-line median), ``n_lines``,
         ``cog_clipped`` (``""`` or what the curve of growth clipped to its edge, e.g. ``"teff 3677 -> 3900"``) and
-        ``cog_filled`` (the star's parameters and [Fe/H] lean on filled, extrapolated grid nodes).
+        ``cog_filled`` (the star's parameters and [Fe/H] lean on filled, extrapolated grid nodes). Given as a
+        mapping of equal-length arrays, the table is built when first asked for (:meth:`star_columns` reads the
+        arrays without it: for one spectrum the table costs about as much as the classical method).
     info : dict
         How the features were made (``log_ew``, ``include_params``, the line wavelengths).
     ew : EWTable, optional
         The EW table the features came from.
     """
 
-    X: np.ndarray
-    names: list[str]
-    stars: pd.DataFrame
-    info: dict[str, Any] = field(default_factory=dict)
-    ew: EWTable | None = None
+    def __init__(self, X: np.ndarray, names: list[str], stars: pd.DataFrame | Mapping[str, np.ndarray],
+                 info: dict[str, Any] | None = None, ew: EWTable | None = None) -> None:
+        self.X, self.names, self.info, self.ew = X, names, {} if info is None else info, ew
+        self.stars = stars
+
+    @property
+    def stars(self) -> pd.DataFrame:
+        """The per-star table (see the class's attributes)."""
+        if self._stars is None:
+            self._stars = pd.DataFrame(self._arrays, copy=False)
+            self._arrays = None  # from now on the table is what a caller may change
+        return self._stars
+
+    @stars.setter
+    def stars(self, value: pd.DataFrame | Mapping[str, np.ndarray]) -> None:
+        if isinstance(value, pd.DataFrame):
+            self._stars, self._arrays = value, None
+        else:
+            self._stars, self._arrays = None, dict(value)
+
+    def star_columns(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Return the named columns of :attr:`stars` that exist, as arrays by name, without building the table."""
+        if self._arrays is not None:
+            return {k: self._arrays[k] for k in names if k in self._arrays}
+        return {k: self._stars[k].to_numpy() for k in names if k in self._stars}
 
     @property
     def mask(self) -> np.ndarray:
@@ -98,13 +118,16 @@ class Features:
     def select(self, which: Any) -> Features:
         """Return the rows chosen by a boolean mask or integer indices."""
         idx = np.arange(len(self.X))[which]
-        return Features(self.X[idx], list(self.names), self.stars.iloc[idx].reset_index(drop=True), dict(self.info),
+        stars = {k: v[idx] for k, v in self._arrays.items()} if self._arrays is not None else \
+            self._stars.iloc[idx].reset_index(drop=True)
+        return Features(self.X[idx], list(self.names), stars, dict(self.info),
                         None if self.ew is None else self.ew.select(idx))
 
     def drop(self, names: Sequence[str]) -> Features:
         """Return the same features without the named columns."""
         keep = [i for i, n in enumerate(self.names) if n not in set(names)]
-        return Features(self.X[:, keep], [self.names[i] for i in keep], self.stars.copy(), dict(self.info), self.ew)
+        stars = dict(self._arrays) if self._arrays is not None else self._stars.copy()
+        return Features(self.X[:, keep], [self.names[i] for i in keep], stars, dict(self.info), self.ew)
 
 
 def build_features(
@@ -163,7 +186,7 @@ def build_features(
     (3, True)
     """
     p = _params(params, len(ew.star_id))  # the columns as arrays, each read once
-    ids = np.asarray(ew.star_id).astype(str)
+    ids = np.asarray(ew.star_id).astype(str).astype(object)  # str objects, as a table column gives them back
     _check_limits(p, "stellar parameters", lambda i: f"star {ids[i]}")
     errors = {**DEFAULT_PARAM_ERRORS, **(param_errors or {})}
     perr = {k: p.get(f"{k}_err", np.full(len(ids), float(errors[k]))) for k in ("teff", "logg", "vmic")}
@@ -212,8 +235,6 @@ def build_features(
     per_star["cog_filled"] = filled
     if sysd is not None:
         per_star.update({k: sysd[k] for k in ("feh_sys", "feh_sys_clipped")})
-    stars = pd.DataFrame(per_star, copy=False)
-
     cols: dict[str, np.ndarray] = {}
     state = np.where(flag == FLAGS.index("blend_suspect"), STATE_BLEND,
                      np.where(flag == FLAGS.index("ok"), STATE_DETECTED, STATE_UPPER))
@@ -243,7 +264,7 @@ def build_features(
     X[~np.isfinite(X)] = np.nan
     info = {"log_ew": log_ew, "include_params": list(include_params), "lines": [float(w) for w in
                                                                                  ew.lines["wave_vac"]]}
-    return Features(X, names, stars, info, ew)
+    return Features(X, names, per_star, info, ew)
 
 
 def joint_usable(ew: EWTable) -> np.ndarray:
@@ -312,13 +333,15 @@ def _params(params: pd.DataFrame | Mapping[str, Any], n: int) -> dict[str, np.nd
 
     Each column is read once (a pandas column costs tens of us to reach, a good part of one star's features).
     """
-    p = params if isinstance(params, pd.DataFrame) else pd.DataFrame(params)
+    p = params if isinstance(params, pd.DataFrame) else {k: np.atleast_1d(v) for k, v in params.items()}
     missing = [k for k in ("teff", "logg", "vmic") if k not in p]
     if missing:
-        raise FeatureError(f"stellar parameters: no column(s) {', '.join(missing)}; found {list(p.columns)}; "
+        raise FeatureError(f"stellar parameters: no column(s) {', '.join(missing)}; found {list(p)}; "
                            "expected teff, logg, vmic (and optionally alpha_fe, teff_err, logg_err, vmic_err)")
-    if len(p) != n:
-        raise FeatureError(f"stellar parameters: {len(p)} rows; expected one per spectrum of the EW table ({n})")
+    rows = {len(p[k]) for k in p} if not isinstance(p, pd.DataFrame) else {len(p)}
+    if rows != {n}:
+        found = ", ".join(map(str, sorted(rows)))
+        raise FeatureError(f"stellar parameters: {found} rows; expected one per spectrum of the EW table ({n})")
     out = {}
     for k in ("teff", "logg", "vmic"):
         out[k] = numbers(p[k])
@@ -326,8 +349,11 @@ def _params(params: pd.DataFrame | Mapping[str, Any], n: int) -> dict[str, np.nd
         if bad.any():
             raise FeatureError(f"stellar parameters: column {k!r} has {int(bad.sum())} missing or non-numeric "
                                f"value(s) (first at row {int(np.flatnonzero(bad)[0])}); expected a number per star")
-    out["alpha_fe"] = p["alpha_fe"].to_numpy(dtype=float) if "alpha_fe" in p else np.full(n, 0.4)
+    def floats(col: Any) -> np.ndarray:
+        return col.to_numpy(dtype=float) if isinstance(col, pd.Series) else np.asarray(col, dtype=float)
+
+    out["alpha_fe"] = floats(p["alpha_fe"]) if "alpha_fe" in p else np.full(n, 0.4)
     for k in ("teff_err", "logg_err", "vmic_err"):
         if k in p:
-            out[k] = p[k].to_numpy(dtype=float)
+            out[k] = floats(p[k])
     return out

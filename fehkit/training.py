@@ -36,7 +36,7 @@ PREDICT_COLUMNS = ("star_id", "feh", "feh_err", "feh_upper", "feh_rf", "feh_xgb"
 
 def spectra_features(
     batch: SpectrumBatch,
-    params: pd.DataFrame,
+    params: pd.DataFrame | Mapping[str, np.ndarray],
     *,
     normalized: SpectrumBatch | None = None,
     log_ew: bool = False,
@@ -52,7 +52,7 @@ def spectra_features(
     ----------
     batch : SpectrumBatch
         The spectra (``meta["snr"]`` is carried into the features when present).
-    params : DataFrame
+    params : DataFrame or mapping of arrays
         One row per spectrum: ``teff``, ``logg``, ``vmic`` (and optionally ``alpha_fe`` and the errors
         ``teff_err``, ``logg_err``, ``vmic_err``): what the observer knows, e.g. :func:`reference_params`.
     normalized : SpectrumBatch, optional
@@ -66,7 +66,8 @@ def spectra_features(
     float64 : bool
         EW fits in float64 throughout (:func:`fehkit.ew.measure_ew`).
     """
-    params = params.reset_index(drop=True)
+    if isinstance(params, pd.DataFrame):
+        params = params.reset_index(drop=True)
     on = None
     if backend == "torch":
         import torch
@@ -78,7 +79,7 @@ def spectra_features(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FehkitWarning)
         # the three columns the EW stage takes, as arrays (params[[...]] costs ~0.7 ms with pandas 3)
-        ew_params = {k: params[k].to_numpy() for k in ("teff", "logg", "vmic")}
+        ew_params = {k: np.asarray(params[k]) for k in ("teff", "logg", "vmic")}
         ew = measure_ew(norm, params=ew_params, backend=backend, device=device, mc_draws=0, float64=float64)
         feats = build_features(ew, params, log_ew=log_ew, snr=snr, device=on)
     seen: set[tuple[type, str]] = set()
@@ -275,10 +276,11 @@ def prediction_columns(ens: FeHEnsemble, feats: Features, *, member_predictor: A
     cols = ens._prediction_columns(feats, member_predictor=member_predictor)
     if cols is None:  # no stars: predict's empty columns
         cols = {c: v.to_numpy() for c, v in ens.predict(feats).items()}
-    stars = feats.stars
-    cols["star_id"] = stars["star_id"].to_numpy()
-    cols["feh_sys"] = stars["feh_sys"].to_numpy() if "feh_sys" in stars else np.full(len(stars), np.nan)
-    cols["n_lines"] = stars["n_lines"].to_numpy()
+    stars = feats.star_columns(("star_id", "feh_sys", "n_lines"))
+    # copies: the results must not share memory with the features
+    cols["star_id"] = np.array(stars["star_id"])
+    cols["feh_sys"] = np.array(stars["feh_sys"]) if "feh_sys" in stars else np.full(len(feats.X), np.nan)
+    cols["n_lines"] = np.array(stars["n_lines"])
     return {c: cols[c] for c in PREDICT_COLUMNS}
 
 

@@ -150,7 +150,6 @@ def _stages(model: Path, bodies: list[bytes], n: int) -> dict:
     import warnings
 
     import numpy as np
-    import pandas as pd
 
     from fehkit.continuum import normalize
     from fehkit.errors import FehkitWarning
@@ -170,7 +169,7 @@ def _stages(model: Path, bodies: list[bytes], n: int) -> dict:
             t.append(time.perf_counter())
             norm = normalize(batch).batch
             t.append(time.perf_counter())
-            ew_params = pd.DataFrame({k: params[k].to_numpy() for k in ("teff", "logg", "vmic")})  # as the library
+            ew_params = {k: np.asarray(params[k]) for k in ("teff", "logg", "vmic")}  # as the library
             ew = measure_ew(norm, params=ew_params, mc_draws=0)
             t.append(time.perf_counter())
             snr = batch.meta["snr"].to_numpy(float) if "snr" in batch.meta else None

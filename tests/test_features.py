@@ -177,6 +177,22 @@ def test_select_takes_rows_of_x_and_stars_together(feats):
         assert sub.stars.index.tolist() == [0, 1, 2] and sub.names == feats.names
 
 
+def test_the_star_table_is_built_when_first_asked_and_its_columns_read_without_it(measured):
+    sim, ew, params = measured
+    lazy = _build(ew, params, snr=sim.truth["snr"].to_numpy())
+    early = lazy.star_columns(["star_id", "snr", "cog_clipped", "n_lines", "no_such_column"])
+    sub = lazy.select(np.array([3, 1]))  # rows of the arrays, before any table exists
+    table = lazy.stars
+    assert set(early) == {"star_id", "snr", "cog_clipped", "n_lines"}
+    for k, v in early.items():
+        assert v.tolist() == table[k].tolist(), k
+    assert [type(v) for v in early["star_id"]] == [str] * len(table)
+    pd.testing.assert_frame_equal(sub.stars, table.iloc[[3, 1]].reset_index(drop=True))
+    assert table.dtypes.equals(_build(ew, params, snr=sim.truth["snr"].to_numpy()).stars.dtypes)
+    table["snr"] = -1.0  # once built, the table is what a later reader sees
+    assert (lazy.star_columns(["snr"])["snr"] == -1.0).all() and lazy.stars is table
+
+
 def test_drop_removes_the_named_columns(feats):
     out = feats.drop(["logg", "vmic", "dfeh_logg"])
     assert out.X.shape == (feats.X.shape[0], feats.X.shape[1] - 3)

@@ -311,7 +311,7 @@ def test_requests_waiting_together_are_predicted_in_one_pass_and_an_error_stays_
     items = [_spectra([SpectrumJSON.model_validate(b)]) for b in stars[2][:5]]
     alone = [predictor.predict(batch, params, False)[0] for batch, params in items]
     bad_batch, bad_params = _spectra([SpectrumJSON.model_validate(stars[2][5])])
-    bad_params.loc[0, "teff"] = 20000.0
+    bad_params["teff"][0] = 20000.0
     sizes = []
     real = predictor.predict
 

@@ -24,6 +24,7 @@ for an upper limit part of the ``upper_limit`` reason: never silent.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -136,13 +137,19 @@ def feature_distance(domain: dict[str, Any], Xa: np.ndarray, names: list[str]) -
     return np.where(np.all(np.isfinite(Z), axis=1), out, np.nan)
 
 
-def prediction_flags(domain: dict[str, Any], Xa: np.ndarray, names: list[str], stars: pd.DataFrame | None, *,
+#: The columns of the features' per-star table that :func:`prediction_flags` reads.
+STAR_INPUTS = ("teff", "logg", "vmic", "alpha_fe", "snr", "cog_at_grid_edge", "cog_clipped", "cog_filled")
+
+
+def prediction_flags(domain: dict[str, Any], Xa: np.ndarray, names: list[str],
+                     stars: pd.DataFrame | Mapping[str, np.ndarray] | None, *,
                      feh: np.ndarray, feh_cog: np.ndarray, signal: np.ndarray, detected: np.ndarray,
                      no_usable: np.ndarray, detection_sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """Each star's ``flag`` and ``flag_reason`` (:mod:`fehkit.flags`).
 
-    ``stars`` is the features' per-star table (:class:`fehkit.features.Features`); without it (a plain array),
-    Teff, log g and vmic come from the feature columns and the grid checks use the packaged curve of growth.
+    ``stars`` is the features' per-star table (:class:`fehkit.features.Features`), or its :data:`STAR_INPUTS`
+    columns as arrays by name; without it (a plain array), Teff, log g and vmic come from the feature columns and
+    the grid checks use the packaged curve of growth.
     """
     n = len(Xa)
     reasons: dict[str, list[list[str]]] = {k: [[] for _ in range(n)] for k in
@@ -202,7 +209,8 @@ def prediction_flags(domain: dict[str, Any], Xa: np.ndarray, names: list[str], s
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------------
-def _quantities(Xa: np.ndarray, names: list[str], stars: pd.DataFrame | None) -> dict[str, np.ndarray]:
+def _quantities(Xa: np.ndarray, names: list[str],
+                stars: pd.DataFrame | Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
     """Teff, log g, vmic, alpha and S/N of each star: from the stars table, else from the feature columns."""
     out: dict[str, np.ndarray] = {}
     for k in ("teff", "logg", "vmic", "alpha_fe", "snr"):
@@ -213,7 +221,7 @@ def _quantities(Xa: np.ndarray, names: list[str], stars: pd.DataFrame | None) ->
     return out
 
 
-def _grid_columns(values: dict[str, np.ndarray], stars: pd.DataFrame | None,
+def _grid_columns(values: dict[str, np.ndarray], stars: pd.DataFrame | Mapping[str, np.ndarray] | None,
                   feh_cog: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per star: the joint likelihood at the grid's top, what was clipped to the grid, whether filled nodes count."""
     n = len(feh_cog)
@@ -241,9 +249,11 @@ def _grid_columns(values: dict[str, np.ndarray], stars: pd.DataFrame | None,
     return at_edge, clipped, filled
 
 
-def _bools(col: pd.Series) -> np.ndarray:
+def _bools(col: pd.Series | np.ndarray) -> np.ndarray:
     """Return a column of flags as bools, missing ones False."""
-    return col.to_numpy(bool) if col.dtype.kind == "b" else col.fillna(False).to_numpy(bool)
+    if col.dtype.kind == "b":
+        return np.asarray(col, bool)
+    return pd.Series(col).fillna(False).to_numpy(bool)
 
 
 def _distance_inputs(Xa: np.ndarray, names: list[str], feats: list[str]) -> np.ndarray:

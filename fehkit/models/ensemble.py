@@ -35,7 +35,7 @@ from fehkit.files import jsonable
 from fehkit.models import persist
 from fehkit.models.base import MEMBERS, EnsembleError, NotFittedError, check_fitted
 from fehkit.models.boosting import XGB_DEFAULTS, make_boosting
-from fehkit.models.domain import MIN_LABEL_SPREAD, fit_domain, prediction_flags
+from fehkit.models.domain import MIN_LABEL_SPREAD, STAR_INPUTS, fit_domain, prediction_flags
 from fehkit.models.forest import RF_DEFAULTS, make_forest
 from fehkit.models.mlp import DNN_DEFAULTS, EpochCallback, TorchMLPRegressor
 
@@ -360,9 +360,8 @@ class FeHEnsemble(RegressorMixin, BaseEstimator):
         for m in MEMBERS:
             out[f"feh_{m}"] = preds.get(m, np.full(len(Xa), np.nan))
         out["feh_cog"] = self._column(Xa, BASE_FEATURE)
-        stars = getattr(X, "stars", None)
         out["flag"], out["flag_reason"] = prediction_flags(
-            self.domain_, Xa, names, stars if isinstance(stars, pd.DataFrame) and len(stars) == len(Xa) else None,
+            self.domain_, Xa, names, _star_inputs(X, len(Xa)),
             feh=out["feh"], feh_cog=out["feh_cog"], signal=self._column(Xa, SIGNAL_FEATURE), detected=~upper & ~none,
             no_usable=none, detection_sigma=self.detection_sigma)
         out["feh"] = np.where(upper, np.nan, out["feh"])  # an upper limit (or no line) has no value: feh_upper
@@ -693,6 +692,15 @@ def _matrix(X: Any, feature_names: Sequence[str] | None) -> tuple[np.ndarray, li
     if len(feature_names) != Xa.shape[1]:
         raise EnsembleError(f"feature_names has {len(feature_names)} names; X has {Xa.shape[1]} columns")
     return Xa, list(feature_names)
+
+
+def _star_inputs(X: Any, n: int) -> dict[str, np.ndarray] | None:
+    """Return what :func:`~fehkit.models.domain.prediction_flags` reads of a Features' per-star table, or None."""
+    read = getattr(X, "star_columns", None)
+    if not callable(read):
+        return None
+    cols = read(STAR_INPUTS)
+    return cols if all(len(v) == n for v in cols.values()) else None
 
 
 def _stars_column(X: Any, name: str, n: int) -> np.ndarray | None:
