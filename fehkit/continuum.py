@@ -170,8 +170,6 @@ def normalize(
     bias = float((_normal_pdf(low) - _normal_pdf(high)) / (ndtr(high) - ndtr(-low)))
 
     continuum = np.full(batch.flux.shape, np.nan, np.float32)
-    ids = star_ids(batch.meta)
-    ids = np.arange(n).astype(str) if ids is None else ids
     kernels = _kernels() if USE_NUMBA and device is None else None
     if kernels is not None:  # the kernels take native float32 / bool arrays, C-ordered (no copy if they are)
         arrays = tuple(np.ascontiguousarray(a, t) for a, t in ((batch.flux, np.float32), (batch.ivar, np.float32),
@@ -198,8 +196,9 @@ def normalize(
             parts.append(fit)
         fits[name] = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
 
-    def diagnostics() -> pd.DataFrame:  # built when first asked for
-        return _diagnostics(ids, fits, order)
+    def diagnostics() -> pd.DataFrame:  # built when first asked for, with the output's ids
+        ids = star_ids(out.meta)
+        return _diagnostics(np.arange(n).astype(str) if ids is None else ids, fits, order)
     if kernels is not None:
         flux, ivar, mask = (np.empty_like(a) for a in arrays)
 
@@ -215,7 +214,7 @@ def normalize(
             flux = np.where(no_continuum, np.nan, batch.flux / continuum).astype(np.float32)
             ivar = np.where(no_continuum, 0.0, batch.ivar * continuum * continuum).astype(np.float32)
             mask = batch.mask | no_continuum
-    out = SpectrumBatch(wave, flux, ivar, mask, batch.meta.copy(), bitmask=batch.bitmask,
+    out = SpectrumBatch(wave, flux, ivar, mask, batch.meta, bitmask=batch.bitmask,  # meta: a new frame below
                         flux_unit="", skipped=list(batch.skipped))
     return Normalized(out, continuum, diagnostics)
 

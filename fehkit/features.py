@@ -191,14 +191,15 @@ def build_features(
     errors = {**DEFAULT_PARAM_ERRORS, **(param_errors or {})}
     perr = {k: p.get(f"{k}_err", np.full(len(ids), float(errors[k]))) for k in ("teff", "logg", "vmic")}
     cog = cog or CurveOfGrowth.load()
-    lines = cog.line_index(ew.lines["wave_vac"].to_numpy())
+    waves = ew.lines["wave_vac"].to_numpy(float)
+    lines = cog.line_index(waves)
 
     flag = np.asarray(ew.flag_code)
     value = np.asarray(ew.ew_mA, float)
     err = np.asarray(ew.ew_err_mA, float)
-    measured = np.isin(flag, [FLAGS.index("ok"), FLAGS.index("upper_limit"), FLAGS.index("blend_suspect")])
-    measured &= np.isfinite(value) & np.isfinite(err) & (err > 0)
-    clean = joint_usable(ew)
+    usable = np.isfinite(value) & np.isfinite(err) & (err > 0)
+    clean = ((flag == FLAGS.index("ok")) | (flag == FLAGS.index("upper_limit"))) & usable  # joint_usable(ew)
+    measured = clean | ((flag == FLAGS.index("blend_suspect")) & usable)
 
     given = {k: p[k] for k in ("teff", "logg", "vmic", "alpha_fe")}
     args = tuple(given.values())
@@ -235,7 +236,6 @@ def build_features(
     per_star["cog_filled"] = filled
     if sysd is not None:
         per_star.update({k: sysd[k] for k in ("feh_sys", "feh_sys_clipped")})
-    cols: dict[str, np.ndarray] = {}
     state = np.where(flag == FLAGS.index("blend_suspect"), STATE_BLEND,
                      np.where(flag == FLAGS.index("ok"), STATE_DETECTED, STATE_UPPER))
     sigma = getattr(ew, "detection_sigma", 3.0)
@@ -248,22 +248,27 @@ def build_features(
         with np.errstate(divide="ignore", invalid="ignore"):
             shown = np.where(state == STATE_UPPER, upper, value)
             per_line["log_ew"] = np.where(measured & (shown > 0), np.log10(shown), np.nan)
-    for j, wave in enumerate(ew.lines["wave_vac"].to_numpy()):
-        tag = f"{wave:.2f}"
-        for name in ("ew", "ew_err", "ew_sig", "ew_upper", "state", "log_ew"):
-            if name in per_line:
-                cols[f"{name}_{tag}"] = per_line[name][:, j]
+    # the columns line by line, each line's kinds together: ew_<wave>, ew_err_<wave>, ...
+    kinds = [k for k in ("ew", "ew_err", "ew_sig", "ew_upper", "state", "log_ew") if k in per_line]
+    names = [f"{k}_{w:.2f}" for w in waves for k in kinds]
+    tail: dict[str, np.ndarray] = {}
     for k in include_params:
         if k not in ("teff", "logg", "vmic"):
             raise FeatureError(f"include_params: {k!r} is not a stellar parameter; expected teff, logg or vmic")
-        cols[k] = np.asarray(per_star[k], float)
+        tail[k] = np.asarray(per_star[k], float)
     for k in STAR_FEATURES:
-        cols[k] = np.asarray(per_star[k], float)
-    names = list(cols)
-    X = np.column_stack([cols[n] for n in names]).astype(np.float32)
+        tail[k] = np.asarray(per_star[k], float)
+    if len(set(names)) < len(names):
+        raise FeatureError(f"EW table: two lines at one wavelength to 0.01 A ({waves.tolist()}); expected each "
+                           "line once")
+    n_line_cols = len(names)
+    names += list(tail)
+    X = np.empty((len(ids), len(names)), np.float32)
+    X[:, :n_line_cols] = np.stack([per_line[k] for k in kinds], axis=2).reshape(len(ids), n_line_cols)
+    for j, v in enumerate(tail.values(), start=n_line_cols):
+        X[:, j] = v
     X[~np.isfinite(X)] = np.nan
-    info = {"log_ew": log_ew, "include_params": list(include_params), "lines": [float(w) for w in
-                                                                                 ew.lines["wave_vac"]]}
+    info = {"log_ew": log_ew, "include_params": list(include_params), "lines": waves.tolist()}
     return Features(X, names, per_star, info, ew)
 
 

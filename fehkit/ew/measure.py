@@ -213,12 +213,12 @@ def measure_ew(
     xp = ArrayBackend(backend, device, compiled=backend == "numpy" and kernels.ENABLED, float64=float64 or None)
     idx, in_window = _packaged_windows(batch.wave, half_width) if packaged else window_pixels(batch.wave, lines,
                                                                                               half_width)
-    lam0 = lines["wave_vac"].to_numpy(float)
+    lam0 = _packaged_waves() if packaged else lines["wave_vac"].to_numpy(float)
     dx = (batch.wave[idx] - lam0[:, None]).astype(np.float32)                       # (L, W)
     core = np.abs(dx) <= 2.5 * 0.3                                                  # +-2.5 LSF sigma
     sig_exp, gam = expected_widths(lam0, params, n, resolution)                    # (n, L)
     static_blend = _packaged_static_blends() if packaged else static_blends(lines)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed) if mc_draws else None  # only the Monte Carlo errors draw
 
     def block(sl: slice) -> dict[str, np.ndarray]:
         if xp.compiled and batch.flux.dtype == np.float32 and batch.ivar.dtype == np.float32:
@@ -255,6 +255,14 @@ def measure_ew(
             "free_shape_snr": free_shape_snr, "mc_draws": mc_draws, "half_width_pix": half_width,
             "resolution": resolution}
     return EWTable(star_id=star_id, lines=lines, detection_sigma=detection_sigma, info=info, **res)
+
+
+@lru_cache(maxsize=1)
+def _packaged_waves() -> np.ndarray:
+    """Return the packaged lines' vacuum wavelengths (A), read once; read-only (shared by every call)."""
+    waves = _packaged_lines()["wave_vac"].to_numpy(float, copy=True)
+    waves.flags.writeable = False
+    return waves
 
 
 @lru_cache(maxsize=1)
@@ -305,7 +313,7 @@ def static_blends(lines: pd.DataFrame, sigma: float = 0.30, threshold: float = 0
 def _measure_block(
     xp: ArrayBackend, dx: np.ndarray, core: np.ndarray, flux: np.ndarray, w: np.ndarray, good: np.ndarray,
     lam0: np.ndarray, sig_exp: np.ndarray, gam: np.ndarray, static_blend: np.ndarray, cfg: EWSettings,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
 ) -> dict[str, np.ndarray]:
     """Measure one block of spectra: ``flux``, ``w`` (inverse variance), ``good`` are (m, n_lines, n_window)."""
     rv_tol, damping, free_snr = cfg.rv_tolerance, cfg.damping, cfg.free_shape_snr
