@@ -49,7 +49,10 @@ def texts(column: pd.Series | np.ndarray) -> np.ndarray:
     The same as ``.fillna("").astype(str)`` on a column.
     """
     if not isinstance(column, pd.Series):
-        column = pd.Series(np.asarray(column, dtype=object), dtype=object)
+        values = np.array(column, dtype=object)
+        if all(type(v) is str for v in values):
+            return values
+        column = pd.Series(values, dtype=object)
     values = column.to_numpy(dtype=object, na_value="", copy=True)
     if all(type(v) is str for v in values):
         return values

@@ -78,8 +78,11 @@ def test_star_ids_equal_astype_str(ids):
                                                                                            dtype=object),
                                     pd.Series([np.nan, np.nan], dtype=object), pd.Series([], dtype=str)])
 def test_texts_equal_fillna_astype_str(column):
-    got, expected = texts(column), column.fillna("").astype(str).to_numpy(object)
-    assert got.dtype == object and got.tolist() == expected.tolist()
+    expected = column.fillna("").astype(str).to_numpy(object)
+    for given in (column, column.to_numpy(dtype=object)):  # a table column, or its values as an array
+        got = texts(given)
+        assert got.dtype == object and got.tolist() == expected.tolist()
+        assert got is not given
 
 
 def test_per_line_median_equals_sigma_clipped_stats():

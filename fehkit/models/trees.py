@@ -353,7 +353,13 @@ class TensorTrees:
         kernels = _tree_kernels()
         if kernels is None:
             raise RuntimeError("the compiled tree walk needs numba (and FEHKIT_NUMBA not 0); use predict()")
-        xa = _augment(self._features(np.asarray(X))).cpu().numpy()  # the tensor walk's checked float32 columns
+        x = np.asarray(X)
+        self._check_shape(x.shape)
+        x32 = x.astype(np.float32)  # round to nearest, as the tensor walk's columns
+        nan = np.isnan(x32)
+        # the columns the tensor walk reads (_augment), made in numpy: for a few rows torch's per-call cost dominates
+        xa = np.concatenate([np.where(nan, np.float32(-np.inf), x32), np.where(nan, np.float32(np.inf), x32),
+                             nan.astype(np.float32)], axis=1)
         tables = self._numpy_tables()
         out = np.empty(len(xa))
 
@@ -377,11 +383,14 @@ class TensorTrees:
 
     def _features(self, X: Any) -> torch.Tensor:
         x = torch.as_tensor(X)
-        if x.ndim != 2:
-            raise ValueError(f"X has shape {tuple(x.shape)}; expected (n_rows, n_features)")
-        if self.n_features is not None and x.shape[1] != self.n_features:
-            raise ValueError(f"X has {x.shape[1]} features; the trees were fitted on {self.n_features}")
+        self._check_shape(tuple(x.shape))
         return x.to(device=self.device, dtype=torch.float32)  # round to nearest, like numpy's astype(float32)
+
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
+        if len(shape) != 2:
+            raise ValueError(f"X has shape {tuple(shape)}; expected (n_rows, n_features)")
+        if self.n_features is not None and shape[1] != self.n_features:
+            raise ValueError(f"X has {shape[1]} features; the trees were fitted on {self.n_features}")
 
     def _chunk_rows(self) -> int:
         return max(1, CHUNK_ELEMENTS // self.n_trees)
