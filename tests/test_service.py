@@ -226,6 +226,12 @@ def _bad_requests(body: dict) -> list[tuple[str, str, dict, int, str, str | None
         ("Infinity in ivar", "/v1/feh", {"content": inf_text.encode(), "headers": j}, 422, "validation_error",
          "ivar[0]"),
         ("negative ivar", "/v1/feh", _json(_with(body, ivar=neg)), 422, "validation_error", "ivar[100]"),
+        ("flux beyond float32", "/v1/feh", _json(_with(body, flux=[1e39, *body["flux"][1:]])), 422,
+         "validation_error", "flux[0]"),
+        ("bitmask beyond 31 bits", "/v1/feh", _json(_with(body, bitmask=[2**40] * APSTAR_NPIX)), 422,
+         "validation_error", "bitmask[0]"),
+        ("bitmask beyond int64", "/v1/feh", _json(_with(body, bitmask=[2**70] * APSTAR_NPIX)), 422,
+         "validation_error", "bitmask[0]"),
         ("missing teff", "/v1/feh", _json(_with(body, teff=None)), 422, "validation_error", "teff"),
         ("teff no star has", "/v1/feh", _json(_with(body, teff=20000.0)), 422, "validation_error", "teff"),
         ("logg out of range", "/v1/feh", _json(_with(body, logg=-3.0)), 422, "validation_error", "logg"),
@@ -292,6 +298,37 @@ def test_a_bad_request_gets_its_documented_4xx_naming_what_was_found_and_expecte
     assert err["message"] and "Traceback" not in r.text
     if status in (413, 415, 422) and kind not in ("invalid_file",):
         assert err["found"] and err["expected"], (name, err)
+
+
+def test_json_spectra_read_once_answer_as_the_documented_model(stars):
+    """The lists are read without pydantic's per-value limits and checked in NumPy; a request outside them gets
+    the documented model's own errors, every one of them, and a good one the same spectrum and parameters."""
+    from pydantic import ValidationError
+
+    from fehkit.service import SpectrumJSON, _from_pydantic, _json_batch, _json_spectrum, _ServiceError, _spectra
+
+    body = stars[2][0]
+    batch, params, _ = _json_spectrum(json.dumps(body).encode())
+    ref_batch, ref_params = _spectra([SpectrumJSON.model_validate(body)])
+    for name in ("flux", "ivar", "mask", "bitmask"):
+        assert np.array_equal(getattr(batch, name), getattr(ref_batch, name)), name
+    assert all(np.array_equal(params[k], ref_params[k]) for k in ref_params) and params.keys() == ref_params.keys()
+    neg = list(body["ivar"])
+    neg[7] = -2.0
+    bad = [_with(body, ivar=neg, teff=None), _with(body, flux=[float("nan"), *body["flux"][1:]]),
+           _with(body, bitmask=[-1] * APSTAR_NPIX), _with(body, bitmask=[2**64] * APSTAR_NPIX),
+           _with(body, flux=[-1e39] * APSTAR_NPIX, mask=[0] * 3)]
+    for b in bad:
+        raw = json.dumps(b).encode()
+        with pytest.raises(ValidationError) as exc:
+            SpectrumJSON.model_validate_json(raw)
+        expected = _from_pydantic(exc.value.errors(include_url=False), "").body()
+        for call in (lambda r: _json_spectrum(r), lambda r: _json_batch(b'{"spectra": [' + r + b"]}", 5)):
+            with pytest.raises(_ServiceError) as err:
+                call(raw)
+            # in a batch each field is named from the list of spectra down
+            got = json.loads(json.dumps(err.value.body()).replace("spectra[0].", ""))
+            assert got == expected, b.keys()
 
 
 def test_a_spectrum_without_a_usable_pixel_is_answered_with_its_flag(client, stars):
