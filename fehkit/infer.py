@@ -133,8 +133,11 @@ class CompiledMembers:
         members = self.ensemble.members_
         if self.trees is None:
             self.trees = {name: _packed_trees(name, est) for name, est in members.items() if name in ("rf", "xgb")}
+        from fehkit.models.trees import walk_columns
+
         Xa = np.asarray(X, np.float64)
-        out = {name: trees.predict_compiled(Xa) for name, trees in self.trees.items()}
+        columns = walk_columns(Xa) if self.trees else None  # what every tree member reads, made once
+        out = {name: trees.predict_compiled(Xa, columns=columns) for name, trees in self.trees.items()}
         if "dnn" in members:
             out["dnn"] = members["dnn"].predict(X)
         return {m: out[m] for m in members}

@@ -12,7 +12,7 @@ from sklearn.ensemble import RandomForestRegressor
 
 from fehkit.models.boosting import XGB_DEFAULTS, make_boosting
 from fehkit.models.forest import RF_DEFAULTS, make_forest
-from fehkit.models.trees import TensorTrees, _parse_base_score, compiled_available
+from fehkit.models.trees import TensorTrees, _parse_base_score, compiled_available, walk_columns
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_numba = pytest.mark.skipif(not compiled_available(), reason="the compiled walk needs numba")
@@ -174,6 +174,7 @@ def test_compiled_walk_gives_the_tensor_walk(data, forests, boosters, which):
         for rows in (X, ties, ties[:1], ties[:70]):  # several blocks, one row, a block and a short one
             got = trees.predict_compiled(rows)
             assert got.dtype == np.float64 and got.shape == (len(rows),)
+            assert np.array_equal(trees.predict_compiled(rows, columns=walk_columns(rows)), got)  # made once
             np.testing.assert_allclose(got, trees.predict(rows), rtol=0, atol=1e-12)
             np.testing.assert_allclose(got, model.predict(rows), rtol=0, atol=1e-12 if trees.average else 1e-5)
     assert TensorTrees.from_sklearn_forest(forests[which]).predict_compiled(X[:0]).shape == (0,)
@@ -186,6 +187,8 @@ def test_compiled_walk_checks_its_input(forests):
         trees.predict_compiled(np.zeros(N_FEATURES))
     with pytest.raises(ValueError, match=f"fitted on {N_FEATURES}"):
         trees.predict_compiled(np.zeros((3, N_FEATURES + 1)))
+    with pytest.raises(ValueError, match="expected walk_columns"):
+        trees.predict_compiled(np.zeros((3, N_FEATURES)), columns=np.zeros((3, N_FEATURES), np.float32))
 
 
 def test_boosting_early_stopping_uses_best_iteration(data):

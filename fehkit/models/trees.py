@@ -341,12 +341,13 @@ class TensorTrees:
         X = torch.as_tensor(np.asarray(X, np.float64))
         return self.forward(X, dtype=torch.float64).cpu().numpy()
 
-    def predict_compiled(self, X: Any) -> np.ndarray:
+    def predict_compiled(self, X: Any, *, columns: np.ndarray | None = None) -> np.ndarray:
         """:meth:`predict` on the CPU through the compiled walk (:mod:`fehkit.models.tree_kernels`), in threads.
 
         The same leaves as :meth:`forward`, the leaf values summed in float64 tree by tree (the same numbers to
         ~1e-14); for a few rows it costs microseconds where the tensor walk and the libraries' own ``predict``
-        cost milliseconds. Needs numba (:func:`compiled_available`).
+        cost milliseconds. Needs numba (:func:`compiled_available`). ``columns``: :func:`walk_columns` of ``X``,
+        if made already (several members of one ensemble read the same).
         """
         from fehkit.threads import map_parts
 
@@ -355,11 +356,10 @@ class TensorTrees:
             raise RuntimeError("the compiled tree walk needs numba (and FEHKIT_NUMBA not 0); use predict()")
         x = np.asarray(X)
         self._check_shape(x.shape)
-        x32 = x.astype(np.float32)  # round to nearest, as the tensor walk's columns
-        nan = np.isnan(x32)
-        # the columns the tensor walk reads (_augment), made in numpy: for a few rows torch's per-call cost dominates
-        xa = np.concatenate([np.where(nan, np.float32(-np.inf), x32), np.where(nan, np.float32(np.inf), x32),
-                             nan.astype(np.float32)], axis=1)
+        xa = walk_columns(x) if columns is None else columns
+        if xa.shape != (x.shape[0], 3 * x.shape[1]) or xa.dtype != np.float32:
+            raise ValueError(f"columns: shape {xa.shape} {xa.dtype}; expected walk_columns(X), "
+                             f"{(x.shape[0], 3 * x.shape[1])} float32")
         tables = self._numpy_tables()
         out = np.empty(len(xa))
 
@@ -419,6 +419,18 @@ def _tree_kernels() -> Any:
     from fehkit.threads import compiled, numba_wanted
 
     return compiled("fehkit.models.tree_kernels") if numba_wanted() else None
+
+
+def walk_columns(X: Any) -> np.ndarray:
+    """Return the float32 columns the compiled walk reads: ``[X with NaN as -inf, X with NaN as +inf, isnan(X)]``.
+
+    :func:`_augment` made in NumPy (for a few rows torch's per-call cost would dominate), ``X`` rounded to float32
+    to nearest as the tensor walk rounds it.
+    """
+    x32 = np.asarray(X).astype(np.float32)
+    nan = np.isnan(x32)
+    return np.concatenate([np.where(nan, np.float32(-np.inf), x32), np.where(nan, np.float32(np.inf), x32),
+                           nan.astype(np.float32)], axis=1)
 
 
 def _augment(x32: torch.Tensor) -> torch.Tensor:
