@@ -29,12 +29,19 @@ def free_port() -> int:
 def start_server(model: str | Path, workers: int = 1, port: int | None = None, extra: list[str] | None = None,
                  env: dict[str, str] | None = None, log: Path | None = None,
                  timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
-    """Start ``fehkit serve`` in a subprocess on loopback; return it and its base URL once /readyz answers."""
+    """Start ``fehkit serve`` in a subprocess on loopback; return it and its base URL once /readyz answers.
+
+    The server runs the fehkit this process imports: ``python -m`` puts its working folder first on the module
+    path (before ``PYTHONPATH``), so it starts in the folder that holds that fehkit package.
+    """
+    import fehkit
+
     port = port or free_port()
-    cmd = [sys.executable, "-m", "fehkit", "serve", "--model", str(model), "--host", "127.0.0.1", "--port",
-           str(port), "--workers", str(workers), "--log-level", "warning", *(extra or [])]
+    cmd = [sys.executable, "-m", "fehkit", "serve", "--model", str(Path(model).resolve()), "--host", "127.0.0.1",
+           "--port", str(port), "--workers", str(workers), "--log-level", "warning", *(extra or [])]
     out = open(log, "wb") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                            cwd=Path(fehkit.__file__).resolve().parents[1])
     proc.log_file = out  # closed by stop_server
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc, timeout)
