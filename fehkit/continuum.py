@@ -214,7 +214,8 @@ def normalize(
             flux = np.where(no_continuum, np.nan, batch.flux / continuum).astype(np.float32)
             ivar = np.where(no_continuum, 0.0, batch.ivar * continuum * continuum).astype(np.float32)
             mask = batch.mask | no_continuum
-    out = SpectrumBatch(wave, flux, ivar, mask, batch.meta, bitmask=batch.bitmask,  # meta: a new frame below
+    # SpectrumBatch gives the output its own meta frame (reset_index): no copy needed here
+    out = SpectrumBatch(wave, flux, ivar, mask, batch.meta, bitmask=batch.bitmask,
                         flux_unit="", skipped=list(batch.skipped))
     return Normalized(out, continuum, diagnostics)
 

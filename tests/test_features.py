@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -156,6 +157,16 @@ def test_a_mapping_of_parameters_works_and_alpha_defaults(measured, feats):
     f = _build(ew, {k: params[k].to_numpy() for k in ("teff", "logg", "vmic")})
     assert (f.stars["alpha_fe"] == 0.4).all()
     assert np.allclose(_column(f, "feh_cog"), _column(feats, "feh_cog"))
+
+
+def test_two_lines_at_one_wavelength_are_refused(measured):
+    _, ew, params = measured
+    twin = copy.copy(ew)
+    waves = ew.lines["wave_vac"].to_numpy().copy()
+    waves[1] = waves[0]
+    twin.lines = ew.lines.assign(wave_vac=waves)
+    with pytest.raises(FeatureError, match="two lines at one wavelength"):
+        _build(twin, params)
 
 
 def test_parameter_error_columns_set_the_parameter_part_of_the_error(measured, feats):
