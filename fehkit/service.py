@@ -165,7 +165,7 @@ class BatchJSON(BaseModel):
 
 
 class _SpectrumLists(SpectrumJSON):
-    """:class:`SpectrumJSON` without the per-value limits of its lists, which :func:`_spectra` checks in NumPy.
+    """:class:`SpectrumJSON` without the per-value limits of its lists, which :func:`_within_limits` checks.
 
     pydantic's check of each of the ~26,000 values of a request takes about as long as reading them: this model
     reads them, and only a request that fails the NumPy check is validated again by :class:`SpectrumJSON`, whose
