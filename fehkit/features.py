@@ -87,7 +87,10 @@ class Features:
             self._stars, self._arrays = None, dict(value)
 
     def star_columns(self, names: Sequence[str]) -> dict[str, np.ndarray]:
-        """Return the named columns of :attr:`stars` that exist, as arrays by name, without building the table."""
+        """Return the named columns of :attr:`stars` that exist, as arrays by name, without building the table.
+
+        The arrays are the table's own (no copies): read them, do not change them.
+        """
         if self._arrays is not None:
             return {k: self._arrays[k] for k in names if k in self._arrays}
         return {k: self._stars[k].to_numpy() for k in names if k in self._stars}
