@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,29 @@ class FeatureError(FehkitError, ValueError):
     """The EW table, parameters or feature matrix do not fit together."""
 
 
+class _StarTable:
+    """:attr:`Features.stars`: a DataFrame, or a mapping of arrays made into one when first read.
+
+    A dataclass field (so :func:`dataclasses.replace` and :func:`dataclasses.fields` work as on any dataclass) that
+    keeps what it is given in the instance: ``_stars`` (the table, once built) or ``_star_arrays``.
+    """
+
+    def __get__(self, obj: Any, owner: type | None = None) -> pd.DataFrame:
+        if obj is None:  # asked for a default by @dataclass: there is none
+            raise AttributeError("stars")
+        if obj._stars is None:
+            obj._stars = pd.DataFrame(obj._star_arrays, copy=False)
+            obj._star_arrays = None  # from now on the table is what a caller may change
+        return obj._stars
+
+    def __set__(self, obj: Any, value: pd.DataFrame | Mapping[str, np.ndarray]) -> None:
+        if isinstance(value, pd.DataFrame):
+            obj._stars, obj._star_arrays = value, None
+        else:
+            obj._stars, obj._star_arrays = None, dict(value)
+
+
+@dataclass
 class Features:
     """The feature matrix and what went into it.
 
@@ -66,33 +90,19 @@ class Features:
         The EW table the features came from.
     """
 
-    def __init__(self, X: np.ndarray, names: list[str], stars: pd.DataFrame | Mapping[str, np.ndarray],
-                 info: dict[str, Any] | None = None, ew: EWTable | None = None) -> None:
-        self.X, self.names, self.info, self.ew = X, names, {} if info is None else info, ew
-        self.stars = stars
-
-    @property
-    def stars(self) -> pd.DataFrame:
-        """The per-star table (see the class's attributes)."""
-        if self._stars is None:
-            self._stars = pd.DataFrame(self._arrays, copy=False)
-            self._arrays = None  # from now on the table is what a caller may change
-        return self._stars
-
-    @stars.setter
-    def stars(self, value: pd.DataFrame | Mapping[str, np.ndarray]) -> None:
-        if isinstance(value, pd.DataFrame):
-            self._stars, self._arrays = value, None
-        else:
-            self._stars, self._arrays = None, dict(value)
+    X: np.ndarray
+    names: list[str]
+    stars: pd.DataFrame = _StarTable()  # type: ignore[assignment]
+    info: dict[str, Any] = field(default_factory=dict)
+    ew: EWTable | None = None
 
     def star_columns(self, names: Sequence[str]) -> dict[str, np.ndarray]:
         """Return the named columns of :attr:`stars` that exist, as arrays by name, without building the table.
 
         The arrays are the table's own (no copies): read them, do not change them.
         """
-        if self._arrays is not None:
-            return {k: self._arrays[k] for k in names if k in self._arrays}
+        if self._star_arrays is not None:
+            return {k: self._star_arrays[k] for k in names if k in self._star_arrays}
         return {k: self._stars[k].to_numpy() for k in names if k in self._stars}
 
     @property
@@ -121,7 +131,7 @@ class Features:
     def select(self, which: Any) -> Features:
         """Return the rows chosen by a boolean mask or integer indices."""
         idx = np.arange(len(self.X))[which]
-        stars = {k: v[idx] for k, v in self._arrays.items()} if self._arrays is not None else \
+        stars = {k: v[idx] for k, v in self._star_arrays.items()} if self._star_arrays is not None else \
             self._stars.iloc[idx].reset_index(drop=True)
         return Features(self.X[idx], list(self.names), stars, dict(self.info),
                         None if self.ew is None else self.ew.select(idx))
@@ -129,7 +139,7 @@ class Features:
     def drop(self, names: Sequence[str]) -> Features:
         """Return the same features without the named columns."""
         keep = [i for i, n in enumerate(self.names) if n not in set(names)]
-        stars = dict(self._arrays) if self._arrays is not None else self._stars.copy()
+        stars = dict(self._star_arrays) if self._star_arrays is not None else self._stars.copy()
         return Features(self.X[:, keep], [self.names[i] for i in keep], stars, dict(self.info), self.ew)
 
 

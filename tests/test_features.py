@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 
 import numpy as np
@@ -193,6 +194,7 @@ def test_the_star_table_is_built_when_first_asked_and_its_columns_read_without_i
     lazy = _build(ew, params, snr=sim.truth["snr"].to_numpy())
     early = lazy.star_columns(["star_id", "snr", "cog_clipped", "n_lines", "no_such_column"])
     sub = lazy.select(np.array([3, 1]))  # rows of the arrays, before any table exists
+    assert dataclasses.replace(lazy, ew=None).stars.equals(lazy.stars)  # still a dataclass
     table = lazy.stars
     assert set(early) == {"star_id", "snr", "cog_clipped", "n_lines"}
     for k, v in early.items():
