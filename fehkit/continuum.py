@@ -38,7 +38,7 @@ from fehkit.arrays import per_grid, star_ids
 from fehkit.display import counts, html_summary, text_summary
 from fehkit.errors import FehkitError
 from fehkit.float32 import at_least, at_most
-from fehkit.lines import load_linelist
+from fehkit.lines import packaged_line_waves
 from fehkit.spectra import CHIPS, SpectrumBatch
 from fehkit.threads import compiled, map_parts, numba_wanted
 
@@ -163,7 +163,7 @@ def normalize(
         raise ContinuumError(f"order: expected a non-negative integer, found {order!r}")
     if not (low > 0 and high > 0):
         raise ContinuumError(f"low/high: expected clipping limits > 0 sigma, found low={low!r}, high={high!r}")
-    line_waves = _packaged_line_waves() if lines is None else np.asarray(lines["wave_vac"] if len(lines) else [], float)
+    line_waves = packaged_line_waves() if lines is None else np.asarray(lines["wave_vac"] if len(lines) else [], float)
     wave = batch.wave
     n = batch.n_spectra
     # mean of a unit normal kept between -low and +high: the clipped fit sits this many sigma too high
@@ -218,14 +218,6 @@ def normalize(
     out = SpectrumBatch(wave, flux, ivar, mask, batch.meta, bitmask=batch.bitmask,
                         flux_unit="", skipped=list(batch.skipped))
     return Normalized(out, continuum, diagnostics)
-
-
-@lru_cache(maxsize=1)
-def _packaged_line_waves() -> np.ndarray:
-    """Return the vacuum wavelengths of the packaged line list, read once (reading and checking it takes ~10 ms)."""
-    waves = np.asarray(load_linelist()["wave_vac"], float)
-    waves.flags.writeable = False
-    return waves
 
 
 def _detectors(wave: np.ndarray, chips: tuple[tuple[str, tuple[float, float]], ...], order: int,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,14 @@ def load_linelist(path: str | os.PathLike[str] | None = None) -> pd.DataFrame:
             raise LineListError(f"{name}: line list not found; expected a CSV file")
         raw = _read_csv(name, name)
     return _validate(raw, name)
+
+
+@lru_cache(maxsize=1)
+def packaged_line_waves() -> np.ndarray:
+    """Return the packaged line list's vacuum wavelengths (A), read and checked once (~10 ms); read-only (shared)."""
+    waves = np.asarray(load_linelist()["wave_vac"], float)
+    waves.flags.writeable = False
+    return waves
 
 
 def air_to_vacuum(wave_air: Any) -> Any:

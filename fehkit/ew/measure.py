@@ -42,7 +42,7 @@ from fehkit.ew.solver import (
 )
 from fehkit.ew.table import FLAG_BLEND, FLAG_FAILED, FLAG_MASKED, FLAG_OK, FLAG_UPPER, EWError, EWTable
 from fehkit.io import PIXMASK_BITS
-from fehkit.lines import WINDOW_HALF_WIDTH_PIX, load_linelist
+from fehkit.lines import WINDOW_HALF_WIDTH_PIX, load_linelist, packaged_line_waves
 from fehkit.physics.broadening import R_LSF, gaussian_sigma, lorentz_hwhm
 from fehkit.spectra import SpectrumBatch
 from fehkit.threads import map_threads
@@ -213,7 +213,7 @@ def measure_ew(
     xp = ArrayBackend(backend, device, compiled=backend == "numpy" and kernels.ENABLED, float64=float64 or None)
     idx, in_window = _packaged_windows(batch.wave, half_width) if packaged else window_pixels(batch.wave, lines,
                                                                                               half_width)
-    lam0 = _packaged_waves() if packaged else lines["wave_vac"].to_numpy(float)
+    lam0 = packaged_line_waves() if packaged else lines["wave_vac"].to_numpy(float)
     dx = (batch.wave[idx] - lam0[:, None]).astype(np.float32)                       # (L, W)
     core = np.abs(dx) <= 2.5 * 0.3                                                  # +-2.5 LSF sigma
     sig_exp, gam = expected_widths(lam0, params, n, resolution)                    # (n, L)
@@ -255,14 +255,6 @@ def measure_ew(
             "free_shape_snr": free_shape_snr, "mc_draws": mc_draws, "half_width_pix": half_width,
             "resolution": resolution}
     return EWTable(star_id=star_id, lines=lines, detection_sigma=detection_sigma, info=info, **res)
-
-
-@lru_cache(maxsize=1)
-def _packaged_waves() -> np.ndarray:
-    """Return the packaged lines' vacuum wavelengths (A), read once; read-only (shared by every call)."""
-    waves = _packaged_lines()["wave_vac"].to_numpy(float, copy=True)
-    waves.flags.writeable = False
-    return waves
 
 
 @lru_cache(maxsize=1)
