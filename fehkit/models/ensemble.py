@@ -31,6 +31,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.metrics import r2_score
 from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 
+from fehkit.arrays import numbers
 from fehkit.files import jsonable
 from fehkit.models import persist
 from fehkit.models.base import MEMBERS, EnsembleError, NotFittedError, check_fitted
@@ -694,21 +695,24 @@ def _matrix(X: Any, feature_names: Sequence[str] | None) -> tuple[np.ndarray, li
     return Xa, list(feature_names)
 
 
-def _star_inputs(X: Any, n: int) -> dict[str, np.ndarray] | None:
-    """Return what :func:`~fehkit.models.domain.prediction_flags` reads of a Features' per-star table, or None."""
+def _star_columns(X: Any, names: Sequence[str], n: int) -> dict[str, np.ndarray] | None:
+    """Return the named columns of a Features' per-star table of ``n`` stars that exist, or None (no such table)."""
     read = getattr(X, "star_columns", None)
     if not callable(read):
         return None
-    cols = read(STAR_INPUTS)
+    cols = read(names)
     return cols if all(len(v) == n for v in cols.values()) else None
 
 
+def _star_inputs(X: Any, n: int) -> dict[str, np.ndarray] | None:
+    """Return what :func:`~fehkit.models.domain.prediction_flags` reads of a Features' per-star table, or None."""
+    return _star_columns(X, STAR_INPUTS, n)
+
+
 def _stars_column(X: Any, name: str, n: int) -> np.ndarray | None:
-    """Return a column of a Features' per-star table of ``n`` stars (e.g. ``snr``), or None."""
-    stars = getattr(X, "stars", None)
-    if isinstance(stars, pd.DataFrame) and name in stars and len(stars) == n:
-        return pd.to_numeric(stars[name], errors="coerce").to_numpy(float)
-    return None
+    """Return a column of a Features' per-star table of ``n`` stars (e.g. ``snr``) as float64, or None."""
+    cols = _star_columns(X, (name,), n)
+    return numbers(cols[name]) if cols and name in cols else None
 
 
 def _labels(y: Any, n: int, name: str) -> np.ndarray:
