@@ -6,7 +6,7 @@ one spectrum (a request to the service) those costs, ~25-300 us each, add up to 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -30,17 +30,20 @@ def numbers(column: pd.Series | np.ndarray | Sequence[Any]) -> np.ndarray:
     return pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
 
 
-def star_ids(meta: pd.DataFrame) -> np.ndarray | None:
+def star_ids(meta: pd.DataFrame | Mapping[str, np.ndarray]) -> np.ndarray | None:
     """Return ``meta["star_id"].astype(str).to_numpy()`` (None without the column), quickly when they are str.
 
-    pandas' conversion costs ~0.2 ms even for one row, a good part of a one-spectrum request's time.
+    ``meta`` is a table or its columns as arrays (:meth:`fehkit.spectra.SpectrumBatch.meta_columns`). pandas'
+    conversion costs ~0.2 ms even for one row, a good part of a one-spectrum request's time.
     """
     if "star_id" not in meta:
         return None
-    values = meta["star_id"].to_numpy(dtype=object, copy=True)
+    column = meta["star_id"]
+    values = np.array(column, dtype=object) if isinstance(column, np.ndarray) else \
+        column.to_numpy(dtype=object, copy=True)
     if all(type(v) is str for v in values):
         return values
-    return meta["star_id"].astype(str).to_numpy()
+    return pd.Series(column).astype(str).to_numpy()
 
 
 def texts(column: pd.Series | np.ndarray) -> np.ndarray:

@@ -197,7 +197,7 @@ def normalize(
         fits[name] = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
 
     def diagnostics() -> pd.DataFrame:  # built when first asked for, with the output's ids
-        ids = star_ids(out.meta)
+        ids = star_ids(out.meta_columns(["star_id"]))
         return _diagnostics(np.arange(n).astype(str) if ids is None else ids, fits, order)
     if kernels is not None:
         flux, ivar, mask = (np.empty_like(a) for a in arrays)
@@ -214,9 +214,7 @@ def normalize(
             flux = np.where(no_continuum, np.nan, batch.flux / continuum).astype(np.float32)
             ivar = np.where(no_continuum, 0.0, batch.ivar * continuum * continuum).astype(np.float32)
             mask = batch.mask | no_continuum
-    # SpectrumBatch gives the output its own meta frame (reset_index): no copy needed here
-    out = SpectrumBatch(wave, flux, ivar, mask, batch.meta, bitmask=batch.bitmask,
-                        flux_unit="", skipped=list(batch.skipped))
+    out = batch.with_arrays(flux, ivar, mask, flux_unit="")
     return Normalized(out, continuum, diagnostics)
 
 

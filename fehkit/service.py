@@ -952,12 +952,13 @@ def _spectra(specs: Sequence[SpectrumJSON],
             bits[i] = got[2]
     # a spectrum without a usable pixel is valid input: its answer is the flag no_usable_lines
     mask |= (bits & bad_bits_value()) != 0
-    columns: dict[str, Any] = {"star_id": [s.star_id or "star" for s in specs], "file": ["json"] * n}
+    # the meta columns as arrays: the table is built only if something asks for it
+    columns: dict[str, np.ndarray] = {"star_id": np.array([s.star_id or "star" for s in specs], dtype=object),
+                                      "file": np.full(n, "json", dtype=object)}
     snr = [s.snr for s in specs]
     if any(v is not None for v in snr):
         columns["snr"] = np.array([np.nan if v is None else v for v in snr], float)
-    meta = pd.DataFrame(columns)
-    batch = SpectrumBatch(_WAVE, flux, ivar, mask, meta, bitmask=bits)
+    batch = SpectrumBatch(_WAVE, flux, ivar, mask, columns, bitmask=bits)
     return batch, _params_columns(specs)
 
 

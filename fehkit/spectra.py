@@ -9,7 +9,7 @@ the astropy ecosystem without carrying its objects through the hot paths.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +78,33 @@ def chip_of(wave: np.ndarray | float) -> np.ndarray:
     return chip
 
 
+class _MetaTable:
+    """:attr:`SpectrumBatch.meta`: a DataFrame, or a mapping of equal-length arrays made into one when first read.
+
+    A dataclass field (so :func:`dataclasses.replace` and :func:`dataclasses.fields` work as on any dataclass) that
+    keeps what it is given in the instance: ``_meta`` (the table, once built) or ``_meta_arrays``.
+    """
+
+    def __get__(self, obj: Any, owner: type | None = None) -> pd.DataFrame | None:
+        if obj is None:  # the field's default, asked for by @dataclass: an empty table
+            return None
+        if obj._meta is None:
+            obj._meta = pd.DataFrame(obj._meta_arrays, index=pd.RangeIndex(obj.n_spectra))
+            obj._meta_arrays = None  # from now on the table is what a caller may change
+        return obj._meta
+
+    def __set__(self, obj: Any, value: pd.DataFrame | Mapping[str, np.ndarray] | None) -> None:
+        if value is None or isinstance(value, pd.DataFrame):
+            obj._meta, obj._meta_arrays = value, None
+            return
+        arrays = dict(value)
+        for name, column in arrays.items():
+            if not isinstance(column, np.ndarray) or column.ndim != 1:
+                found = type(column).__name__ if not isinstance(column, np.ndarray) else f"shape {column.shape}"
+                raise SpectrumShapeError(f"meta column {name!r}: expected a 1-D numpy array, found {found}")
+        obj._meta, obj._meta_arrays = None, arrays
+
+
 @dataclass
 class SpectrumBatch:
     """A batch of spectra on one shared wavelength grid.
@@ -93,7 +120,9 @@ class SpectrumBatch:
     mask : (n_spec, n_pix) bool
         True for pixels not to be used. Non-finite flux and non-positive ``ivar`` are always added to it.
     meta : pandas.DataFrame
-        One row per spectrum (``file``, ``star_id``, ``snr``, ``nvisits``, ...).
+        One row per spectrum (``file``, ``star_id``, ``snr``, ``nvisits``, ...). Given as a mapping of 1-D arrays
+        (one value per spectrum), the table is built when first asked for (:meth:`meta_columns` reads the arrays
+        without it: for one spectrum, building the table costs ~0.5-1 ms, a good part of a request's time).
     bitmask : (n_spec, n_pix) int64, optional
         The APOGEE pixel bitmask (APOGEE_PIXMASK) the mask was derived from, if any.
     flux_unit : str
@@ -115,7 +144,7 @@ class SpectrumBatch:
     flux: np.ndarray
     ivar: np.ndarray
     mask: np.ndarray
-    meta: pd.DataFrame = field(default_factory=pd.DataFrame)
+    meta: pd.DataFrame = _MetaTable()  # type: ignore[assignment]
     bitmask: np.ndarray | None = None
     flux_unit: str = APOGEE_FLUX_UNIT
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -135,11 +164,43 @@ class SpectrumBatch:
             self.bitmask = _as_2d("bitmask", self.bitmask, np.int64, n_pix, n_spec)
         # A pixel without finite flux or positive inverse variance carries no information, whatever else says.
         self.mask = _with_unusable(self.mask, self.flux, self.ivar)
-        if self.meta is None or len(self.meta.columns) == 0:
-            self.meta = pd.DataFrame(index=range(n_spec))
-        if len(self.meta) != n_spec:
-            raise SpectrumShapeError(f"meta: expected {n_spec} rows (one per spectrum), found {len(self.meta)}")
-        self.meta = self.meta.reset_index(drop=True)
+        if self._meta_arrays is not None:  # columns as arrays: the table is built when first read
+            for name, column in self._meta_arrays.items():
+                if column.size != n_spec:
+                    raise SpectrumShapeError(f"meta column {name!r}: expected {n_spec} values (one per spectrum), "
+                                             f"found {column.size}")
+            return
+        if self._meta is None or len(self._meta.columns) == 0:
+            self._meta = pd.DataFrame(index=range(n_spec))
+        if len(self._meta) != n_spec:
+            raise SpectrumShapeError(f"meta: expected {n_spec} rows (one per spectrum), found {len(self._meta)}")
+        self._meta = self._meta.reset_index(drop=True)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        if "meta" in state:  # pickled by a fehkit that kept the table itself
+            state["_meta"], state["_meta_arrays"] = state.pop("meta"), None
+        self.__dict__.update(state)
+
+    def meta_columns(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Return the named columns of :attr:`meta` that exist (default: all), as arrays by name.
+
+        The table is not built when the batch was given its columns as arrays; those arrays are returned as they
+        are (no copies): read them, do not change them.
+        """
+        if self._meta_arrays is not None:
+            source = self._meta_arrays
+            return {k: source[k] for k in (source if names is None else names) if k in source}
+        table = self._meta
+        return {k: table[k].to_numpy() for k in (table.columns if names is None else names) if k in table}
+
+    def with_arrays(self, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, flux_unit: str) -> SpectrumBatch:
+        """Return the same spectra (meta, bitmask, skipped files) with new flux, ivar, mask and flux unit.
+
+        The new batch has its own meta table (or shares the read-only column arrays it was given).
+        """
+        return SpectrumBatch(self.wave, flux, ivar, mask, self._meta if self._meta is not None else self._meta_arrays,
+                             bitmask=self.bitmask, flux_unit=flux_unit, skipped=list(self.skipped))
 
     # -- shape ---------------------------------------------------------------------------------------------
     @property
@@ -174,7 +235,8 @@ class SpectrumBatch:
             flux=self.flux[rows],
             ivar=self.ivar[rows],
             mask=self.mask[rows],
-            meta=self.meta.iloc[rows].reset_index(drop=True),
+            meta=({k: v[rows] for k, v in self._meta_arrays.items()} if self._meta_arrays is not None
+                  else self._meta.iloc[rows].reset_index(drop=True)),
             bitmask=None if self.bitmask is None else self.bitmask[rows],
             flux_unit=self.flux_unit,
         )

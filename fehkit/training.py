@@ -74,7 +74,8 @@ def spectra_features(
 
         on = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     norm = normalized if normalized is not None else normalize(batch, device=on).batch
-    snr = batch.meta["snr"].to_numpy(float) if "snr" in batch.meta else None
+    snr = batch.meta_columns(["snr"]).get("snr")
+    snr = None if snr is None else np.asarray(snr, float)
     # the EW stage and the classical method clip the same stars to the same grid edge: each warning once
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FehkitWarning)

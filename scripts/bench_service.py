@@ -172,7 +172,7 @@ def _stages(model: Path, bodies: list[bytes], n: int) -> dict:
             ew_params = {k: np.asarray(params[k]) for k in ("teff", "logg", "vmic")}  # as the library
             ew = measure_ew(norm, params=ew_params, mc_draws=0)
             t.append(time.perf_counter())
-            snr = batch.meta["snr"].to_numpy(float) if "snr" in batch.meta else None
+            snr = batch.meta_columns(["snr"]).get("snr")  # as the library reads it
             feats = build_features(ew, params, snr=snr)
             t.append(time.perf_counter())
             _rows(prediction_columns(pred.ensemble, feats, member_predictor=pred.members))

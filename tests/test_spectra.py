@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from fehkit.errors import FehkitError, SpectrumShapeError
@@ -36,6 +40,46 @@ def test_shape_errors_name_the_field(field, bad):
     kwargs[field] = bad
     with pytest.raises(SpectrumShapeError, match=rf"^{field}: expected shape"):
         SpectrumBatch(**kwargs)
+
+
+def test_meta_given_as_arrays_is_built_into_a_table_when_first_read():
+    b = _flat()
+    columns = {"star_id": np.array(["a", "b", "c"], dtype=object), "snr": np.array([10.0, np.nan, 30.0])}
+    lazy = SpectrumBatch(b.wave, b.flux, b.ivar, b.mask, columns)
+    early = lazy.meta_columns(["star_id", "snr", "no_such_column"])
+    assert set(early) == {"star_id", "snr"} and early["snr"] is columns["snr"]  # the arrays, not copies
+    sub = lazy.select([2, 0])  # rows of the arrays, before any table exists
+    kept = lazy.with_arrays(lazy.flux * 2, lazy.ivar, lazy.mask, flux_unit="")
+    again = pickle.loads(pickle.dumps(lazy))
+    table = lazy.meta
+    pd.testing.assert_frame_equal(table, pd.DataFrame({"star_id": ["a", "b", "c"], "snr": [10.0, np.nan, 30.0]}))
+    pd.testing.assert_frame_equal(sub.meta, table.iloc[[2, 0]].reset_index(drop=True))
+    pd.testing.assert_frame_equal(kept.meta, table)
+    assert kept.flux_unit == "" and (kept.flux == 2).all()
+    pd.testing.assert_frame_equal(again.meta, table)
+    assert dataclasses.replace(lazy, flux_unit="").meta.equals(table)  # still a dataclass
+    table["snr"] = -1.0  # once built, the table is what a later reader sees
+    assert (lazy.meta_columns(["snr"])["snr"] == -1.0).all() and lazy.meta is table
+    assert set(lazy.meta_columns()) == {"star_id", "snr"}
+    assert SpectrumBatch(b.wave, b.flux, b.ivar, b.mask, {}).meta.shape == (3, 0)
+
+
+@pytest.mark.parametrize("column, found", [(["a", "b", "c"], "found list"), (np.zeros((3, 1)), r"found shape \(3, 1\)"),
+                                           (np.zeros(2), "3 values .*found 2")])
+def test_bad_meta_columns_are_refused_by_name(column, found):
+    b = _flat()
+    with pytest.raises(SpectrumShapeError, match=rf"^meta column 'snr': expected .*{found}"):
+        SpectrumBatch(b.wave, b.flux, b.ivar, b.mask, {"snr": column})
+
+
+def test_a_batch_pickled_with_its_table_in_the_old_way_loads():
+    b = _flat()
+    b.meta["star_id"] = ["a", "b", "c"]
+    state = {k: v for k, v in vars(b).items() if k not in ("_meta", "_meta_arrays")}
+    state["meta"] = b.meta
+    old = SpectrumBatch.__new__(SpectrumBatch)
+    old.__setstate__(state)
+    pd.testing.assert_frame_equal(old.meta, b.meta)
 
 
 def test_wave_must_increase():

@@ -246,7 +246,7 @@ def measure_ew(
     # release the GIL), the same numbers
     parts = map_threads(block, blocks) if xp.compiled and mc_draws == 0 else [block(sl) for sl in blocks]
     res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    star_id = star_ids(batch.meta)
+    star_id = star_ids(batch.meta_columns(["star_id"]))
     if star_id is None:
         star_id = np.array([f"spectrum-{i}" for i in range(n)])
     info = {"backend": backend, "device": xp.device_name, "compiled": xp.compiled,
