@@ -313,6 +313,13 @@ def test_json_spectra_read_once_answer_as_the_documented_model(stars):
     for name in ("flux", "ivar", "mask", "bitmask"):
         assert np.array_equal(getattr(batch, name), getattr(ref_batch, name)), name
     assert all(np.array_equal(params[k], ref_params[k]) for k in ref_params) and params.keys() == ref_params.keys()
+    # what only the documented model's lax reading accepts: whole numbers, a number as a string, 0/1 in the mask
+    lax = _with(body, flux=[1, "2.5", *body["flux"][2:]], mask=[int(v) for v in body["mask"]])
+    lax_batch, _, _ = _json_spectrum(json.dumps(lax).encode())
+    ref_lax, _ = _spectra([SpectrumJSON.model_validate_json(json.dumps(lax))])
+    assert lax_batch.flux[0, :2].tolist() == [1.0, 2.5]
+    for name in ("flux", "ivar", "mask", "bitmask"):
+        assert np.array_equal(getattr(lax_batch, name), getattr(ref_lax, name), equal_nan=name == "flux"), name
     neg = list(body["ivar"])
     neg[7] = -2.0
     bad = [_with(body, ivar=neg, teff=None), _with(body, flux=[float("nan"), *body["flux"][1:]]),
