@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy.interpolate import RegularGridInterpolator
 
+from fehkit.arrays import per_grid
 from fehkit.errors import FehkitWarning, GridRangeError, PhysicsGridError
 from fehkit.threads import compiled, numba_wanted
 
@@ -115,6 +116,14 @@ class CurveOfGrowth:
         self._filled_values = np.ascontiguousarray(filled_values).reshape(*filled_values.shape[:4], -1)
         #: the grid's axes and values as torch tensors, per device they were used on (``curves(device=...)``)
         self._on_device: dict[str, Any] = {}
+        #: :meth:`line_index` of the last few line lists
+        self._line_indices: dict = {}
+        #: the edges that :meth:`curves` clips Teff, log g, vmic and [alpha/Fe] to, and those it warns beyond
+        #: (1e-9 of slack for the three axes)
+        lo = np.array([self.teff[0], self.logg[0], self.vmic[0], ALPHA_RANGE[0]])
+        hi = np.array([self.teff[-1], self.logg[-1], self.vmic[-1], ALPHA_RANGE[1]])
+        slack = np.array([1e-9, 1e-9, 1e-9, 0.0])
+        self._edges = (lo, hi, lo - slack, hi + slack)
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
@@ -158,29 +167,42 @@ class CurveOfGrowth:
     def line_index(self, wave_vac: np.ndarray) -> np.ndarray:
         """Return the indices of the grid lines nearest to the given vacuum wavelengths (within 0.05 A), else raise."""
         wave_vac = np.atleast_1d(np.asarray(wave_vac, float))
-        idx = np.abs(self.wave_vac[None, :] - wave_vac[:, None]).argmin(axis=1)
-        off = np.abs(self.wave_vac[idx] - wave_vac)
-        if np.any(off > 0.05):
-            bad = wave_vac[off > 0.05]
-            raise GridRangeError(f"lines {np.round(bad, 3).tolist()} A are not in the curve-of-growth grid; "
-                                 f"expected wavelengths of {self.meta.get('linelist', 'the packaged line list')}")
-        return idx
+
+        def find() -> np.ndarray:
+            idx = np.abs(self.wave_vac[None, :] - wave_vac[:, None]).argmin(axis=1)
+            off = np.abs(self.wave_vac[idx] - wave_vac)
+            if np.any(off > 0.05):
+                bad = wave_vac[off > 0.05]
+                raise GridRangeError(f"lines {np.round(bad, 3).tolist()} A are not in the curve-of-growth grid; "
+                                     f"expected wavelengths of {self.meta.get('linelist', 'the packaged line list')}")
+            return idx
+
+        # kept for the last few line lists (~65 us a call, for one spectrum): a copy, callers may change it
+        return per_grid(self._line_indices, wave_vac.tobytes(), wave_vac, find, keep=4).copy()
 
     # ---- interpolation ------------------------------------------------------------------------------
+    @staticmethod
+    def _stacked(teff: Any, logg: Any, vmic: Any, alpha_fe: Any) -> np.ndarray:
+        """Return the four parameters broadcast together as the columns of an (n, 4) float array (n >= 1)."""
+        values = [np.asarray(a, float) for a in (teff, logg, vmic, alpha_fe)]
+        shape = np.broadcast_shapes(*(v.shape for v in values)) or (1,)
+        pts = np.empty((*shape, 4))
+        for j, v in enumerate(values):
+            pts[..., j] = v
+        return pts.reshape(-1, 4)
+
     def _points(self, teff: Any, logg: Any, vmic: Any, alpha_fe: Any) -> np.ndarray:
-        cols = np.broadcast_arrays(*(np.atleast_1d(np.asarray(a, float)) for a in (teff, logg, vmic, alpha_fe)))
-        pts = np.stack([c.ravel() for c in cols], axis=-1)
-        if not np.all(np.isfinite(pts)):
+        pts = self._stacked(teff, logg, vmic, alpha_fe)
+        if not np.isfinite(pts).all():
             raise GridRangeError("teff, logg, vmic and alpha_fe must be finite; found NaN or inf")
-        # all four columns at once: the grid's edges (1e-9 of slack for the three axes) and [alpha/Fe]'s range
-        lo = np.array([self.teff[0], self.logg[0], self.vmic[0], ALPHA_RANGE[0]])
-        hi = np.array([self.teff[-1], self.logg[-1], self.vmic[-1], ALPHA_RANGE[1]])
-        slack = np.array([1e-9, 1e-9, 1e-9, 0.0])
-        n_out = ((pts < lo - slack) | (pts > hi + slack)).sum(axis=0)
-        outside = [f"{name}: {n_out[j]} value(s) outside {lo[j]:g}..{hi[j]:g}"
-                   for j, name in enumerate(("teff", "logg", "vmic", "alpha_fe")) if n_out[j]]
+        # all four columns at once: the grid's edges and [alpha/Fe]'s range
+        lo, hi, warn_lo, warn_hi = self._edges
+        beyond = (pts < warn_lo) | (pts > warn_hi)
         np.clip(pts, lo, hi, out=pts)
-        if outside:
+        if beyond.any():
+            n_out = beyond.sum(axis=0)
+            outside = [f"{name}: {n_out[j]} value(s) outside {lo[j]:g}..{hi[j]:g}"
+                       for j, name in enumerate(("teff", "logg", "vmic", "alpha_fe")) if n_out[j]]
             warnings.warn("curve of growth: clipped to the grid edge: " + "; ".join(outside), FehkitWarning,
                           stacklevel=3)
         return pts
@@ -255,14 +277,15 @@ class CurveOfGrowth:
         >>> CurveOfGrowth.load().clipped([3677, 4800], [0.53, 1.5], 1.8).tolist()
         ['teff 3677 -> 3900', '']
         """
-        cols = np.broadcast_arrays(*(np.atleast_1d(np.asarray(a, float)) for a in (teff, logg, vmic, alpha_fe)))
-        limits = [(self.teff[0], self.teff[-1]), (self.logg[0], self.logg[-1]), (self.vmic[0], self.vmic[-1]),
-                  ALPHA_RANGE]
-        parts: list[list[str]] = [[] for _ in range(cols[0].size)]
-        for name, values, (lo, hi) in zip(("teff", "logg", "vmic", "alpha_fe"), cols, limits, strict=True):
-            values = values.ravel()
-            for i in np.flatnonzero((values < lo - 1e-9) | (values > hi + 1e-9)):
-                parts[i].append(f"{name} {values[i]:g} -> {np.clip(values[i], lo, hi):g}")
+        pts = self._stacked(teff, logg, vmic, alpha_fe)
+        lo, hi = self._edges[:2]
+        beyond = (pts < lo - 1e-9) | (pts > hi + 1e-9)
+        if not beyond.any():
+            return np.full(len(pts), "", dtype=object)
+        parts: list[list[str]] = [[] for _ in range(len(pts))]
+        for j, name in enumerate(("teff", "logg", "vmic", "alpha_fe")):
+            for i in np.flatnonzero(beyond[:, j]):
+                parts[i].append(f"{name} {pts[i, j]:g} -> {np.clip(pts[i, j], lo[j], hi[j]):g}")
         return np.array(["; ".join(p) for p in parts], dtype=object)
 
     def filled_nodes(self) -> pd.DataFrame:
