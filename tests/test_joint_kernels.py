@@ -193,3 +193,37 @@ def test_feature_table_is_the_numpy_one(cog, numpy_path):
             np.testing.assert_allclose(fast.stars[col], ref.stars[col], rtol=0, atol=1e-8, err_msg=col)
         else:
             assert (fast.stars[col] == ref.stars[col]).all(), col
+
+
+def test_block_sum_is_numpys_row_sum_to_the_bit():
+    from fehkit.physics import joint_kernels
+
+    rng = np.random.default_rng(8)
+    for m in (*range(1, 40), 127, 128, 129, 136, 255, 256, 257, 300, 1000):
+        a = rng.normal(size=(2, m)) * 10 ** rng.uniform(-4, 4, size=(2, m))
+        assert [joint_kernels.block_sum(row) for row in a] == np.sum(a, axis=1).tolist(), m
+
+
+def test_clipped_statistics_are_astropys_and_numpys_to_the_bit(numpy_path):
+    """The compiled sigma clipping against astropy's SigmaClip with NumPy's median and std: outliers, ties, NaN,
+    inf, rows with one value and rows without any."""
+    rng = np.random.default_rng(9)
+    for t in range(300):
+        n, m = int(rng.integers(1, 6)), int(rng.integers(1, 160))
+        x = rng.normal(-2.0, 0.3, (n, m))
+        far = rng.random((n, m)) < 0.08
+        x[far] += rng.choice([-2.0, 2.0, 5.0], far.sum())
+        x[rng.random((n, m)) < rng.uniform(0, 0.9)] = np.nan
+        if t % 5 == 0:
+            x = np.round(x, 1)  # ties
+        if t % 7 == 0:
+            x[0] = np.nan
+        if t % 13 == 0:
+            x[rng.random((n, m)) < 0.05] = np.inf
+        fast = joint._clipped_stats(x, 3.0)
+        with numpy_path():
+            ref = joint._clipped_stats(x, 3.0)
+        for a, b in zip(fast, ref, strict=True):
+            assert np.array_equal(a, b, equal_nan=True), (t, a, b)
+    one = joint._clipped_stats(np.array([[np.nan, -2.5, np.nan]]), 3.0)
+    assert one[0].tolist() == [-2.5] and one[1].tolist() == [0.0]

@@ -241,17 +241,29 @@ def _per_line_median(ew_mA: Any, ew_err_mA: Any, usable: Any, teff: Any, logg: A
                                      ew_err=err, device=device)
     feh = np.where(det, feh, np.nan)
     n_ok = np.isfinite(feh).sum(axis=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # all-NaN rows
-        # astropy's sigma_clipped_stats, whose median and std of the clipped values take ~0.4 ms for one star
-        # (NumPy's nanmedian goes through masked arrays for small arrays): the same numbers
-        clipped = SigmaClip(sigma=clip_sigma, maxiters=5)(feh, axis=1, masked=False)
-        median = nanmedian_rows(clipped)
-        std = np.nanstd(clipped, axis=1)
+    median, std = _clipped_stats(feh, clip_sigma)
     single = np.nanmin(np.where(np.isfinite(feh), feh_err, np.inf), axis=1)
     spread = np.where(n_ok > 1, std / np.sqrt(np.maximum(n_ok, 1)), np.where(n_ok == 1, single, np.nan))
     return {"feh_cog_median": np.where(n_ok > 0, median, np.nan), "feh_cog_median_err": spread,
             "cog_median_n_lines": n_ok}
+
+
+def _clipped_stats(values: np.ndarray, sigma: float, maxiters: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Median and standard deviation of each row's values after sigma clipping (NaN where none is left).
+
+    astropy's ``sigma_clipped_stats`` (median centre, ``maxiters`` rounds), with NumPy's median and standard
+    deviation of the values it keeps. Where numba imports, :func:`fehkit.physics.joint_kernels.clipped_stats`
+    gives the same numbers (~0.3 ms less for one star, whose statistics through astropy and NumPy cost ~0.4 ms).
+    """
+    kernels = _kernels() if USE_NUMBA else None
+    if kernels is not None:
+        median, std = np.empty(len(values)), np.empty(len(values))
+        kernels.clipped_stats(np.ascontiguousarray(values, float), float(sigma), int(maxiters), median, std)
+        return median, std
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # all-NaN rows
+        clipped = SigmaClip(sigma=sigma, maxiters=maxiters)(values, axis=1, masked=False)
+        return nanmedian_rows(clipped), np.nanstd(clipped, axis=1)
 
 
 def likelihood_profile(

@@ -197,9 +197,17 @@ def invert(curves: np.ndarray, feh_nodes: np.ndarray, y: np.ndarray, feh: np.nda
 
 @_njit
 def block_sum(a: np.ndarray) -> float:
-    """Sum as NumPy does for up to 128 values (8 partial sums added pairwise, then the rest); in order beyond."""
+    """Sum as NumPy sums a row (``np.sum(x, axis=1)``): pairwise, 8 partial sums in blocks of up to 128 values.
+
+    Below 8 values in order; up to 128, 8 partial sums added pairwise, then the rest in order; beyond, the two
+    halves (the first a multiple of 8 long) each summed so and added.
+    """
     n = a.size
-    if n < 8 or n > 128:
+    if n > 128:
+        half = n // 2
+        half -= half % 8
+        return block_sum(a[:half]) + block_sum(a[half:])
+    if n < 8:
         res = 0.0
         for i in range(n):
             res += a[i]
@@ -450,3 +458,108 @@ def crossing(k: int, side: int, level: float, best: float, slack: float, grid: t
                 n_more += 1
             return nb, n_more
         cur = nb
+
+
+@_njit
+def clipped_stats(values: np.ndarray, sigma: float, maxiters: int, median: np.ndarray, std: np.ndarray) -> None:
+    """Sigma-clip each row and write the median and standard deviation of what is kept (in place).
+
+    values : (n, m) float64; median, std : (n,). The same numbers, to the bit, as astropy's
+    ``SigmaClip(sigma=sigma, maxiters=maxiters)(values, axis=1, masked=False)`` followed by
+    :func:`fehkit.arrays.nanmedian_rows` and ``np.nanstd(axis=1)`` of the clipped rows: the bounds are astropy's C
+    code step for step (:func:`_sigma_bounds`), the median a sort and the standard deviation NumPy's two pairwise
+    sums over the whole row, with zeros where values were clipped (:func:`block_sum`). NaN where nothing is kept.
+    """
+    n, m = values.shape
+    buf = np.empty(m)
+    kept = np.empty(m, np.bool_)
+    z = np.empty(m)
+    for i in range(n):
+        count = 0
+        for j in range(m):
+            if np.isfinite(values[i, j]):
+                buf[count] = values[i, j]
+                count += 1
+        lower, upper = _sigma_bounds(buf, count, sigma, maxiters) if count else (np.nan, np.nan)
+        k = 0
+        for j in range(m):  # astropy clips what is below or above the bounds, and every non-finite value
+            v = values[i, j]
+            kept[j] = np.isfinite(v) and not v < lower and not v > upper
+            z[j] = v if kept[j] else 0.0
+            if kept[j]:
+                buf[k] = v
+                k += 1
+        s = np.sort(buf[:k])
+        h = k // 2
+        median[i] = (s[h if k % 2 == 1 else h - 1] + s[h]) / 2.0 if k else np.nan
+        mean = block_sum(z) / k  # NaN without a value (0 / 0), as NumPy
+        for j in range(m):
+            d = z[j] - mean if kept[j] else 0.0
+            z[j] = d * d
+        std[i] = np.sqrt(block_sum(z) / k)
+
+
+@_njit
+def _sigma_bounds(buf: np.ndarray, count: int, sigma: float, maxiters: int) -> tuple:
+    """Return the clipping bounds of the ``count`` values in ``buf`` (reordered in place).
+
+    astropy's C code for a median centre and a standard deviation, step for step: its median by Wirth's selection,
+    then the sums in the order that leaves.
+    """
+    iteration = 0
+    while True:
+        centre = _wirth_median(buf, count)
+        mean = 0.0
+        for i in range(count):
+            mean += buf[i]
+        mean /= count
+        var = 0.0
+        for i in range(count):
+            var += (buf[i] - mean) * (buf[i] - mean)
+        spread = np.sqrt(var / count)
+        lower, upper = centre - sigma * spread, centre + sigma * spread
+        new_count = 0
+        for i in range(count):
+            if buf[i] >= lower and buf[i] <= upper:
+                buf[new_count] = buf[i]
+                new_count += 1
+        if new_count == count or new_count == 0:
+            return lower, upper
+        count = new_count
+        iteration += 1
+        if maxiters != -1 and iteration >= maxiters:
+            return lower, upper
+
+
+@_njit
+def _wirth_median(a: np.ndarray, n: int) -> float:
+    """Median of ``a[:n]`` by Wirth's selection (reorders it), as astropy's ``wirth_median``."""
+    if n % 2 == 0:
+        upper = _kth_smallest(a, n, n // 2)
+        return 0.5 * (upper + _kth_smallest(a, n, n // 2 - 1))
+    return _kth_smallest(a, n, (n - 1) // 2)
+
+
+@_njit
+def _kth_smallest(a: np.ndarray, n: int, k: int) -> float:
+    """Return the k-th smallest of ``a[:n]``, reordering it (N. Wirth, Algorithms + Data Structures = Programs)."""
+    lo, hi = 0, n - 1
+    while lo < hi:
+        x = a[k]
+        i, j = lo, hi
+        while True:
+            while a[i] < x:
+                i += 1
+            while x < a[j]:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+            if i > j:
+                break
+        if j < k:
+            lo = i
+        if k < i:
+            hi = j
+    return a[k]
