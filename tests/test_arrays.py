@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from astropy.stats import sigma_clipped_stats
 
-from fehkit.arrays import nanmedian_rows, numbers, per_grid, star_ids, texts
+from fehkit.arrays import float_column, nanmedian_rows, numbers, per_grid, star_ids, texts
 from fehkit.physics.cog import CurveOfGrowth
 from fehkit.physics.joint import _per_line_median
 
@@ -111,3 +111,12 @@ def test_per_line_median_equals_sigma_clipped_stats():
     expected_err = np.where(n_ok > 1, np.ma.filled(std, np.nan) / np.sqrt(np.maximum(n_ok, 1)), np.nan)
     assert np.array_equal(got["feh_cog_median_err"][n_ok != 1], expected_err[n_ok != 1], equal_nan=True)
     assert (n_ok == 0).sum() >= 20 and (n_ok > 1).sum() > 300
+
+
+def test_float_column_is_broadcast_to():
+    for values in (5000, [4800.0], np.array([1, 2, 3]), np.array([4.5, 4.6, 4.7])):
+        ref = np.broadcast_to(np.asarray(values, float), (3,) if np.size(values) == 3 else (2,))
+        got = float_column(values, ref.size)
+        assert got.dtype == np.float64 and got.shape == ref.shape and (got == ref).all()
+    with pytest.raises(ValueError):
+        float_column([1.0, 2.0], 3)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from astropy.stats import SigmaClip
 
-from fehkit.arrays import nanmedian_rows, per_grid
+from fehkit.arrays import float_column, nanmedian_rows, per_grid
 from fehkit.errors import FehkitWarning, GridRangeError
 from fehkit.physics.cog import ALPHA_RANGE, CurveOfGrowth, _kernels, pchip_coefficients
 from fehkit.threads import map_parts, numba_wanted
@@ -132,7 +132,7 @@ def _joint(ew_mA: Any, ew_err_mA: Any, usable: Any, teff: Any, logg: Any, vmic: 
     """
     ew, err, use = _inputs(ew_mA, ew_err_mA, usable, cog, lines)
     n = ew.shape[0]
-    params = [np.broadcast_to(np.asarray(a, float), (n,)) for a in (teff, logg, vmic, alpha_fe)]
+    params = [float_column(a, n) for a in (teff, logg, vmic, alpha_fe)]
     if device is not None:  # the whole grid at once on the device, a chunk of stars at a time
         rows = [_joint_chunk(ew[s:s + chunk], err[s:s + chunk], use[s:s + chunk],
                              *(p[s:s + chunk] for p in params), cog, lines, model_fraction, model_floor_mA, full,
@@ -188,7 +188,7 @@ def _parameter_shifts(ew_mA: Any, ew_err_mA: Any, usable: Any, teff: Any, logg: 
     if base is None:
         base = _joint(ew, ew_err_mA, usable, teff, logg, vmic, alpha_fe, cog=cog, full=False, **kwargs)
     names = ("teff", "logg", "vmic")
-    p = [np.broadcast_to(np.asarray(a, float), (n,)) for a in (teff, logg, vmic, alpha_fe)]
+    p = [float_column(a, n) for a in (teff, logg, vmic, alpha_fe)]
     # the three shifted copies of every star in one batch: parameter j moved by its error in copy j
     moved = [np.concatenate([p[i] + (np.asarray(errors[name], float) if i == j else 0.0) * np.ones(n)
                              for j, name in enumerate(names)]) for i in range(3)]
@@ -288,7 +288,7 @@ def likelihood_profile(
     cog = cog or CurveOfGrowth.load()
     ew, err, use = _inputs(ew_mA, ew_err_mA, usable, cog, lines)
     n = ew.shape[0]
-    params = [np.broadcast_to(np.asarray(a, float), (n,)) for a in (teff, logg, vmic, alpha_fe)]
+    params = [float_column(a, n) for a in (teff, logg, vmic, alpha_fe)]
     model, m2lnl, none = _m2lnl(ew, err, use, *params, cog, lines, model_fraction, model_floor_mA)
     best = m2lnl.min(axis=1, keepdims=True)
     return {"feh_grid": FEH_GRID.copy(), "m2lnl": m2lnl - best, "m2lnl_none": none - best[:, 0],
@@ -492,16 +492,16 @@ def _joint_chunk(ew: np.ndarray, err: np.ndarray, use: np.ndarray, teff: np.ndar
     k = found["k"]
     g = FEH_GRID.size
     # parabolic refinement between the neighbouring grid points
-    kk = np.clip(k, 1, g - 2)
+    kk = np.minimum(np.maximum(k, 1), g - 2)  # np.clip, without its fixed cost (~6 us) for one star
     y0, y1, y2 = found["near"].T
     best = found["best"]
     curv = y0 - 2 * y1 + y2
     with np.errstate(divide="ignore", invalid="ignore"):
         off = np.where((curv > 0) & (k == kk), 0.5 * (y0 - y2) / curv, 0.0)
     step = FEH_GRID[1] - FEH_GRID[0]
-    feh = FEH_GRID[k] + np.clip(off, -0.5, 0.5) * step
+    feh = FEH_GRID[k] + np.minimum(np.maximum(off, -0.5), 0.5) * step
     n_lines = use.sum(axis=1)
-    signal = np.sqrt(np.clip(_m2lnl_none(ew, err, use, floor) - best, 0.0, None))
+    signal = np.sqrt(np.maximum(_m2lnl_none(ew, err, use, floor) - best, 0.0))
     none = n_lines == 0
     out = {
         "feh_cog": np.where(none, np.nan, feh),
@@ -557,7 +557,7 @@ def _search_compiled(ew: np.ndarray, err: np.ndarray, use: np.ndarray, teff: np.
     _kernels().joint_stars(curves, cog.feh, FEH_GRID, piece, s, on_grid, np.ascontiguousarray(ew, float),
                            np.ascontiguousarray(err, float), np.ascontiguousarray(use, bool), float(frac),
                            float(floor), bool(full), FIRST_STRIDE, k, near, cross, chi2, n_eval)
-    return {"k": k, "best": near[np.arange(n), k - np.clip(k, 1, _G - 2) + 1],
+    return {"k": k, "best": near[np.arange(n), k - np.minimum(np.maximum(k, 1), _G - 2) + 1],
             "near": near, "lo1": cross[:, 0], "hi1": cross[:, 1], "hi9": cross[:, 2], "chi2": chi2,
             "n_eval": n_eval}
 
@@ -736,7 +736,7 @@ def _physics_systematic(ew_mA: Any, ew_err_mA: Any, usable: Any, teff: Any, logg
     ew = np.atleast_2d(np.asarray(ew_mA, float))
     err, use = np.atleast_2d(np.asarray(ew_err_mA, float)), np.atleast_2d(np.asarray(usable, bool))
     n = ew.shape[0]
-    given = [np.broadcast_to(np.asarray(a, float), (n,)) for a in (teff, logg, vmic, alpha_fe)]
+    given = [float_column(a, n) for a in (teff, logg, vmic, alpha_fe)]
     params = [p.copy() for p in given]
     clipped = alt.clipped(*params)
     if alt.alpha_fe.size == 1:
