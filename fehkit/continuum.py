@@ -169,7 +169,9 @@ def normalize(
     # mean of a unit normal kept between -low and +high: the clipped fit sits this many sigma too high
     bias = float((_normal_pdf(low) - _normal_pdf(high)) / (ndtr(high) - ndtr(-low)))
 
-    continuum = np.full(batch.flux.shape, np.nan, np.float32)
+    # every detector's fit writes all of its pixels (NaN where it failed); NaN is written outside them below
+    continuum = np.empty(batch.flux.shape, np.float32)
+    fitted = np.zeros(batch.n_pixels, bool)
     kernels = _kernels() if USE_NUMBA and device is None else None
     if kernels is not None:  # the kernels take native float32 / bool arrays, C-ordered (no copy if they are)
         arrays = tuple(np.ascontiguousarray(a, t) for a, t in ((batch.flux, np.float32), (batch.ivar, np.float32),
@@ -177,6 +179,7 @@ def normalize(
     fits = {}  # chip name -> per-spectrum results, (n,) or (n, order + 1)
     detectors = tuple((name, (float(lo), float(hi))) for name, (lo, hi) in chips.items())
     for name, (sel, line_free, basis) in _detectors(wave, detectors, order, line_waves).items():
+        fitted[sel] = True
         if device is not None:
             fits[name] = _fit_chip_torch(batch.flux[:, sel], batch.ivar[:, sel], batch.mask[:, sel], line_free,
                                          basis, low, high, bias, max_iter, min_pixels, device)
@@ -195,6 +198,9 @@ def normalize(
             continuum[blk, sel] = fit.pop("continuum")
             parts.append(fit)
         fits[name] = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], ~fitted, [False])).astype(np.int8)))
+    for start, stop in zip(edges[::2], edges[1::2], strict=True):  # the runs of pixels off the detectors
+        continuum[:, start:stop] = np.nan
 
     def diagnostics() -> pd.DataFrame:  # built when first asked for, with the output's ids
         ids = star_ids(out.meta_columns(["star_id"]))
@@ -214,7 +220,8 @@ def normalize(
             flux = np.where(no_continuum, np.nan, batch.flux / continuum).astype(np.float32)
             ivar = np.where(no_continuum, 0.0, batch.ivar * continuum * continuum).astype(np.float32)
             mask = batch.mask | no_continuum
-    out = batch.with_arrays(flux, ivar, mask, flux_unit="")
+    # the compiled division masks what has no finite flux or positive ivar: the batch need not look again
+    out = batch.with_arrays(flux, ivar, mask, flux_unit="", mask_complete=kernels is not None)
     return Normalized(out, continuum, diagnostics)
 
 

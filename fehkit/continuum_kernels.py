@@ -443,12 +443,18 @@ def at_least32(t: float) -> np.float32:
 @_njit
 def divide(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, continuum: np.ndarray, out_flux: np.ndarray,
            out_ivar: np.ndarray, out_mask: np.ndarray) -> None:
-    """Normalize: flux / continuum, ivar * continuum**2 and the mask extended where there is no continuum (> 0)."""
+    """Normalize: flux / continuum, ivar * continuum**2 and the mask extended where there is no continuum (> 0).
+
+    The mask also covers every pixel whose flux is not finite or ivar not positive after the division (as
+    :class:`fehkit.spectra.SpectrumBatch` would add them), so that the batch need not work them out again.
+    """
     n, m = flux.shape
     for i in range(n):
         for p in range(m):
             cont = continuum[i, p]
             fitted = cont > 0
-            out_flux[i, p] = flux[i, p] / cont if fitted else np.float32(np.nan)
-            out_ivar[i, p] = ivar[i, p] * cont * cont if fitted else np.float32(0.0)
-            out_mask[i, p] = mask[i, p] or not fitted
+            f = flux[i, p] / cont if fitted else np.float32(np.nan)
+            v = ivar[i, p] * cont * cont if fitted else np.float32(0.0)
+            out_flux[i, p] = f
+            out_ivar[i, p] = v
+            out_mask[i, p] = mask[i, p] or not fitted or not np.isfinite(f) or not v > 0

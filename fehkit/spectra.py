@@ -150,6 +150,10 @@ class SpectrumBatch:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self._validate(mask_complete=False)
+
+    def _validate(self, mask_complete: bool) -> None:
+        """Check and convert the fields; add the unusable pixels to the mask unless it has them (``mask_complete``)."""
         self.wave = np.asarray(self.wave, dtype=np.float64)
         if self.wave.ndim != 1 or self.wave.size < 2:
             raise SpectrumShapeError(f"wave: expected a 1-D array of >=2 wavelengths, found shape {self.wave.shape}")
@@ -163,7 +167,8 @@ class SpectrumBatch:
         if self.bitmask is not None:
             self.bitmask = _as_2d("bitmask", self.bitmask, np.int64, n_pix, n_spec)
         # A pixel without finite flux or positive inverse variance carries no information, whatever else says.
-        self.mask = _with_unusable(self.mask, self.flux, self.ivar)
+        if not mask_complete:
+            self.mask = _with_unusable(self.mask, self.flux, self.ivar)
         if self._meta_arrays is not None:  # columns as arrays: the table is built when first read
             for name, column in self._meta_arrays.items():
                 if column.size != n_spec:
@@ -194,13 +199,24 @@ class SpectrumBatch:
         table = self._meta
         return {k: table[k].to_numpy() for k in (table.columns if names is None else names) if k in table}
 
-    def with_arrays(self, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, flux_unit: str) -> SpectrumBatch:
+    def with_arrays(self, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, flux_unit: str, *,
+                    mask_complete: bool = False) -> SpectrumBatch:
         """Return the same spectra (meta, bitmask, skipped files) with new flux, ivar, mask and flux unit.
 
-        The new batch has its own meta table (or shares the read-only column arrays it was given).
+        The new batch has its own meta table (or shares the read-only column arrays it was given). With
+        ``mask_complete``, the caller vouches that ``mask`` is True wherever ``flux`` is not finite or ``ivar`` not
+        positive, so it is not worked out again (a pass over the whole batch; fehkit's own stages that make it so).
         """
-        return SpectrumBatch(self.wave, flux, ivar, mask, self._meta if self._meta is not None else self._meta_arrays,
-                             bitmask=self.bitmask, flux_unit=flux_unit, skipped=list(self.skipped))
+        meta = self._meta if self._meta is not None else self._meta_arrays
+        if not mask_complete:
+            return SpectrumBatch(self.wave, flux, ivar, mask, meta, bitmask=self.bitmask, flux_unit=flux_unit,
+                                 skipped=list(self.skipped))
+        out = SpectrumBatch.__new__(SpectrumBatch)
+        out.__dict__.update(self.__dict__)  # every field as this batch's, then the new ones, checked as ever
+        out.flux, out.ivar, out.mask, out.meta = flux, ivar, mask, meta
+        out.flux_unit, out.skipped = flux_unit, list(self.skipped)
+        out._validate(mask_complete=True)
+        return out
 
     # -- shape ---------------------------------------------------------------------------------------------
     @property

@@ -48,6 +48,29 @@ def test_normalized_flux_and_ivar_are_consistent():
     assert abs(np.median(nb.flux[good]) - 1) < 0.01
 
 
+def test_what_the_division_leaves_without_finite_flux_or_positive_ivar_is_masked(monkeypatch):
+    """Flux that overflows float32 when divided, ivar that underflows to 0: masked, on the compiled path as on the
+    NumPy one (where the batch itself adds them); the same mask from both."""
+    import fehkit.continuum as continuum
+
+    sim = simulate(_population(2, 100, seed=3), seed=3)
+    flux, ivar = sim.batch.flux * np.float32(1e-3), sim.batch.ivar * np.float32(1e6)  # a continuum of ~1e-3
+    flux[0, 1000:1003] = 3e38   # / 1e-3: beyond float32
+    ivar[1, 2000:2003] = 1e-44  # * 1e-6: below the smallest float32
+    batch = SpectrumBatch(sim.batch.wave, flux, ivar, sim.batch.mask)
+    results = []
+    for compiled in (True, False):
+        monkeypatch.setattr(continuum, "USE_NUMBA", compiled)
+        nb = normalize(batch).batch
+        assert nb.mask[0, 1000:1003].all() and nb.mask[1, 2000:2003].all()
+        assert (nb.mask | np.isfinite(nb.flux) & (nb.ivar > 0)).all()
+        results.append(nb)
+    assert np.array_equal(results[0].mask, results[1].mask)
+    good = ~results[0].mask
+    for name in ("flux", "ivar"):  # the two fits agree to float rounding
+        np.testing.assert_allclose(getattr(results[0], name)[good], getattr(results[1], name)[good], rtol=1e-5)
+
+
 def test_chip_gaps_have_no_continuum_and_are_masked():
     sim = simulate(_population(2, 100, seed=2), seed=2)
     nb, cont, _ = normalize(sim.batch)

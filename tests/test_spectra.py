@@ -64,6 +64,19 @@ def test_meta_given_as_arrays_is_built_into_a_table_when_first_read():
     assert SpectrumBatch(b.wave, b.flux, b.ivar, b.mask, {}).meta.shape == (3, 0)
 
 
+def test_with_arrays_keeps_a_complete_mask_as_given_and_still_checks_shapes():
+    b = _flat()
+    b.meta["star_id"] = ["a", "b", "c"]
+    flux = b.flux.copy()
+    flux[0, 4] = np.nan
+    checked = b.with_arrays(flux, b.ivar, b.mask, flux_unit="")
+    trusted = b.with_arrays(flux, b.ivar, checked.mask, flux_unit="", mask_complete=True)
+    assert checked.mask[0, 4] and trusted.mask is checked.mask and trusted.flux_unit == ""
+    assert trusted.meta.equals(b.meta) and trusted.meta is not b.meta
+    with pytest.raises(SpectrumShapeError, match="^ivar: expected shape"):
+        b.with_arrays(flux, b.ivar[:, :10], b.mask, flux_unit="", mask_complete=True)
+
+
 @pytest.mark.parametrize("column, found", [(["a", "b", "c"], "found list"), (np.zeros((3, 1)), r"found shape \(3, 1\)"),
                                            (np.zeros(2), "3 values .*found 2")])
 def test_bad_meta_columns_are_refused_by_name(column, found):
