@@ -205,17 +205,15 @@ class SpectrumBatch:
 
         The new batch has its own meta table (or shares the read-only column arrays it was given). With
         ``mask_complete``, the caller vouches that ``mask`` is True wherever ``flux`` is not finite or ``ivar`` not
-        positive, so it is not worked out again (a pass over the whole batch; fehkit's own stages that make it so).
+        positive, so that is not worked out again (a pass over the whole batch; the compiled normalization makes
+        its mask so).
         """
-        meta = self._meta if self._meta is not None else self._meta_arrays
-        if not mask_complete:
-            return SpectrumBatch(self.wave, flux, ivar, mask, meta, bitmask=self.bitmask, flux_unit=flux_unit,
-                                 skipped=list(self.skipped))
         out = SpectrumBatch.__new__(SpectrumBatch)
         out.__dict__.update(self.__dict__)  # every field as this batch's, then the new ones, checked as ever
-        out.flux, out.ivar, out.mask, out.meta = flux, ivar, mask, meta
+        out.flux, out.ivar, out.mask = flux, ivar, mask
+        out.meta = self._meta if self._meta is not None else self._meta_arrays
         out.flux_unit, out.skipped = flux_unit, list(self.skipped)
-        out._validate(mask_complete=True)
+        out._validate(mask_complete)
         return out
 
     # -- shape ---------------------------------------------------------------------------------------------
