@@ -30,6 +30,85 @@ def numbers(column: pd.Series | np.ndarray | Sequence[Any]) -> np.ndarray:
     return pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
 
 
+class LazyTable:
+    """A dataclass field that holds a DataFrame, or its columns as arrays that become one when first read.
+
+    Building a table costs ~0.5-1 ms even for one row, a good part of a one-spectrum request: a stage that needs a
+    column or two reads the arrays (:meth:`columns`), and the table is built only for a caller that asks for it.
+    The instance keeps what it was given in two attributes, ``attrs``: the table (once built) and the arrays (until
+    then). :func:`dataclasses.replace` and :func:`dataclasses.fields` work as on any field.
+
+    Parameters
+    ----------
+    attrs : (str, str)
+        The instance's attributes that hold the table and the arrays.
+    n_rows : callable
+        The instance's number of rows (the length of a table built without columns).
+    optional : bool
+        The field's default is None (the owner makes the empty table); otherwise the field has no default.
+    error : exception class
+        Raised for a column that is not a 1-D array.
+    """
+
+    def __init__(self, attrs: tuple[str, str], n_rows: Callable[[Any], int], *, optional: bool = False,
+                 error: type[Exception] = ValueError) -> None:
+        self.attrs, self.n_rows, self.optional, self.error = attrs, n_rows, optional, error
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> pd.DataFrame | None:
+        if obj is None:  # the field's default, asked for by @dataclass
+            if self.optional:
+                return None
+            raise AttributeError(self.name)
+        table_attr, arrays_attr = self.attrs
+        if getattr(obj, table_attr) is None:
+            arrays = getattr(obj, arrays_attr)
+            setattr(obj, table_attr, pd.DataFrame(arrays, index=pd.RangeIndex(self.n_rows(obj))))
+            setattr(obj, arrays_attr, None)  # from now on the table is what a caller may change
+        return getattr(obj, table_attr)
+
+    def __set__(self, obj: Any, value: pd.DataFrame | Mapping[str, np.ndarray] | None) -> None:
+        table_attr, arrays_attr = self.attrs
+        if value is None or isinstance(value, pd.DataFrame):
+            setattr(obj, table_attr, value)
+            setattr(obj, arrays_attr, None)
+            return
+        arrays = dict(value)
+        for name, column in arrays.items():
+            if not isinstance(column, np.ndarray) or column.ndim != 1:
+                found = f"shape {column.shape}" if isinstance(column, np.ndarray) else type(column).__name__
+                raise self.error(f"{self.name} column {name!r}: expected a 1-D numpy array, found {found}")
+        setattr(obj, table_attr, None)
+        setattr(obj, arrays_attr, arrays)
+
+    def source(self, obj: Any) -> pd.DataFrame | dict[str, np.ndarray] | None:
+        """Return the table if it is built, else the arrays (what a new instance of the same rows may take)."""
+        table_attr, arrays_attr = self.attrs
+        table = getattr(obj, table_attr)
+        return table if table is not None else getattr(obj, arrays_attr)
+
+    def columns(self, obj: Any, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Return the named columns that exist (default: all) as arrays by name, without building the table.
+
+        The arrays given are returned as they are (no copies): read them, do not change them.
+        """
+        source = self.source(obj)
+        if isinstance(source, pd.DataFrame):
+            return {k: source[k].to_numpy() for k in (source.columns if names is None else names) if k in source}
+        source = source or {}
+        return {k: source[k] for k in (source if names is None else names) if k in source}
+
+    def rows(self, obj: Any, idx: np.ndarray) -> pd.DataFrame | dict[str, np.ndarray]:
+        """Return the rows ``idx`` (integers): the table's, with a new index, or the arrays'."""
+        source = self.source(obj)
+        if isinstance(source, pd.DataFrame):
+            return source.iloc[idx].reset_index(drop=True)
+        return {k: v[idx] for k, v in (source or {}).items()}
+
+
 def float_column(values: Any, n: int) -> np.ndarray:
     """Return ``np.broadcast_to(np.asarray(values, float), (n,))``, at once when ``values`` has that shape already.
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fehkit.arrays import numbers, per_grid
+from fehkit.arrays import LazyTable, numbers, per_grid
 from fehkit.display import html_summary, text_summary
 from fehkit.errors import FehkitError, FehkitWarning, InputTableError
 from fehkit.ew import FLAGS, EWTable
@@ -43,28 +43,6 @@ STAR_FEATURES = ("feh_cog", "feh_cog_err", "feh_cog_upper", "cog_signal_sigma", 
 
 class FeatureError(FehkitError, ValueError):
     """The EW table, parameters or feature matrix do not fit together."""
-
-
-class _StarTable:
-    """:attr:`Features.stars`: a DataFrame, or a mapping of arrays made into one when first read.
-
-    A dataclass field (so :func:`dataclasses.replace` and :func:`dataclasses.fields` work as on any dataclass) that
-    keeps what it is given in the instance: ``_stars`` (the table, once built) or ``_star_arrays``.
-    """
-
-    def __get__(self, obj: Any, owner: type | None = None) -> pd.DataFrame:
-        if obj is None:  # asked for a default by @dataclass: there is none
-            raise AttributeError("stars")
-        if obj._stars is None:
-            obj._stars = pd.DataFrame(obj._star_arrays, copy=False)
-            obj._star_arrays = None  # from now on the table is what a caller may change
-        return obj._stars
-
-    def __set__(self, obj: Any, value: pd.DataFrame | Mapping[str, np.ndarray]) -> None:
-        if isinstance(value, pd.DataFrame):
-            obj._stars, obj._star_arrays = value, None
-        else:
-            obj._stars, obj._star_arrays = None, dict(value)
 
 
 @dataclass
@@ -92,7 +70,8 @@ class Features:
 
     X: np.ndarray
     names: list[str]
-    stars: pd.DataFrame = _StarTable()  # type: ignore[assignment]
+    stars: pd.DataFrame = LazyTable(("_stars", "_star_arrays"), lambda f: len(f.X),
+                                    error=FeatureError)  # type: ignore[assignment]
     info: dict[str, Any] = field(default_factory=dict)
     ew: EWTable | None = None
 
@@ -101,9 +80,7 @@ class Features:
 
         The arrays are the table's own (no copies): read them, do not change them.
         """
-        if self._star_arrays is not None:
-            return {k: self._star_arrays[k] for k in names if k in self._star_arrays}
-        return {k: self._stars[k].to_numpy() for k in names if k in self._stars}
+        return _STARS.columns(self, names)
 
     @property
     def mask(self) -> np.ndarray:
@@ -131,16 +108,19 @@ class Features:
     def select(self, which: Any) -> Features:
         """Return the rows chosen by a boolean mask or integer indices."""
         idx = np.arange(len(self.X))[which]
-        stars = {k: v[idx] for k, v in self._star_arrays.items()} if self._star_arrays is not None else \
-            self._stars.iloc[idx].reset_index(drop=True)
-        return Features(self.X[idx], list(self.names), stars, dict(self.info),
+        return Features(self.X[idx], list(self.names), _STARS.rows(self, idx), dict(self.info),
                         None if self.ew is None else self.ew.select(idx))
 
     def drop(self, names: Sequence[str]) -> Features:
         """Return the same features without the named columns."""
         keep = [i for i, n in enumerate(self.names) if n not in set(names)]
-        stars = dict(self._star_arrays) if self._star_arrays is not None else self._stars.copy()
+        stars = _STARS.source(self)
+        stars = stars.copy() if isinstance(stars, pd.DataFrame) else dict(stars)
         return Features(self.X[:, keep], [self.names[i] for i in keep], stars, dict(self.info), self.ew)
+
+
+#: The :attr:`Features.stars` field.
+_STARS: LazyTable = Features.__dict__["stars"]
 
 
 def build_features(

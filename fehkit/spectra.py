@@ -9,13 +9,14 @@ the astropy ecosystem without carrying its objects through the hot paths.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from fehkit.arrays import LazyTable
 from fehkit.errors import SpectrumShapeError
 from fehkit.threads import map_parts
 
@@ -78,33 +79,6 @@ def chip_of(wave: np.ndarray | float) -> np.ndarray:
     return chip
 
 
-class _MetaTable:
-    """:attr:`SpectrumBatch.meta`: a DataFrame, or a mapping of equal-length arrays made into one when first read.
-
-    A dataclass field (so :func:`dataclasses.replace` and :func:`dataclasses.fields` work as on any dataclass) that
-    keeps what it is given in the instance: ``_meta`` (the table, once built) or ``_meta_arrays``.
-    """
-
-    def __get__(self, obj: Any, owner: type | None = None) -> pd.DataFrame | None:
-        if obj is None:  # the field's default, asked for by @dataclass: an empty table
-            return None
-        if obj._meta is None:
-            obj._meta = pd.DataFrame(obj._meta_arrays, index=pd.RangeIndex(obj.n_spectra))
-            obj._meta_arrays = None  # from now on the table is what a caller may change
-        return obj._meta
-
-    def __set__(self, obj: Any, value: pd.DataFrame | Mapping[str, np.ndarray] | None) -> None:
-        if value is None or isinstance(value, pd.DataFrame):
-            obj._meta, obj._meta_arrays = value, None
-            return
-        arrays = dict(value)
-        for name, column in arrays.items():
-            if not isinstance(column, np.ndarray) or column.ndim != 1:
-                found = type(column).__name__ if not isinstance(column, np.ndarray) else f"shape {column.shape}"
-                raise SpectrumShapeError(f"meta column {name!r}: expected a 1-D numpy array, found {found}")
-        obj._meta, obj._meta_arrays = None, arrays
-
-
 @dataclass
 class SpectrumBatch:
     """A batch of spectra on one shared wavelength grid.
@@ -144,7 +118,8 @@ class SpectrumBatch:
     flux: np.ndarray
     ivar: np.ndarray
     mask: np.ndarray
-    meta: pd.DataFrame = _MetaTable()  # type: ignore[assignment]
+    meta: pd.DataFrame = LazyTable(("_meta", "_meta_arrays"), lambda b: b.n_spectra, optional=True,
+                                   error=SpectrumShapeError)  # type: ignore[assignment]
     bitmask: np.ndarray | None = None
     flux_unit: str = APOGEE_FLUX_UNIT
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -193,11 +168,7 @@ class SpectrumBatch:
         The table is not built when the batch was given its columns as arrays; those arrays are returned as they
         are (no copies): read them, do not change them.
         """
-        if self._meta_arrays is not None:
-            source = self._meta_arrays
-            return {k: source[k] for k in (source if names is None else names) if k in source}
-        table = self._meta
-        return {k: table[k].to_numpy() for k in (table.columns if names is None else names) if k in table}
+        return _META.columns(self, names)
 
     def with_arrays(self, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray, flux_unit: str, *,
                     mask_complete: bool = False) -> SpectrumBatch:
@@ -211,7 +182,7 @@ class SpectrumBatch:
         out = SpectrumBatch.__new__(SpectrumBatch)
         out.__dict__.update(self.__dict__)  # every field as this batch's, then the new ones, checked as ever
         out.flux, out.ivar, out.mask = flux, ivar, mask
-        out.meta = self._meta if self._meta is not None else self._meta_arrays
+        out.meta = _META.source(self)
         out.flux_unit, out.skipped = flux_unit, list(self.skipped)
         out._validate(mask_complete)
         return out
@@ -249,8 +220,7 @@ class SpectrumBatch:
             flux=self.flux[rows],
             ivar=self.ivar[rows],
             mask=self.mask[rows],
-            meta=({k: v[rows] for k, v in self._meta_arrays.items()} if self._meta_arrays is not None
-                  else self._meta.iloc[rows].reset_index(drop=True)),
+            meta=_META.rows(self, rows),
             bitmask=None if self.bitmask is None else self.bitmask[rows],
             flux_unit=self.flux_unit,
         )
@@ -465,6 +435,10 @@ def is_synthetic(data: SpectrumBatch | pd.DataFrame, index: int | None = None) -
         values = values.map(lambda v: str(v).strip().lower() in ("true", "1", "1.0", "yes"))
     flags = values.fillna(False).astype(bool).to_numpy()
     return bool(flags[index]) if index is not None else bool(flags.any())
+
+
+#: The :attr:`SpectrumBatch.meta` field.
+_META: LazyTable = SpectrumBatch.__dict__["meta"]
 
 
 def _with_unusable(mask: np.ndarray, flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:
