@@ -129,9 +129,15 @@ def load_linelist(path: str | os.PathLike[str] | None = None) -> pd.DataFrame:
 
 
 @lru_cache(maxsize=1)
+def packaged_linelist() -> pd.DataFrame:
+    """Return the packaged line list, read and checked once per process (~10 ms); shared: pandas copies on write."""
+    return load_linelist()
+
+
+@lru_cache(maxsize=1)
 def packaged_line_waves() -> np.ndarray:
-    """Return the packaged line list's vacuum wavelengths (A), read and checked once (~10 ms); read-only (shared)."""
-    waves = np.asarray(load_linelist()["wave_vac"], float)
+    """Return the packaged line list's vacuum wavelengths (A), as an array read once; read-only (shared)."""
+    waves = packaged_linelist()["wave_vac"].to_numpy(float, copy=True)
     waves.flags.writeable = False
     return waves
 

@@ -18,6 +18,7 @@ from fehkit.continuum import normalize
 from fehkit.ew import kernels, measure_ew, solver
 from fehkit.ew import measure as ew_measure
 from fehkit.ew.solver import EW, GAM, SIG, ArrayBackend
+from fehkit.lines import packaged_linelist
 from fehkit.synth import make_benchmark
 from tests.test_ew_solver import _fits
 
@@ -181,7 +182,7 @@ def test_window_kernels_equal_numpy_to_the_bit(batch):
                     ew_measure._window_stats(y, w0, wt, model, core), strict=True):
         assert np.array_equal(a, b, equal_nan=True)
     # cutting the windows out of the spectra, with telluric pixels
-    lines = ew_measure._packaged_lines()
+    lines = packaged_linelist()
     idx, inside = ew_measure.window_pixels(batch.wave, lines)
     bits = batch.bitmask if batch.bitmask is not None else np.zeros(batch.flux.shape, np.int64)
     flux, w, good = kernels.windows(batch.flux, batch.ivar, batch.mask, bits, idx, inside, 3, 0.01)

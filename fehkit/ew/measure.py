@@ -42,7 +42,7 @@ from fehkit.ew.solver import (
 )
 from fehkit.ew.table import FLAG_BLEND, FLAG_FAILED, FLAG_MASKED, FLAG_OK, FLAG_UPPER, EWError, EWTable
 from fehkit.io import PIXMASK_BITS
-from fehkit.lines import WINDOW_HALF_WIDTH_PIX, load_linelist, packaged_line_waves
+from fehkit.lines import WINDOW_HALF_WIDTH_PIX, packaged_line_waves, packaged_linelist
 from fehkit.physics.broadening import R_LSF, gaussian_sigma, lorentz_hwhm
 from fehkit.spectra import SpectrumBatch
 from fehkit.threads import map_threads
@@ -206,7 +206,7 @@ def measure_ew(
                      telluric_sigma=telluric_sigma, seed=seed, resolution=resolution, half_width=half_width,
                      chunk=chunk)
     packaged = lines is None
-    lines = (_packaged_lines() if packaged else lines).reset_index(drop=True)  # a new frame (copy on write)
+    lines = (packaged_linelist() if packaged else lines).reset_index(drop=True)  # a new frame (copy on write)
     if batch.flux_unit != "":
         batch = normalize(batch, lines=lines).batch
     n = batch.n_spectra
@@ -257,15 +257,9 @@ def measure_ew(
     return EWTable(star_id=star_id, lines=lines, detection_sigma=detection_sigma, info=info, **res)
 
 
-@lru_cache(maxsize=1)
-def _packaged_lines() -> pd.DataFrame:
-    """Return the packaged line list, read and checked once per process (pandas copies it on write)."""
-    return load_linelist()
-
-
 def _packaged_windows(wave: np.ndarray, half_width: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`window_pixels` of the packaged line list on ``wave``; the last grid's are kept (shared: not changed)."""
-    return per_grid(_window_cache, half_width, wave, lambda: window_pixels(wave, _packaged_lines(), half_width))
+    return per_grid(_window_cache, half_width, wave, lambda: window_pixels(wave, packaged_linelist(), half_width))
 
 
 #: :func:`_packaged_windows` of the last grid.
@@ -275,7 +269,7 @@ _window_cache: dict = {}
 @lru_cache(maxsize=1)
 def _packaged_static_blends() -> np.ndarray:
     """Return :func:`static_blends` of the packaged line list, computed once per process (read-only)."""
-    out = static_blends(_packaged_lines())
+    out = static_blends(packaged_linelist())
     out.flags.writeable = False
     return out
 
