@@ -301,8 +301,8 @@ def test_a_bad_request_gets_its_documented_4xx_naming_what_was_found_and_expecte
 
 
 def test_json_spectra_read_once_answer_as_the_documented_model(stars):
-    """The lists are read without pydantic's per-value limits and checked in NumPy; a request outside them gets
-    the documented model's own errors, every one of them, and a good one the same spectrum and parameters."""
+    """A plainly valid request is read straight into arrays; what only the documented model's lax reading
+    accepts gets its values, a request outside its limits its own errors, every one of them."""
     from pydantic import ValidationError
 
     from fehkit.service import SpectrumJSON, _from_pydantic, _json_batch, _json_spectrum, _ServiceError, _spectra
@@ -336,6 +336,39 @@ def test_json_spectra_read_once_answer_as_the_documented_model(stars):
             # in a batch each field is named from the list of spectra down
             got = json.loads(json.dumps(err.value.body()).replace("spectra[0].", ""))
             assert got == expected, b.keys()
+
+
+def test_only_plainly_valid_json_is_read_by_simdjson_and_the_rest_as_the_documented_model_reads_it(stars):
+    """The simdjson reader declines whatever it could read differently from the documented model (a list in a
+    list, a field twice, 0/1 or 1.0 where true or a whole number belongs, a bracket in a star id, an unknown
+    field); the documented model then answers, with the same arrays or its own error."""
+    from fehkit.service import SpectrumJSON, _json_batch, _json_spectrum, _read_plain, _ServiceError, _spectra
+
+    body = stars[2][0]
+    raw = json.dumps(body).encode()
+    assert _read_plain(raw, batch=False) is not None
+    assert _read_plain(b'{"spectra": [' + raw + b", " + raw + b"]}", batch=True) is not None
+    # a list inside flux, the length kept: simdjson would read it flattened
+    nested = json.dumps(_with(body, flux=[[], [1.0, 2.0], *body["flux"][2:]])).encode()
+    twice = raw[:-1] + b', "teff": 5000.0}'
+    lax = [_with(body, mask=[int(v) for v in body["mask"]]), _with(body, bitmask=[float(v) for v in body["bitmask"]]),
+           _with(body, star_id="star[1]")]
+    for r in (nested, twice, json.dumps(_with(body, colour="red")).encode(), b"[1, 2]", *(json.dumps(b).encode()
+                                                                                           for b in lax)):
+        assert _read_plain(r, batch=False) is None, r[:80]
+        assert _read_plain(b'{"spectra": [' + r + b"]}", batch=True) is None, r[:80]
+    for r in (nested, json.dumps(_with(body, colour="red")).encode()):
+        with pytest.raises(_ServiceError) as err:
+            _json_spectrum(r)
+        assert err.value.status == 422
+    for b in lax:  # answered as the documented model reads them
+        got, _, _ = _json_spectrum(json.dumps(b).encode())
+        ref, _ = _spectra([SpectrumJSON.model_validate_json(json.dumps(b))])
+        for name in ("flux", "ivar", "mask", "bitmask"):
+            assert np.array_equal(getattr(got, name), getattr(ref, name)), name
+        assert got.meta_columns(["star_id"])["star_id"].tolist() == [b["star_id"]]
+    got, _ = _json_batch(json.dumps({"spectra": [body, lax[2]]}).encode(), 5)
+    assert got.meta_columns(["star_id"])["star_id"].tolist() == [body["star_id"], "star[1]"]
 
 
 def test_a_spectrum_without_a_usable_pixel_is_answered_with_its_flag(client, stars):
