@@ -905,8 +905,8 @@ def _read_plain(body: bytes, batch: bool) -> tuple[list[StellarParameters], list
     time; simdjson reads them into arrays of doubles without making the objects (~2 ms less a request on
     loopback). Plainly valid: an object (for a batch, ``{"spectra": [objects]}``) of known, distinct fields whose
     pixel lists have :data:`APSTAR_NPIX` values each -- numbers in flux and ivar within :class:`SpectrumJSON`'s
-    limits, true/false in mask, whole numbers within its limits in bitmask, or null for the optional two -- and no
-    list nested in another (the body's ``[`` are exactly the lists read). The parameters are validated by
+    limits, true/false (or 1/0) in mask, whole numbers within its limits in bitmask, or null for the optional
+    two -- and no list nested in another (the body's ``[`` are exactly the lists read). The parameters are validated by
     :class:`StellarParameters`, the same fields as :class:`SpectrumJSON`'s, in JSON. Whatever this accepts, the
     documented models accept too, with the same values; the rest goes to them.
     """
@@ -932,9 +932,18 @@ def _read_plain(body: bytes, batch: bool) -> tuple[list[StellarParameters], list
     except (ValueError, TypeError, RuntimeError, UnicodeDecodeError, KeyError, IndexError, OverflowError):
         return None  # not JSON simdjson reads, or a value of another type than asked
     # a list nested in a list would be read flattened: only the lists read may open a bracket
-    if body.count(b"[") != n_lists:
+    if _count_brackets(body, n_lists + 1) != n_lists:
         return None
     return spectra, arrays
+
+
+def _count_brackets(body: bytes, limit: int) -> int:
+    """Count the ``[`` in ``body``, up to ``limit`` (``bytes.find`` is ~20 times faster than ``bytes.count``)."""
+    n, at = 0, body.find(b"[")
+    while at >= 0 and n < limit:
+        n += 1
+        at = body.find(b"[", at + 1)
+    return n
 
 
 def _plain_spectrum(obj: Any) -> tuple[StellarParameters, _Arrays] | None:
@@ -955,9 +964,11 @@ def _plain_spectrum(obj: Any) -> tuple[StellarParameters, _Arrays] | None:
         if not isinstance(value, simdjson.Array) or len(value) != APSTAR_NPIX:
             return None
         if name == "mask":
-            values = np.array(value.as_list())
-            if values.dtype != np.bool_:  # only true and false
+            # values equal to true or false: true, false and the 1, 0, 1.0, 0.0 the documented model reads as them
+            items = value.as_list()
+            if items.count(True) + items.count(False) != APSTAR_NPIX:
                 return None
+            values = np.fromiter(items, bool, APSTAR_NPIX)
         elif name == "bitmask":
             values = np.frombuffer(value.as_buffer(of_type="i"), np.int64)
         else:

@@ -340,8 +340,9 @@ def test_json_spectra_read_once_answer_as_the_documented_model(stars):
 
 def test_only_plainly_valid_json_is_read_by_simdjson_and_the_rest_as_the_documented_model_reads_it(stars):
     """The simdjson reader declines whatever it could read differently from the documented model (a list in a
-    list, a field twice, 0/1 or 1.0 where true or a whole number belongs, a bracket in a star id, an unknown
-    field); the documented model then answers, with the same arrays or its own error."""
+    list, a field twice, 1.0 where a whole number belongs, "true" for true, a bracket in a star id, an unknown
+    field); the documented model then answers, with the same arrays or its own error. 0/1 in a mask is read by
+    both as false/true."""
     from fehkit.service import SpectrumJSON, _json_batch, _json_spectrum, _read_plain, _ServiceError, _spectra
 
     body = stars[2][0]
@@ -351,8 +352,10 @@ def test_only_plainly_valid_json_is_read_by_simdjson_and_the_rest_as_the_documen
     # a list inside flux, the length kept: simdjson would read it flattened
     nested = json.dumps(_with(body, flux=[[], [1.0, 2.0], *body["flux"][2:]])).encode()
     twice = raw[:-1] + b', "teff": 5000.0}'
-    lax = [_with(body, mask=[int(v) for v in body["mask"]]), _with(body, bitmask=[float(v) for v in body["bitmask"]]),
-           _with(body, star_id="star[1]")]
+    lax = [_with(body, mask=[str(v).lower() for v in body["mask"]]),
+           _with(body, bitmask=[float(v) for v in body["bitmask"]]), _with(body, star_id="star[1]")]
+    ones = json.dumps(_with(body, mask=[int(v) for v in body["mask"]])).encode()
+    assert np.array_equal(_read_plain(ones, batch=False)[1][0][2], np.array(body["mask"], bool))
     for r in (nested, twice, json.dumps(_with(body, colour="red")).encode(), b"[1, 2]", *(json.dumps(b).encode()
                                                                                            for b in lax)):
         assert _read_plain(r, batch=False) is None, r[:80]
