@@ -18,7 +18,8 @@ batch, so many clients cost little more than one, and the library (whose warning
 never runs in two threads at once. Uploads are parsed in memory (python-multipart, then astropy
 on the size-limited buffer, :func:`fehkit.io.read_apogee_bytes`): a request writes nothing to disk.
 
-Every request is validated (pydantic models that also make the OpenAPI schema); a client's mistake is a 4xx
+Every request is validated (pydantic models that also make the OpenAPI schema; a plainly valid JSON spectrum's
+pixel lists are read by simdjson and checked against the same limits in NumPy); a client's mistake is a 4xx
 with a JSON body naming the field, what was found and what was expected, never a 500 or a stack trace. The body
 size limit is checked on ``Content-Length`` before the body is read, and again while it is read. With the
 environment variable ``FEHKIT_API_KEY`` set, every endpoint but the health checks requires it (header
@@ -891,7 +892,7 @@ def _read_json(body: bytes, batch: bool) -> tuple[list[StellarParameters], list[
     except ValidationError as exc:
         raise _from_pydantic(exc.errors(include_url=False), "") from None
     spectra = model.spectra if batch else [model]
-    return spectra, [_within_limits(s) for s in spectra]
+    return spectra, [_pixel_arrays(s) for s in spectra]
 
 
 #: The fields of a JSON spectrum that are lists of pixels.
@@ -996,8 +997,8 @@ def _in_limits(flux: np.ndarray, ivar: np.ndarray, bits: np.ndarray | None) -> b
     return bits is None or bool(np.all((bits >= 0) & (bits < 2**31)))
 
 
-def _within_limits(spec: SpectrumJSON) -> _Arrays:
-    """Return a validated spectrum's lists as arrays."""
+def _pixel_arrays(spec: SpectrumJSON) -> _Arrays:
+    """Return the pixel lists of a spectrum validated by :class:`SpectrumJSON` as arrays."""
     flux = np.fromiter(spec.flux, np.float64, APSTAR_NPIX)
     ivar = np.fromiter(spec.ivar, np.float64, APSTAR_NPIX)
     mask = None if spec.mask is None else np.fromiter(spec.mask, bool, APSTAR_NPIX)
@@ -1019,7 +1020,7 @@ def _spectra(specs: Sequence[StellarParameters],
     mask = np.zeros((n, APSTAR_NPIX), bool)
     bits = np.zeros((n, APSTAR_NPIX), np.int64)  # zeros: no bit set, the same as no bitmask
     for i, s in enumerate(specs):
-        f, v, m, b = arrays[i] if arrays is not None else _within_limits(s)
+        f, v, m, b = arrays[i] if arrays is not None else _pixel_arrays(s)
         flux[i], ivar[i] = f, v
         if m is not None:
             mask[i] = m
