@@ -28,20 +28,20 @@ def free_port() -> int:
 
 def start_server(model: str | Path, workers: int = 1, port: int | None = None, extra: list[str] | None = None,
                  env: dict[str, str] | None = None, log: Path | None = None,
-                 timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
+                 timeout: float = 180.0, root: Path | None = None) -> tuple[subprocess.Popen, str]:
     """Start ``fehkit serve`` in a subprocess on loopback; return it and its base URL once /readyz answers.
 
-    The server runs the fehkit this process imports: ``python -m`` puts its working folder first on the module
-    path (before ``PYTHONPATH``), so it starts in the folder that holds that fehkit package.
+    The server runs the fehkit in the folder ``root`` (default: the one this process imports): ``python -m`` puts
+    its working folder first on the module path (before ``PYTHONPATH``), so it starts in ``root``.
     """
     import fehkit
 
+    root = root or Path(fehkit.__file__).resolve().parents[1]
     port = port or free_port()
     cmd = [sys.executable, "-m", "fehkit", "serve", "--model", str(Path(model).resolve()), "--host", "127.0.0.1",
            "--port", str(port), "--workers", str(workers), "--log-level", "warning", *(extra or [])]
     out = open(log, "wb") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                            cwd=Path(fehkit.__file__).resolve().parents[1])
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=root)
     proc.log_file = out  # closed by stop_server
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc, timeout)
@@ -60,6 +60,13 @@ def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
+
+
+def fehkit_in(root: Path) -> str:
+    """Return the file of the fehkit package that ``python -m`` started in ``root`` imports."""
+    out = subprocess.run([sys.executable, "-c", "import fehkit; print(fehkit.__file__)"], cwd=root, check=True,
+                         capture_output=True, text=True)
+    return out.stdout.strip()
 
 
 def stop_server(proc: subprocess.Popen) -> None:
