@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from service_runner import dump, fehkit_in, machine, start_server, stop_server, synthetic_requests
+from service_runner import check_response, dump, fehkit_in, machine, start_server, stop_server, synthetic_requests
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,8 +55,10 @@ def main() -> int:
             t0 = time.perf_counter()
             r = clients[k].post("/v1/feh", content=raw[i % len(raw)], headers=headers)
             dt = time.perf_counter() - t0
-            if r.status_code != 200 or r.json().get("star_id") != bodies[i % len(raw)]["star_id"]:
-                raise RuntimeError(f"server {k}: status {r.status_code}, {r.text[:200]}")
+            try:
+                check_response(r, [bodies[i % len(raw)]["star_id"]])
+            except RuntimeError as err:
+                raise RuntimeError(f"server {k}: {err}") from None
             return dt
 
         for k in roots:

@@ -26,7 +26,16 @@ import time
 from pathlib import Path
 
 import httpx
-from service_runner import dump, machine, percentiles, start_server, stop_server, synthetic_requests, wait_ready
+from service_runner import (
+    check_response,
+    dump,
+    machine,
+    percentiles,
+    start_server,
+    stop_server,
+    synthetic_requests,
+    wait_ready,
+)
 
 
 def main() -> int:
@@ -78,7 +87,7 @@ def main() -> int:
                 t0 = time.perf_counter()
                 r = client.post("/v1/feh", content=singles[i % len(singles)], headers=headers)
                 dt = time.perf_counter() - t0
-                _check(r, [bodies[i % len(singles)]["star_id"]])
+                check_response(r, [bodies[i % len(singles)]["star_id"]])
                 return dt
 
             for i in range(args.warmup):
@@ -93,7 +102,7 @@ def main() -> int:
                 t0 = time.perf_counter()
                 r = client.post("/v1/feh", files={"file": (upload.name, upload_bytes)}, data=form)
                 dt = time.perf_counter() - t0
-                _check(r, None)
+                check_response(r, None)
                 return dt
 
             for _ in range(5):
@@ -111,7 +120,7 @@ def main() -> int:
                 t0 = time.perf_counter()
                 r = client.post("/v1/feh/batch", content=batch_body, headers=headers)
                 dt = time.perf_counter() - t0
-                _check(r, ids, key="results")
+                check_response(r, ids, key="results")
                 return dt
 
             for _ in range(2):
@@ -182,17 +191,6 @@ def _stages(model: Path, bodies: list[bytes], n: int) -> dict:
                     times[k].append(b - a)
                 times["total"].append(t[-1] - t[0])
     return {k: float(np.percentile(v, 50) * 1e3) for k, v in times.items()}
-
-
-def _check(r: httpx.Response, ids: list[str] | None, key: str | None = None) -> None:
-    if r.status_code != 200:
-        raise RuntimeError(f"status {r.status_code}: {r.text[:300]}")
-    if ids is None:
-        return
-    data = r.json()
-    got = [x["star_id"] for x in data[key]] if key else [data["star_id"]]
-    if got != ids:
-        raise RuntimeError(f"star ids {got[:3]}... for a request of {ids[:3]}...: a mixed-up response")
 
 
 if __name__ == "__main__":

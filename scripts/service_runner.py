@@ -69,6 +69,18 @@ def fehkit_in(root: Path) -> str:
     return out.stdout.strip()
 
 
+def check_response(r: httpx.Response, ids: list[str] | None, key: str | None = None) -> None:
+    """Raise unless ``r`` is a 200 whose star ids (``r.json()[key]``'s for a batch) are ``ids``, in order."""
+    if r.status_code != 200:
+        raise RuntimeError(f"status {r.status_code}: {r.text[:300]}")
+    if ids is None:
+        return
+    data = r.json()
+    got = [x["star_id"] for x in data[key]] if key else [data["star_id"]]
+    if got != ids:
+        raise RuntimeError(f"star ids {got[:3]}... for a request of {ids[:3]}...: a mixed-up response")
+
+
 def stop_server(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
