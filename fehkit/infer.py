@@ -19,15 +19,21 @@ physics grid and the sigma-clipped median of the per-line values (microseconds a
 Without a GPU the CPU runs NumPy and the compiled kernels (``engine="numpy"``), faster there than torch; the torch
 engine also runs on the CPU, which is how it is tested against the NumPy one.
 
+While a chunk is measured, Python's cyclic garbage collector is paused (:func:`_collector_paused`): the chunk's
+short-lived containers would otherwise set off full collections over every object of the process.
+
 The module itself is callable: ``fehkit.infer(spectra, model, params, device="auto")`` is :func:`infer`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import multiprocessing
 import os
 import sys
+import threading
 import types
 import warnings
 import weakref
@@ -335,8 +341,39 @@ class _Runner:
     def __call__(self, batch: SpectrumBatch, params: pd.DataFrame) -> pd.DataFrame:
         from fehkit.training import predict_spectra
 
-        return predict_spectra(self.ensemble, batch, params, member_predictor=self.members,
-                               backend=self.ew_backend, device=str(self.device), float64=self.float64)
+        with _collector_paused():
+            return predict_spectra(self.ensemble, batch, params, member_predictor=self.members,
+                                   backend=self.ew_backend, device=str(self.device), float64=self.float64)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector inside (as :mod:`timeit` does while it times); restore it after.
+
+    A chunk makes no reference cycles to speak of, but its many short-lived containers (pandas objects, each
+    star's lists of flag reasons) would set off a full collection every few chunks, which walks every object of
+    the process: ~0.4 million once torch, numba and a model are loaded, ~0.2 s on a 2-core machine. Calls from
+    several threads at once share one pause, begun by the first to enter and ended by the last to leave; a
+    collector that was off stays off.
+    """
+    global _pauses, _collector_was_on
+    with _pause_lock:
+        if _pauses == 0:
+            _collector_was_on = gc.isenabled()
+            gc.disable()
+        _pauses += 1
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _pauses -= 1
+            if _pauses == 0 and _collector_was_on:
+                gc.enable()
+
+
+_pause_lock = threading.Lock()
+_pauses = 0
+_collector_was_on = False
 
 
 def _matched(match: Callable[[pd.DataFrame], pd.DataFrame], batch: SpectrumBatch) -> pd.DataFrame:

@@ -285,3 +285,35 @@ def test_packed_trees_are_reused_until_a_refit():
         again = _packed_trees(name, est)
         assert again is not first
         np.testing.assert_allclose(again.predict(X), est.predict(X), rtol=0, atol=1e-5)
+
+
+def test_the_garbage_collector_is_paused_while_a_chunk_is_measured_and_restored_after(setup, monkeypatch):
+    """Every chunk runs with the cyclic collector off; after the call (or an error) it is as it was before."""
+    import gc
+
+    import fehkit.training
+
+    ens, _, sim, params, _ = setup
+    seen = []
+    through = fehkit.training.predict_spectra
+
+    def watched(*args, **kwargs):
+        seen.append(gc.isenabled())
+        if len(args[1]) == 7:  # a chunk of 7 spectra fails
+            raise RuntimeError("chunk failed")
+        return through(*args, **kwargs)
+
+    monkeypatch.setattr(fehkit.training, "predict_spectra", watched)
+    small, rows = sim.batch.select(np.arange(20)), params.iloc[:20]
+    assert gc.isenabled()
+    assert len(_quiet(infer, small, ens, rows, device="cpu", batch_size=10)) == 20
+    assert seen == [False, False] and gc.isenabled()
+    with pytest.raises(RuntimeError, match="chunk failed"):
+        _quiet(infer, small.select(np.arange(7)), ens, rows.iloc[:7], device="cpu")
+    assert gc.isenabled()
+    gc.disable()
+    try:  # a collector the caller turned off stays off
+        _quiet(infer, small, ens, rows, device="cpu", batch_size=20)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
