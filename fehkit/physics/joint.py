@@ -235,10 +235,18 @@ def _per_line_median(ew_mA: Any, ew_err_mA: Any, usable: Any, teff: Any, logg: A
     ew = np.atleast_2d(np.asarray(ew_mA, float))
     err = np.atleast_2d(np.asarray(ew_err_mA, float))
     det = np.asarray(usable, bool) & np.isfinite(ew) & np.isfinite(err) & (ew >= detection_sigma * err)
+    detected = np.where(det, ew, np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FehkitWarning)
-        feh, feh_err = cog.abundance(np.where(det, ew, np.nan), teff, logg, vmic, alpha_fe, lines=lines,
-                                     ew_err=err, device=device)
+        if device is None and USE_NUMBA and _kernels() is not None and len(ew):
+            # parts of the stars in threads (the compiled interpolation and inversion release the GIL), the same numbers
+            params = [float_column(a, len(ew)) for a in (teff, logg, vmic, alpha_fe)]
+            parts = map_parts(lambda s: cog.abundance(detected[s], *(q[s] for q in params), lines=lines,
+                                                      ew_err=err[s]), len(ew))
+            feh, feh_err = (np.concatenate([part[j] for part in parts]) for j in (0, 1))
+        else:
+            feh, feh_err = cog.abundance(detected, teff, logg, vmic, alpha_fe, lines=lines, ew_err=err,
+                                         device=device)
     feh = np.where(det, feh, np.nan)
     n_ok = np.isfinite(feh).sum(axis=1)
     median, std = _clipped_stats(feh, clip_sigma)
