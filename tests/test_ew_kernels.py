@@ -209,3 +209,28 @@ def test_rv_peaks_kernel_equals_numpy():
         assert np.array_equal(peak, gain.argmax(axis=1))
         assert np.allclose(best, gain.max(axis=1), rtol=1e-5, atol=1e-3)
         assert np.allclose(kernels.rv_gain(x, y, w, sig, lam, grid, 2.0), gain, rtol=1e-4, atol=1e-3)
+
+
+@needs_numba
+def test_shared_width_and_shape_per_star_kernels_equal_numpy_to_the_bit():
+    """The per-star weighted means and medians of the shared line shape, compiled, on stars in any order."""
+    rng = np.random.default_rng(9)
+    m = 300
+    star = rng.permutation(np.repeat(np.arange(m), rng.integers(0, 31, m)))   # 0 to 30 lines a star, shuffled
+    n = star.size
+    value = rng.normal(0.05, 0.01, n)
+    value[rng.random(n) < 0.05] += 0.2                                     # blends, far from the median
+    err = rng.uniform(0.002, 0.02, n)
+    err[rng.random(n) < 0.02] = 1e-7                                       # below the floor of 1e-5
+    value[::13] = value[1::13][: value[::13].size]                         # ties
+    use = rng.random(n) < 0.8
+    a = ew_measure._shared_mean(m, star, value, err, use, compiled=True)
+    b = ew_measure._shared_mean(m, star, value, err, use)
+    assert all(x.dtype == y.dtype and np.array_equal(x, y, equal_nan=True) for x, y in zip(a, b, strict=True))
+    assert 0 < np.isfinite(a[0]).sum() < m and a[3].sum() > 0.5 * use.sum()
+    ratio = rng.normal(1.0, 0.05, n).astype(np.float32)
+    ratio_err = rng.uniform(0.0, 0.05, n).astype(np.float32)
+    a = ew_measure._shared_shape(m, star, value * 300, err * 300, ratio, ratio_err, use, compiled=True)
+    b = ew_measure._shared_shape(m, star, value * 300, err * 300, ratio, ratio_err, use)
+    assert all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert (a[0] != 0).sum() > 0.5 * m and (a[1] != 1).sum() > 0.5 * m

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from fehkit.constants import SPEED_OF_LIGHT_KMS
+from fehkit.physics.joint_kernels import block_sum
 from fehkit.profiles import weideman_coefficients
 from fehkit.threads import numba_wanted
 
@@ -1019,6 +1020,67 @@ def weighted_median(x: np.ndarray, w: np.ndarray) -> float:
     order = np.argsort(x)
     cum = np.cumsum(w[order])
     return x[order][np.searchsorted(cum, 0.5 * cum[-1])]
+
+
+@njit
+def rows_by_star(m: int, star: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Group the ``use`` rows by star: star i's rows, in order, are ``rows[offsets[i]:offsets[i + 1]]``.
+
+    What ``np.flatnonzero(use & (star == i))`` gives for every star ``i < m`` at once.
+    """
+    offsets = np.zeros(m + 1, np.int64)
+    for j in range(star.size):
+        if use[j]:
+            offsets[star[j] + 1] += 1
+    for i in range(m):
+        offsets[i + 1] += offsets[i]
+    rows = np.empty(offsets[m], np.int64)
+    fill = offsets[:m].copy()
+    for j in range(star.size):
+        if use[j]:
+            rows[fill[star[j]]] = j
+            fill[star[j]] += 1
+    return offsets, rows
+
+
+@njit
+def weighted_medians(x: np.ndarray, w: np.ndarray, offsets: np.ndarray, rows: np.ndarray, min_rows: int,
+                     out: np.ndarray) -> None:
+    """Write each star's :func:`weighted_median` of ``x`` (weights ``w``) over its rows into ``out``.
+
+    Stars with fewer than ``min_rows`` rows keep their value of ``out``.
+    """
+    for i in range(offsets.size - 1):
+        sel = rows[offsets[i]:offsets[i + 1]]
+        if sel.size >= min_rows:
+            out[i] = weighted_median(x[sel], w[sel])
+
+
+@njit
+def shared_means(value: np.ndarray, wv: np.ndarray, limit: np.ndarray, offsets: np.ndarray, rows: np.ndarray,
+                 out: np.ndarray, out_err: np.ndarray, n_out: np.ndarray, kept: np.ndarray) -> None:
+    """Per star with >= 3 rows: the weighted mean of ``value`` over the rows within ``limit`` of the weighted median.
+
+    ``measure._shared_mean``'s loop (weights ``wv``, limits ``limit`` = 3 errors, computed there): writes ``out``,
+    ``out_err``, ``n_out`` and marks the rows used in ``kept``. The sums are NumPy's, to the bit
+    (:func:`fehkit.physics.joint_kernels.block_sum`).
+    """
+    for i in range(offsets.size - 1):
+        sel = rows[offsets[i]:offsets[i + 1]]
+        if sel.size < 3:
+            continue
+        v, wi = value[sel], wv[sel]
+        middle = weighted_median(v, wi)
+        keep = np.abs(v - middle) <= limit[sel]
+        n_keep = np.count_nonzero(keep)
+        if n_keep < 3:
+            continue
+        total = block_sum(wi[keep])
+        out[i] = block_sum(wi[keep] * v[keep]) / total
+        out_err[i] = 1.0 / math.sqrt(total)
+        n_out[i] = n_keep
+        for j in sel[keep]:
+            kept[j] = True
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -638,6 +638,10 @@ def _shared_mean(m: int, star: np.ndarray, value: np.ndarray, err: np.ndarray, u
     n_out = np.zeros(m, int)
     kept = np.zeros(star.size, bool)
     err = np.maximum(err, 1e-5)
+    if compiled and value.dtype == err.dtype == np.float64:  # the same loop compiled, all stars in one call
+        kernels.shared_means(value, 1.0 / err ** 2, 3.0 * err, *kernels.rows_by_star(m, star, use), out, out_err,
+                             n_out, kept)
+        return out, out_err, n_out, kept
     for i in np.flatnonzero(np.bincount(star[use], minlength=m) >= 3):
         sel = use & (star == i)
         v, wv = value[sel], 1.0 / err[sel] ** 2
@@ -659,6 +663,11 @@ def _shared_shape(
     shared_rv = np.zeros(m, np.float32)
     scale = np.ones(m, np.float32)
     n_use = np.bincount(star[use], minlength=m)
+    if compiled:  # the same weighted medians, all stars in one call each
+        groups = kernels.rows_by_star(m, star, use)
+        kernels.weighted_medians(rv, 1.0 / np.maximum(rv_err, 1e-3) ** 2, *groups, 3, shared_rv)
+        kernels.weighted_medians(ratio, 1.0 / np.maximum(ratio_err, 1e-4) ** 2, *groups, 3, scale)
+        return shared_rv, scale, np.where(n_use >= 3, n_use, 0)
     for i in np.flatnonzero(n_use >= 3):
         sel = use & (star == i)
         shared_rv[i] = _weighted_median(rv[sel], 1.0 / np.maximum(rv_err[sel], 1e-3) ** 2, compiled)
