@@ -60,9 +60,12 @@ def join(applies: Sequence[bool] | dict[str, bool]) -> str:
 
 def join_columns(columns: dict[str, Any], n: int) -> np.ndarray:
     """Return the ``flag`` of ``n`` stars from boolean arrays by flag name (absent names do not apply)."""
-    on = np.column_stack([np.broadcast_to(np.asarray(columns.get(name, False), bool), (n,)) for name in FLAGS]) \
-        if n else np.zeros((0, len(FLAGS)), bool)
-    return np.array([join(list(row)) for row in on], dtype=object)
+    code = np.zeros(n, np.int64)  # bit j: FLAGS[j] applies; each of the 32 combinations is joined once
+    for bit, name in enumerate(FLAGS):
+        code |= np.broadcast_to(np.asarray(columns.get(name, False), bool), (n,)).astype(np.int64) << bit
+    texts = np.array([join([(c >> bit) & 1 == 1 for bit in range(len(FLAGS))]) for c in range(1 << len(FLAGS))],
+                     dtype=object)
+    return texts[code]
 
 
 def split(flag: Any) -> list[str]:

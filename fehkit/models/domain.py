@@ -24,6 +24,7 @@ for an upper limit part of the ``upper_limit`` reason: never silent.
 from __future__ import annotations
 
 import warnings
+from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,7 +33,7 @@ import pandas as pd
 
 from fehkit.arrays import numbers, texts
 from fehkit.errors import FehkitWarning
-from fehkit.flags import SEP, join_columns
+from fehkit.flags import FLAGS, SEP, join_columns
 
 #: Quantities whose training range is recorded, and how far outside it a star may lie before it is flagged.
 RANGE_TOLERANCE: dict[str, float] = {"teff": 50.0, "logg": 0.1, "vmic": 0.1, "feh": 0.1}
@@ -152,9 +153,8 @@ def prediction_flags(domain: dict[str, Any], Xa: np.ndarray, names: list[str],
     the grid checks use the packaged curve of growth.
     """
     n = len(Xa)
-    reasons: dict[str, list[list[str]]] = {k: [[] for _ in range(n)] for k in
-                                           ("upper_limit", "no_usable_lines", "out_of_domain", "grid_edge",
-                                            "grid_extrapolated")}
+    # the reasons of the stars a flag applies to, by flag and star (most stars have none)
+    reasons: dict[str, defaultdict[int, list[str]]] = {k: defaultdict(list) for k in FLAGS}
     for i in np.flatnonzero(no_usable):
         reasons["no_usable_lines"][i].append("no line usable for the joint likelihood (no measurement, no limit)")
     feh_lo, feh_hi = domain["ranges"]["feh"]
@@ -203,8 +203,10 @@ def prediction_flags(domain: dict[str, Any], Xa: np.ndarray, names: list[str],
         reasons["grid_extrapolated"][i].append("the curve of growth at the star's parameters leans on filled "
                                                "(extrapolated) grid nodes")
 
-    flag = join_columns({k: np.array([bool(r) for r in v]) for k, v in reasons.items()}, n)
-    reason = np.array([f"{SEP} ".join(r for k in reasons for r in reasons[k][i]) for i in range(n)], dtype=object)
+    flag = join_columns({k: np.isin(np.arange(n), list(v)) for k, v in reasons.items()}, n)
+    reason = np.full(n, "", dtype=object)
+    for i in sorted(set().union(*reasons.values())):
+        reason[i] = f"{SEP} ".join(r for k in FLAGS for r in reasons[k].get(i, ()))
     return flag, reason
 
 
