@@ -48,10 +48,45 @@ if numba is not None:
             return builder.call(fma, args)
 
         return types.float32(types.float32, types.float32, types.float32), codegen
+
+    @intrinsic
+    def lane_sums8(typingctx: object, a: types.Type, start: types.Type, groups: types.Type) -> tuple | None:
+        """Return the 8 float32 sums ``r_j = a[start + j] + a[start + 8 + j] + ...`` over ``groups`` (>= 1) groups.
+
+        Each added in that order, the 8 of them side by side as one vector of 8 lanes (plain IEEE additions, lane
+        by lane): NumPy's 8 partial sums of a pairwise block, to the bit, ~3 times faster than 8 scalar chains.
+        ``a`` is a C-contiguous float32 array.
+        """
+        if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == types.float32):
+            return None
+        result = types.UniTuple(types.float32, 8)
+
+        def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> ir.Value:
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            vector = ir.VectorType(ir.FloatType(), 8)
+            first = builder.gep(data, [args[1]])
+            acc = cgutils.alloca_once(builder, vector)  # promoted to a register by LLVM
+            builder.store(builder.load(builder.bitcast(first, vector.as_pointer()), align=4), acc)
+            one = ir.Constant(args[2].type, 1)
+            with cgutils.for_range_slice(builder, one, args[2], one) as (g, _):
+                group = builder.gep(first, [builder.mul(g, ir.Constant(g.type, 8))])
+                values = builder.load(builder.bitcast(group, vector.as_pointer()), align=4)
+                builder.store(builder.fadd(builder.load(acc), values), acc)
+            sums = builder.load(acc)
+            out = cgutils.get_null_value(context.get_value_type(result))
+            for j in range(8):
+                out = builder.insert_value(out, builder.extract_element(sums, ir.Constant(ir.IntType(32), j)), j)
+            return out
+
+        return result(a, start, groups), codegen
 else:
     def fma32(a: np.float32, b: np.float32, c: np.float32) -> np.float32:
         """Return a * b + c rounded once to float32 (the product of two float32 numbers is exact in float64)."""
         return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
+
+    def lane_sums8(a: np.ndarray, start: int, groups: int) -> tuple:
+        """Return the 8 float32 sums ``r_j = a[start + j] + a[start + 8 + j] + ...`` over ``groups`` groups."""
+        return tuple(a[start:start + 8 * groups].reshape(groups, 8).cumsum(axis=0, dtype=np.float32)[-1])
 
 
 @_njit
@@ -405,24 +440,10 @@ def _block_sum32(a: np.ndarray, start: int, n: int) -> np.float32:
         for i in range(start, start + n):
             res += a[i]
         return res
-    r0, r1, r2, r3 = a[start], a[start + 1], a[start + 2], a[start + 3]
-    r4, r5, r6, r7 = a[start + 4], a[start + 5], a[start + 6], a[start + 7]
-    i = 8
-    while i < n - n % 8:
-        q = start + i
-        r0 += a[q]
-        r1 += a[q + 1]
-        r2 += a[q + 2]
-        r3 += a[q + 3]
-        r4 += a[q + 4]
-        r5 += a[q + 5]
-        r6 += a[q + 6]
-        r7 += a[q + 7]
-        i += 8
+    r0, r1, r2, r3, r4, r5, r6, r7 = lane_sums8(a, start, n // 8)
     res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    while i < n:
-        res += a[start + i]
-        i += 1
+    for i in range(start + n - n % 8, start + n):
+        res += a[i]
     return res
 
 

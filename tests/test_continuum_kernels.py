@@ -77,8 +77,12 @@ def test_numpy_fallback_when_numba_cannot_be_imported(monkeypatch):
 def test_pairwise_sum_is_numpys_float32_sum(n):
     from fehkit.continuum_kernels import pairwise_sum32
 
-    a = (np.random.default_rng(n).normal(size=n) ** 2).astype(np.float32)
+    rng = np.random.default_rng(n)
+    a = (rng.normal(size=n) * 10 ** rng.uniform(-3, 3, n)).astype(np.float32) ** 2
+    a[rng.random(n) < 0.3] = 0.0  # clipped pixels
     assert pairwise_sum32(a, 0, n) == a.sum()
+    for start in range(1, min(n, 9)):  # any part of an array, the 8 lanes read from any offset
+        assert pairwise_sum32(a, start, n - start) == a[start:].sum()
 
 
 def test_median_is_numpys_median():
