@@ -871,7 +871,7 @@ def clip_outliers_kernel(y: np.ndarray, w: np.ndarray, model: np.ndarray, core: 
             zj = (y[i, j] - model[i, j]) * np.sqrt(w[i, j])
             z[j] = zj
             z_max = zj if zj > z_max else z_max
-            z_min = zj if (zj < z_min and not core[i, j]) else z_min
+            z_min = zj if ((zj < z_min) & (not core[i, j])) else z_min
         t[0] = z_max - 5.0
         t[1] = z_min + 3.0
         t_high, t_low = t[0], t[1]
@@ -892,11 +892,11 @@ def clip_outliers_kernel(y: np.ndarray, w: np.ndarray, model: np.ndarray, core: 
             continue
         n_wing = 0
         finite = False
-        for j in range(nw):
-            if w[i, j] > 0 and not core[i, j] and not np.isnan(z[j]):
-                wing_z[n_wing] = z[j]
-                n_wing += 1
-                finite = finite or np.isfinite(z[j])
+        for j in range(nw):  # the wing values gathered, without branches
+            wing = (w[i, j] > 0) & (not core[i, j]) & (not np.isnan(z[j]))
+            wing_z[n_wing] = z[j]
+            n_wing += wing
+            finite = finite | (wing & np.isfinite(z[j]))
         t[2] = _median(wing_z, np.int64(n_wing)) if finite else 0.0
         med = t[2]
         n_low = 0
