@@ -113,8 +113,9 @@ def main() -> None:
           f"{'bias (mA)':>10} {'pull std':>9}")
     for name, t in res["timings_s"].items():
         acc = res["accuracy"][name]
-        up = res.get("speedup_vs_curve_fit", {}).get(name, 1.0 if name == "curve_fit_loop" else float("nan"))
-        print(f"{name:<18} {t:>9.3f} {args.n / t:>10.1f} {up:>8.1f}x {acc['mae_strong_mA']:>16.2f} "
+        up = res.get("speedup_vs_curve_fit", {}).get(name, 1.0 if name == "curve_fit_loop" else None)
+        up_text = "-" if up is None else f"{up:.1f}x"  # "-": no baseline was run
+        print(f"{name:<18} {t:>9.3f} {args.n / t:>10.1f} {up_text:>9} {acc['mae_strong_mA']:>16.2f} "
               f"{acc['median_bias_strong_mA']:>+10.2f} {acc['pull_std_strong']:>9.2f}")
     if "common_strong_lines" in res:
         c = res["common_strong_lines"]
