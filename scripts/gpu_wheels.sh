@@ -18,10 +18,19 @@ for name in "${PACKAGES[@]}"; do
   version=$("$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$name" 2>/dev/null || true)
   specs+=("$name${version:+==$version}")
 done
-mkdir -p "$DEST"
-rm -f "$DEST"/*.whl  # one version of each: two would stop the install there
+# written whole: into a new folder beside DEST, then renamed; an existing DEST is replaced only if this script made it
+if [ -e "$DEST" ] && [ ! -e "$DEST/.fehkit-gpu-wheels" ] && [ -n "$(ls -A "$DEST" 2>/dev/null)" ]; then
+  echo "gpu_wheels: $DEST exists and was not made by this script; expected an absent or empty folder" >&2
+  exit 1
+fi
+tmp=$(mktemp -d "${DEST%/}.tmp.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$DEST" "${specs[@]}"
+  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$tmp" "${specs[@]}"
+echo "wheels for Python $PYVER made by scripts/gpu_wheels.sh: ${specs[*]}" > "$tmp/.fehkit-gpu-wheels"
+rm -rf "$DEST"
+mv "$tmp" "$DEST"
+trap - EXIT
 ls -l "$DEST"
 du -sh "$DEST"
