@@ -23,9 +23,7 @@ forces it).
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -40,7 +38,7 @@ from fehkit.errors import FehkitError
 from fehkit.float32 import at_least, at_most
 from fehkit.lines import packaged_line_waves
 from fehkit.spectra import CHIPS, SpectrumBatch
-from fehkit.threads import compiled, map_parts, numba_wanted
+from fehkit.threads import SharedSetting, compiled, map_parts, numba_wanted
 
 #: Half width (A) of the Fe line cores kept out of the continuum fit: 2 FWHM of the LSF at R = 22,500.
 LINE_CORE_HALF_WIDTH_A = 1.4
@@ -286,34 +284,20 @@ def _fit_chip_compiled(
             "ok": stats[:, 5] > 0}
 
 
-@contextlib.contextmanager
-def _one_blas_thread() -> Iterator[None]:
-    """Run BLAS on one thread inside, as before after.
+def _limit_blas() -> Callable[[], object] | None:
+    """Run BLAS on one thread; return what lifts the limit (None without threadpoolctl).
 
     The fit's matrix products are small (n x n_pix x 16, ~1 ms): a second thread gains nothing and, on a busy
-    machine, makes every product wait for the scheduler (measured up to 100 times slower). Calls from several
-    threads at once share one limit, set by the first to enter and lifted by the last to leave (BLAS calls of other
-    code in that time run on one thread too).
+    machine, makes every product wait for the scheduler (measured up to 100 times slower).
     """
-    global _blas_users, _blas_limit
     controller = _blas_controller()
-    with _blas_lock:
-        if _blas_users == 0 and controller is not None:
-            _blas_limit = controller.limit(limits=1, user_api="blas")
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0 and _blas_limit is not None:
-                _blas_limit.restore_original_limits()
-                _blas_limit = None
+    return None if controller is None else controller.limit(limits=1, user_api="blas").restore_original_limits
 
 
-_blas_lock = threading.Lock()
-_blas_users = 0
-_blas_limit: Any = None
+#: ``with _one_blas_thread():`` runs BLAS on one thread inside, as before after. Calls from several threads at once
+#: share one limit, set by the first to enter and lifted by the last to leave (BLAS calls of other code in that
+#: time run on one thread too).
+_one_blas_thread = SharedSetting(_limit_blas)
 
 
 @lru_cache(maxsize=1)

@@ -19,7 +19,7 @@ physics grid and the sigma-clipped median of the per-line values (microseconds a
 Without a GPU the CPU runs NumPy and the compiled kernels (``engine="numpy"``), faster there than torch; the torch
 engine also runs on the CPU, which is how it is tested against the NumPy one.
 
-While a chunk is measured, Python's cyclic garbage collector is paused (:func:`_collector_paused`): the chunk's
+While a chunk is measured, Python's cyclic garbage collector is paused (:data:`_collector_paused`): the chunk's
 short-lived containers would otherwise set off full collections over every object of the process.
 
 The module itself is callable: ``fehkit.infer(spectra, model, params, device="auto")`` is :func:`infer`.
@@ -27,13 +27,11 @@ The module itself is callable: ``fehkit.infer(spectra, model, params, device="au
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import gc
 import multiprocessing
 import os
 import sys
-import threading
 import types
 import warnings
 import weakref
@@ -49,6 +47,7 @@ import torch
 from fehkit.errors import UsageError
 from fehkit.models.ensemble import FeHEnsemble
 from fehkit.spectra import SpectrumBatch
+from fehkit.threads import SharedSetting
 
 __all__ = ["CompiledMembers", "TorchMembers", "infer", "infer_chunks", "resolve_device"]
 
@@ -346,34 +345,23 @@ class _Runner:
                                    backend=self.ew_backend, device=str(self.device), float64=self.float64)
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector inside (as :mod:`timeit` does while it times); restore it after.
+def _pause_collector() -> Callable[[], None] | None:
+    """Pause Python's cyclic garbage collector (as :mod:`timeit` does while it times); return what restarts it.
 
     A chunk makes no reference cycles to speak of, but its many short-lived containers (pandas objects, each
     star's lists of flag reasons) would set off a full collection every few chunks, which walks every object of
-    the process: ~0.4 million once torch, numba and a model are loaded, ~0.2 s on a 2-core machine. Calls from
-    several threads at once share one pause, begun by the first to enter and ended by the last to leave; a
-    collector that was off stays off.
+    the process: ~0.4 million once torch, numba and a model are loaded, ~0.2 s on a 2-core machine. A collector
+    that was off stays off (None: nothing to restart).
     """
-    global _pauses, _collector_was_on
-    with _pause_lock:
-        if _pauses == 0:
-            _collector_was_on = gc.isenabled()
-            gc.disable()
-        _pauses += 1
-    try:
-        yield
-    finally:
-        with _pause_lock:
-            _pauses -= 1
-            if _pauses == 0 and _collector_was_on:
-                gc.enable()
+    if not gc.isenabled():
+        return None
+    gc.disable()
+    return gc.enable
 
 
-_pause_lock = threading.Lock()
-_pauses = 0
-_collector_was_on = False
+#: ``with _collector_paused():`` pauses the collector inside, restored after; calls from several threads at once
+#: share one pause, begun by the first to enter and ended by the last to leave.
+_collector_paused = SharedSetting(_pause_collector)
 
 
 def _matched(match: Callable[[pd.DataFrame], pd.DataFrame], batch: SpectrumBatch) -> pd.DataFrame:

@@ -9,14 +9,17 @@ already gives each core a process: ``fehkit batch`` sets it for its Dask workers
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any, TypeVar
 
-__all__ = ["NUMBA_ENV", "THREADS_ENV", "compiled", "map_parts", "map_threads", "n_threads", "numba_wanted"]
+__all__ = ["NUMBA_ENV", "THREADS_ENV", "SharedSetting", "compiled", "map_parts", "map_threads", "n_threads",
+           "numba_wanted"]
 
 #: Environment variable that sets the number of threads (default: the number of CPUs).
 THREADS_ENV = "FEHKIT_THREADS"
@@ -74,3 +77,33 @@ def map_parts(fn: Callable[[slice], T], n: int, *, min_rows: int = 64, max_rows:
         parts = max(parts, -(-n // max_rows))
     size = -(-n // parts) if n else 0
     return map_threads(fn, [slice(s, min(s + size, n)) for s in range(0, n, size)] if n else [])
+
+
+class SharedSetting:
+    """A process-wide setting changed while callers are inside ``with setting():``, as it was once they have left.
+
+    ``change()`` makes the change and returns what undoes it (or None: nothing to undo). Calls from several threads
+    at once share one change, made by the first to enter and undone by the last to leave.
+    """
+
+    def __init__(self, change: Callable[[], Callable[[], object] | None]) -> None:
+        self._change = change
+        self._lock = threading.Lock()
+        self._users = 0
+        self._undo: Callable[[], object] | None = None
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        """Hold the change inside: made on entering if no other caller holds it, undone when the last one leaves."""
+        with self._lock:
+            if self._users == 0:
+                self._undo = self._change()
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0 and self._undo is not None:
+                    self._undo()
+                    self._undo = None

@@ -55,3 +55,34 @@ def test_one_thread_and_several_give_the_same_numbers(monkeypatch):
     assert np.array_equal(e1.ew_mA, e3.ew_mA, equal_nan=True) and np.array_equal(e1.flag, e3.flag)
     assert np.array_equal(f1.X, f3.X, equal_nan=True)
     pd.testing.assert_frame_equal(f1.stars, f3.stars)
+
+
+def test_a_shared_setting_is_changed_by_the_first_caller_and_undone_by_the_last():
+    """Callers in several threads share one change; an error inside still undoes it; None means nothing to undo."""
+    import threading
+
+    from fehkit.threads import SharedSetting
+
+    log = []
+    setting = SharedSetting(lambda: log.append("change") or (lambda: log.append("undo")))
+    inside, release = threading.Barrier(3), threading.Event()
+
+    def hold():
+        with setting():
+            inside.wait()
+            release.wait()
+
+    workers = [threading.Thread(target=hold) for _ in range(2)]
+    for w in workers:
+        w.start()
+    inside.wait()  # both threads inside at once
+    assert log == ["change"]
+    release.set()
+    for w in workers:
+        w.join()
+    assert log == ["change", "undo"]
+    with pytest.raises(RuntimeError), setting():
+        raise RuntimeError("inside")
+    assert log == ["change", "undo", "change", "undo"]
+    with SharedSetting(lambda: None)():  # nothing to undo
+        pass
